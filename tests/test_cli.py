@@ -1,0 +1,106 @@
+"""The `wsss` command line: help everywhere, backend choice before Keras, evaluate, quickstart."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from helpers import tiny_synthetic
+from wsss_keras.cli import cli
+from wsss_keras.data.imageio import read_label_map, write_label_map
+
+
+def all_commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        yield prefix + (name,)
+        if isinstance(command, click.Group):
+            yield from all_commands(command, prefix + (name,))
+
+
+def test_help_on_every_command():
+    runner = CliRunner()
+    commands = list(all_commands(cli))
+    assert {("info",), ("data",), ("data", "synth"), ("evaluate",), ("quickstart",)} <= set(commands)
+    for command in [()] + commands:
+        result = runner.invoke(cli, list(command) + ["--help"])
+        assert result.exit_code == 0, (command, result.output)
+        assert "Usage:" in result.output
+
+
+def run_wsss(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "wsss_keras.cli", *args], capture_output=True, text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})),
+    )
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backend_option_takes_effect_before_keras_import(backend):
+    # KERAS_BACKEND says tensorflow; the option must win because Keras is imported later.
+    result = run_wsss("--backend", backend, "info", env={"KERAS_BACKEND": "tensorflow"})
+    assert result.returncode == 0, result.stderr
+    assert any(line.split() == ["backend", backend] for line in result.stdout.splitlines()), result.stdout
+
+
+def test_unknown_backend_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["--backend", "theano", "info"])
+    assert result.exit_code == 2 and "theano" in result.output
+
+
+def test_evaluate_command_scores_and_writes_json(tmp_path):
+    root = tiny_synthetic(tmp_path / "s", n_train=2, n_val=6)
+    truth_dir = os.path.join(root, "SegmentationClass")
+    prediction_dir = tmp_path / "pred"
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        truth = read_label_map(os.path.join(truth_dir, f"val_{index:05d}.png"))
+        prediction = np.where(rng.random(truth.shape) < 0.8, truth, 0)
+        prediction[prediction == 255] = 0
+        write_label_map(str(prediction_dir / f"val_{index:05d}.png"), prediction)
+    result = CliRunner().invoke(cli, ["evaluate", str(prediction_dir), truth_dir, "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "m.json") as handle:
+        scores = json.load(handle)
+    assert scores["images"] == 6 and 0.3 < scores["miou"] < 1.0
+    assert set(scores["iou"]) == {"background", "aeroplane", "boat", "car", "person", "train", "bus"}  # class_names.txt beside GT
+    assert f"mIoU {100 * scores['miou']:.2f}" in result.output
+
+
+def test_evaluate_refuses_predictions_without_ground_truth(tmp_path):
+    root = tiny_synthetic(tmp_path / "s", n_train=2, n_val=2)
+    write_label_map(str(tmp_path / "pred" / "not_an_image.png"), np.zeros((4, 4), np.uint8))
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "pred"), os.path.join(root, "SegmentationClass")])
+    assert result.exit_code != 0 and "no ground truth for 1 predicted image(s), e.g. not_an_image.png" in result.output
+
+
+def test_data_synth_and_stats(tmp_path):
+    runner = CliRunner()
+    out = str(tmp_path / "d")
+    result = runner.invoke(cli, ["data", "synth", out, "--n-train", "5", "--n-val", "2", "--size", "48", "--classes", "boat,car"])
+    assert result.exit_code == 0, result.output
+    assert "trap: boat (co-occurrence)" in result.output
+    again = runner.invoke(cli, ["data", "synth", out])
+    assert again.exit_code != 0 and "--overwrite" in again.output
+    stats = runner.invoke(cli, ["data", "stats", out, "--split", "val", "--json"])
+    assert json.loads(stats.output)["images"] == 2
+
+
+def test_quickstart_writes_its_run_folder(tmp_path):
+    result = run_wsss("quickstart", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "run" / "metrics.json") as handle:
+        metrics = json.load(handle)
+    for backend in ("tensorflow", "jax", "torch"):
+        assert metrics["backends"][backend]["images"] == [8, 96, 96, 3], metrics["backends"][backend]
+    trivial = metrics["trivial_all_background"]
+    assert trivial["images"] == 150 and trivial["iou"]["boat"] == 0.0
+    assert trivial["miou"] == pytest.approx(trivial["iou"]["background"] / 7)
+    # A second run reuses the data instead of writing it again.
+    second = run_wsss("quickstart", "--out", str(tmp_path / "run"))
+    assert "[data] reusing" in second.stdout

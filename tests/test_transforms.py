@@ -1,0 +1,87 @@
+"""OpenCV transforms: crop boxes and ignore padding, nearest labels, normalisation, views."""
+
+import numpy as np
+import pytest
+
+from wsss_keras.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    colour_jitter,
+    denormalize,
+    multiscale_flip_views,
+    normalize,
+    random_crop,
+    random_flip,
+    rescale,
+)
+
+
+def coordinate_image(height, width):
+    """An image whose pixels encode their own coordinates, to track where they went."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    return np.stack([ys, xs, np.full_like(ys, 7)], -1).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(10, 14), (30, 40), (12, 50)])
+def test_random_crop_box_holds_exactly_the_real_pixels(shape):
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        image = coordinate_image(*shape)
+        labels = np.full(shape, 3, np.uint8)
+        crop, crop_labels, (y0, y1, x0, x1) = random_crop(rng, image, labels, 24, image_fill=-1.0)
+        assert crop.shape == (24, 24, 3) and crop_labels.shape == (24, 24)
+        inside = np.zeros((24, 24), bool)
+        inside[y0:y1, x0:x1] = True
+        assert (crop[..., 2][inside] == 7).all() and (crop[..., 2][~inside] == -1).all()
+        assert (crop_labels[inside] == 3).all() and (crop_labels[~inside] == 255).all()
+        # The real pixels are a contiguous window of the source image.
+        window = crop[y0:y1, x0:x1]
+        assert np.all(np.diff(window[..., 0], axis=0) == 1) and np.all(np.diff(window[..., 1], axis=1) == 1)
+        assert (y1 - y0) == min(24, shape[0]) and (x1 - x0) == min(24, shape[1])
+
+
+def test_rescale_keeps_label_values_and_flip_mirrors_both():
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0, 4, 255], size=(20, 20)).astype(np.uint8)
+    image = rng.integers(0, 255, (20, 20, 3)).astype(np.uint8)
+    _, scaled = rescale(image, labels, 1.7)
+    assert scaled.shape == (34, 34) and set(np.unique(scaled)) <= {0, 4, 255}
+    flips = [random_flip(np.random.default_rng(s), image, labels) for s in range(10)]
+    assert {flipped for _, _, flipped in flips} == {True, False}
+    for out_image, out_labels, flipped in flips:
+        expected = labels[:, ::-1] if flipped else labels
+        np.testing.assert_array_equal(out_labels, expected)
+        np.testing.assert_array_equal(out_image, image[:, ::-1] if flipped else image)
+
+
+def test_normalize_round_trip_and_values():
+    image = np.random.default_rng(1).integers(0, 256, (5, 6, 3)).astype(np.uint8)
+    normalised = normalize(image)
+    assert normalised.dtype == np.float32
+    assert normalised[0, 0, 0] == pytest.approx((image[0, 0, 0] / 255 - 0.485) / 0.229, rel=1e-5)
+    np.testing.assert_array_equal(denormalize(normalised), image)
+
+
+def test_colour_jitter_changes_colours_only():
+    image = np.random.default_rng(2).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    out = colour_jitter(np.random.default_rng(3), image)
+    assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
+    assert np.array_equal(colour_jitter(np.random.default_rng(3), image), out)  # seeded
+
+
+def test_train_and_eval_transforms():
+    image = np.random.default_rng(4).integers(0, 256, (40, 60, 3)).astype(np.uint8)
+    labels = np.ones((40, 60), np.uint8)
+    out, out_labels, box = TrainTransform(crop_size=32, scale_range=(0.5, 1.5))(np.random.default_rng(0), image, labels)
+    assert out.shape == (32, 32, 3) and out_labels.shape == (32, 32) and out.dtype == np.float32
+    assert set(np.unique(out_labels)) <= {1, 255}
+    out, out_labels, box = EvalTransform(size=24)(None, image, labels)
+    assert out.shape == (24, 24, 3) and box == (0, 24, 0, 24)
+
+
+def test_multiscale_flip_views():
+    image = np.random.default_rng(5).normal(size=(20, 30, 3)).astype(np.float32)
+    views = multiscale_flip_views(image, scales=(1.0, 0.5, 1.5), flip=True)
+    assert [(s, f) for s, f, _ in views] == [(1.0, False), (1.0, True), (0.5, False), (0.5, True), (1.5, False), (1.5, True)]
+    assert views[2][2].shape == (10, 15, 3) and views[4][2].shape == (30, 45, 3)
+    np.testing.assert_array_equal(views[1][2], image[:, ::-1])

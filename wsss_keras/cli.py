@@ -1,0 +1,61 @@
+"""The `wsss` command line.
+
+The group's `--backend` runs before any command, and commands import Keras lazily inside
+their bodies, so the backend takes effect before Keras is first imported. Command modules in
+`wsss_keras.commands` register themselves on the group here.
+"""
+
+import os
+import sys
+
+import click
+
+from wsss_keras import __version__
+from wsss_keras.backend import BACKENDS, set_backend
+from wsss_keras.errors import WSSSError
+
+
+class WSSSGroup(click.Group):
+    """A group that turns the project's own errors into one-line messages."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except WSSSError as error:
+            raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=WSSSGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Keras backend for this run; default: $KERAS_BACKEND, else tensorflow.",
+)
+@click.version_option(__version__, prog_name="wsss")
+def cli(backend):
+    """Weakly supervised semantic segmentation: from image-level labels to pixel masks."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+    try:
+        set_backend(backend or os.environ.get("KERAS_BACKEND", "tensorflow"))
+    except WSSSError as error:
+        raise click.BadParameter(str(error), param_hint="--backend") from None
+
+
+def _register_commands():
+    from wsss_keras.commands import data, evaluate, info, quickstart
+
+    for module in (info, data, evaluate, quickstart):
+        module.register(cli)
+
+
+_register_commands()
+
+
+def main(argv=None):
+    """Entry point of the `wsss` script."""
+    return cli.main(args=argv, prog_name="wsss")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""`wsss data`: generate, check, describe and load datasets."""
+
+import json
+import os
+
+import click
+
+from wsss_keras.commands.options import dataset_options, open_dataset_from_options, progress_printer
+
+
+@click.group()
+def data():
+    """Generate, check and inspect datasets (VOC, COCO, synthetic, custom VOC-layout)."""
+
+
+@data.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--classes", default="6", help="Number of classes (the first N of the catalog) or a comma-separated list of names.")
+@click.option("--size", type=click.IntRange(min=32), default=128, help="Image side in pixels.")
+@click.option("--n-train", type=click.IntRange(min=1), default=600, help="Training images.")
+@click.option("--n-val", type=click.IntRange(min=1), default=150, help="Validation images.")
+@click.option("--seed", type=int, default=0, help="Seed; the same arguments give the same files.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+def synth(out, classes, size, n_train, n_val, seed, overwrite):
+    """Write a synthetic WSSS dataset in the PASCAL VOC layout to OUT.
+
+    It contains co-occurrence traps (boat on water, train on rails) and under-activation traps
+    (aeroplane and bus: a large plain body with one small distinctive part).
+    """
+    from wsss_keras.data.synthetic import generate
+
+    info = generate(out, classes, size, n_train, n_val, seed, overwrite, progress=progress_printer("synth"))
+    click.echo(f"wrote {out}: {info['splits']['train']} train + {info['splits']['val']} val images, classes: {', '.join(info['classes'][1:])}")
+    for name, kind in info["traps"].items():
+        click.echo(f"  trap: {name} ({kind})")
+
+
+@data.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@dataset_options
+@click.option("--label-maps/--no-label-maps", default=None, help="Also read label maps; default: when every image has one.")
+def check(root, split, labels_from, cls_labels, instances, class_names, label_maps):
+    """Read every file of a split and report each problem (exit status 1 if any)."""
+    dataset = open_dataset_from_options(root, split, labels_from, cls_labels, instances, class_names)
+    errors = dataset.check(with_label_maps=label_maps, progress=progress_printer("check"))
+    for error in errors:
+        click.echo(error, err=True)
+    if errors:
+        raise click.ClickException(f"{len(errors)} of {len(dataset)} images have problems (listed above).")
+    click.echo(f"{dataset}: all files read and valid.")
+
+
+@data.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@dataset_options
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def stats(root, split, labels_from, cls_labels, instances, class_names, as_json):
+    """Print images per class, co-occurrence and pixel shares of a split."""
+    dataset = open_dataset_from_options(root, split, labels_from, cls_labels, instances, class_names)
+    statistics = dataset.statistics()
+    if as_json:
+        click.echo(json.dumps(statistics, indent=2))
+    else:
+        click.echo(format_statistics(dataset, statistics))
+
+
+def format_statistics(dataset, statistics):
+    """Human-readable statistics of a dataset split."""
+    lines = [f"{dataset}", f"  labels per image: {statistics['labels_per_image']:.2f}", "  class        images  pixels"]
+    pixels = statistics.get("pixel_fraction", {})
+    for name in dataset.class_names:
+        count = statistics["images_per_class"].get(name, "")
+        share = f"{100 * pixels[name]:6.2f}%" if name in pixels else ""
+        lines.append(f"  {name:<12} {count!s:>6}  {share}")
+    if "ignore_fraction" in statistics:
+        lines.append(f"  {'ignore (255)':<12} {'':>6}  {100 * statistics['ignore_fraction']:6.2f}%")
+    return "\n".join(lines)
+
+
+@data.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@dataset_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Images in the batch.")
+@click.option("--crop-size", type=click.IntRange(min=8), default=96, help="Training crop side.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def peek(root, split, labels_from, cls_labels, instances, class_names, batch_size, crop_size, as_json):
+    """Load one augmented training batch through the Keras loader on the current backend."""
+    import keras
+    import numpy as np
+
+    from wsss_keras.data.loader import SegmentationLoader
+    from wsss_keras.data.transforms import TrainTransform
+
+    dataset = open_dataset_from_options(root, split, labels_from, cls_labels, instances, class_names)
+    loader = SegmentationLoader(
+        dataset, batch_size, TrainTransform(crop_size=crop_size, scale_range=(0.75, 1.25)), shuffle=True,
+        with_label_maps=dataset.has_label_maps,
+    )
+    images, targets = loader[0]
+    tensor = keras.ops.convert_to_tensor(images)
+    report = {
+        "backend": keras.backend.backend(),
+        "tensor_type": f"{type(tensor).__module__}.{type(tensor).__name__}",
+        "images": list(images.shape),
+        "dtype": str(keras.backend.standardize_dtype(tensor.dtype)),
+        "mean": float(keras.ops.convert_to_numpy(keras.ops.mean(tensor))),
+        "labels": list(targets["labels"].shape),
+        "labels_per_image": float(np.mean(targets["labels"].sum(1))),
+    }
+    if "label_maps" in targets:
+        report["label_maps"] = list(targets["label_maps"].shape)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        for key, value in report.items():
+            click.echo(f"{key:<17} {value}")
+
+
+@data.command("coco-masks")
+@click.argument("instances_json", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+def coco_masks(instances_json, out):
+    """Convert a COCO instances JSON into label PNGs (0 background, 1..80 classes, 255 crowd)."""
+    from wsss_keras.data.coco import instances_to_label_maps
+
+    count = instances_to_label_maps(instances_json, out, progress=progress_printer("coco-masks"))
+    click.echo(f"wrote {count} label maps to {os.path.abspath(out)}")
+
+
+def register(cli):
+    cli.add_command(data)

@@ -1,0 +1,40 @@
+"""`wsss info`: versions, backend and devices."""
+
+import platform
+from importlib import metadata
+
+import click
+
+PACKAGES = ("wsss-keras", "keras", "keras-hub", "tensorflow", "jax", "jaxlib", "torch", "numpy", "opencv-python-headless", "onnxruntime", "tf2onnx")
+
+
+def _version(package):
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _devices(keras):
+    """Devices of the current backend; keras.distribution does not list them on PyTorch."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return ["cpu:0"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return keras.distribution.list_devices()
+
+
+@click.command()
+def info():
+    """Print package versions, the Keras backend of this run and its devices."""
+    import keras
+
+    click.echo(f"python                   {platform.python_version()} ({platform.machine()}, {platform.system()})")
+    for package in PACKAGES:
+        click.echo(f"{package:<24} {_version(package)}")
+    click.echo(f"backend                  {keras.backend.backend()}")
+    click.echo(f"devices                  {', '.join(_devices(keras))}")
+
+
+def register(cli):
+    cli.add_command(info)

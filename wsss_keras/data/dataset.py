@@ -1,0 +1,207 @@
+"""The dataset index shared by every layout: image paths, label-map paths, image-level labels.
+
+A `SegmentationDataset` knows where each file is and which classes each image contains. It
+reads files on request (`load_image`, `load_label_map`) and can check them all up front
+(`check`). The layouts (`VocDataset`, `CocoDataset`) only decide how the index is built.
+"""
+
+import os
+
+import numpy as np
+
+from wsss_keras.data.imageio import IGNORE_INDEX, read_image, read_label_map
+from wsss_keras.errors import DataError
+
+
+class SegmentationDataset:
+    """Images with image-level labels and, where present, pixel label maps.
+
+    Args:
+        names: image ids, in split-file order.
+        image_paths: one image file per name.
+        label_map_paths: one label PNG per name, or None for names without one.
+        class_names: background first, then the classes of the image-level labels.
+        labels: multi-hot array (N, num_classes - 1) of the foreground classes present.
+        description: a short text naming the layout, root and split, used in messages.
+    """
+
+    def __init__(self, names, image_paths, label_map_paths, class_names, labels, description):
+        if not names:
+            raise DataError(f"{description}: the split lists no images; add image ids to the split file.")
+        self.names = list(names)
+        self.image_paths = list(image_paths)
+        self.label_map_paths = list(label_map_paths)
+        self.class_names = tuple(class_names)
+        self.labels = np.asarray(labels, dtype=np.float32).reshape(len(self.names), self.num_classes - 1)
+        self.description = description
+
+    @property
+    def num_classes(self):
+        """Number of classes including background (the size of the label maps' index space)."""
+        return len(self.class_names)
+
+    @property
+    def has_label_maps(self):
+        return all(path is not None for path in self.label_map_paths)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.description}: {len(self)} images, {self.num_classes} classes>"
+
+    def load_image(self, index):
+        """RGB uint8 image (H, W, 3) of item `index`."""
+        return read_image(self.image_paths[index])
+
+    def load_label_map(self, index):
+        """uint8 label map (H, W) of item `index`, checked against the class list."""
+        path = self.label_map_paths[index]
+        if path is None:
+            raise DataError(
+                f"{self.description}: image {self.names[index]!r} has no label map; pixel labels are "
+                "needed here (evaluation), so add its PNG or evaluate on a split that has them."
+            )
+        return read_label_map(path, self.num_classes)
+
+    def load_item(self, index, with_label_map=True):
+        """(image, label map or None) with matching sizes."""
+        image = self.load_image(index)
+        if not with_label_map:
+            return image, None
+        label_map = self.load_label_map(index)
+        if label_map.shape != image.shape[:2]:
+            raise DataError(
+                f"{self.label_map_paths[index]}: label map is {label_map.shape[1]}x{label_map.shape[0]} "
+                f"but its image {self.image_paths[index]} is {image.shape[1]}x{image.shape[0]}; "
+                "they must have the same size."
+            )
+        return image, label_map
+
+    def check(self, with_label_maps=None, progress=None):
+        """Read every file and return the list of error messages (empty when all is well).
+
+        Args:
+            with_label_maps: also read label maps; default: when every item has one.
+            progress: optional callable(done, total) called after each item.
+        """
+        with_label_maps = self.has_label_maps if with_label_maps is None else with_label_maps
+        errors = []
+        for index in range(len(self)):
+            try:
+                self.load_item(index, with_label_map=with_label_maps)
+            except DataError as error:
+                errors.append(str(error))
+            if progress is not None:
+                progress(index + 1, len(self))
+        return errors
+
+    def statistics(self, with_label_maps=True, max_items=None):
+        """Counts a user wants before training: images, labels per class, co-occurrence, pixel shares.
+
+        Returns a dict with `images`, `labels_per_image`, `images_per_class`,
+        `cooccurrence` (C-1 x C-1 image counts) and, when label maps are read,
+        `pixel_fraction` per class (background first) and `ignore_fraction`.
+        """
+        foreground = self.class_names[1:]
+        stats = {
+            "images": len(self),
+            "labels_per_image": float(self.labels.sum(1).mean()),
+            "images_per_class": {name: int(n) for name, n in zip(foreground, self.labels.sum(0))},
+            "cooccurrence": (self.labels.T @ self.labels).astype(int).tolist(),
+        }
+        if with_label_maps and self.has_label_maps:
+            count = len(self) if max_items is None else min(max_items, len(self))
+            pixels = np.zeros(self.num_classes + 1, dtype=np.int64)
+            for index in range(count):
+                label_map = self.load_label_map(index)
+                values = np.where(label_map == IGNORE_INDEX, self.num_classes, label_map)
+                pixels += np.bincount(values.ravel(), minlength=self.num_classes + 1)
+            total = max(int(pixels.sum()), 1)
+            stats["pixel_fraction"] = {
+                name: float(n) / total for name, n in zip(self.class_names, pixels[:-1])
+            }
+            stats["ignore_fraction"] = float(pixels[-1]) / total
+        return stats
+
+
+def labels_from_label_maps(label_map_paths, num_classes, description):
+    """Image-level labels read off the label maps: a class is present if any pixel has it."""
+    labels = np.zeros((len(label_map_paths), num_classes - 1), dtype=np.float32)
+    for row, path in enumerate(label_map_paths):
+        if path is None:
+            raise DataError(f"{description}: labels were asked from label maps, but one is missing for item {row}.")
+        present = np.unique(read_label_map(path, num_classes))
+        present = present[(present > 0) & (present != IGNORE_INDEX)]
+        labels[row, present - 1] = 1.0
+    return labels
+
+
+def labels_from_cls_file(path, names, num_classes):
+    """Image-level labels from a `cls_labels.npy` dictionary.
+
+    Two key styles are used in WSSS code: the image id as a string ("2007_000032", ToCo) and
+    the id with underscores removed as an int (2007000032, IRN). Values are multi-hot vectors
+    over the foreground classes, or over all classes with background first.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: class-label file not found; pass the path of a cls_labels .npy file.")
+    try:
+        table = np.load(path, allow_pickle=True).item()
+    except Exception as error:
+        raise DataError(
+            f"{path}: not a cls_labels dictionary saved with numpy.save ({error}); "
+            "save a dict {image_id: multi-hot vector}."
+        ) from None
+    labels = np.zeros((len(names), num_classes - 1), dtype=np.float32)
+    for row, name in enumerate(names):
+        vector = table.get(name)
+        if vector is None and name.replace("_", "").isdigit():
+            vector = table.get(int(name.replace("_", "")))
+        if vector is None:
+            raise DataError(f"{path}: no entry for image {name!r}; add it or remove the image from the split file.")
+        vector = np.asarray(vector, dtype=np.float32).ravel()
+        if vector.size == num_classes:
+            vector = vector[1:]
+        if vector.size != num_classes - 1:
+            raise DataError(
+                f"{path}: entry for {name!r} has {vector.size} values; expected {num_classes - 1} "
+                f"(foreground classes) or {num_classes} (with background)."
+            )
+        labels[row] = vector > 0
+    return labels
+
+
+def read_split_file(path):
+    """Image ids listed in a split file (first column of each non-empty line)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: split file not found; list one image id per line.")
+    with open(path, encoding="utf-8") as handle:
+        names = [line.split()[0] for line in handle if line.strip()]
+    if not names:
+        raise DataError(f"{path}: the split file is empty; list one image id per line.")
+    return names
+
+
+def require_files(paths, names, what, split_path):
+    """Raise one message listing the ids whose file is missing (at most five shown)."""
+    missing = [(name, path) for name, path in zip(names, paths) if not os.path.isfile(path)]
+    if missing:
+        shown = "; ".join(path for _, path in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(
+            f"{split_path}: {len(missing)} listed {what} not found: {shown}{more}; "
+            "add the files or remove their ids from the split file."
+        )
+
+
+def open_dataset(root, split, **options):
+    """Open `root` as COCO when it has `JPEGImages/<split>/`, else as a VOC-layout folder."""
+    from wsss_keras.data.coco import CocoDataset
+    from wsss_keras.data.voc import VocDataset
+
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: dataset folder not found.")
+    if os.path.isdir(os.path.join(root, "JPEGImages", split)):
+        return CocoDataset(root, split, **options)
+    return VocDataset(root, split, **options)

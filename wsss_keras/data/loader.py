@@ -1,0 +1,114 @@
+"""Keras loaders: a `keras.utils.PyDataset` over a `SegmentationDataset` and a transform.
+
+Each batch is `(images, targets)`: images float32 (B, H, W, 3), normalised; targets a dict of
+`labels` (B, C-1) multi-hot float32, `crop_boxes` (B, 4) int32 (y0, y1, x0, x1 of real pixels),
+`indices` (B,) int32 into the dataset, and `label_maps` (B, H, W) int32 with 255 = ignore when
+asked for. Augmentation for an item depends only on (seed, epoch, position in the epoch), so
+results do not depend on the number of workers.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from wsss_keras.data.transforms import EvalTransform, TrainTransform
+from wsss_keras.errors import DataError
+
+
+class SegmentationLoader(keras.utils.PyDataset):
+    """Batches of a WSSS dataset for `fit`, `predict` or a custom loop.
+
+    Args:
+        dataset: a `SegmentationDataset` (VOC, COCO, synthetic or custom).
+        batch_size: images per batch.
+        transform: a `TrainTransform`, an `EvalTransform`, or any callable
+            (rng, image, label_map) -> (image, label_map, box).
+        shuffle: reshuffle the order every epoch.
+        seed: seed of the order and the augmentation.
+        with_label_maps: also return the pixel labels (needs them on disk).
+        drop_remainder: drop the last incomplete batch (training on several devices wants it).
+        workers, use_multiprocessing, max_queue_size: as in `keras.utils.PyDataset`.
+
+    Example:
+    >>> from wsss_keras.data import VocDataset
+    >>> from wsss_keras.data.loader import SegmentationLoader
+    >>> from wsss_keras.data.transforms import TrainTransform
+    >>> loader = SegmentationLoader(VocDataset("synth", "train"), 8, TrainTransform(crop_size=96))  # doctest: +SKIP
+    >>> images, targets = loader[0]                                                                   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dataset,
+        batch_size,
+        transform=None,
+        shuffle=False,
+        seed=0,
+        with_label_maps=False,
+        drop_remainder=False,
+        workers=1,
+        use_multiprocessing=False,
+        max_queue_size=10,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        if batch_size < 1:
+            raise DataError(f"batch_size={batch_size}: must be at least 1.")
+        if drop_remainder and len(dataset) < batch_size:
+            raise DataError(f"{dataset.description}: {len(dataset)} images cannot fill one batch of {batch_size}.")
+        if with_label_maps and not dataset.has_label_maps:
+            missing = sum(path is None for path in dataset.label_map_paths)
+            raise DataError(f"{dataset.description}: {missing} images have no label map; with_label_maps needs them all.")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.transform = transform or EvalTransform()
+        self.shuffle, self.seed = shuffle, seed
+        self.with_label_maps, self.drop_remainder = with_label_maps, drop_remainder
+        self.epoch = 0
+        self._order = self._make_order()
+
+    def _make_order(self):
+        order = np.arange(len(self.dataset))
+        if self.shuffle:
+            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+        return order
+
+    def __len__(self):
+        rounding = math.floor if self.drop_remainder else math.ceil
+        return rounding(len(self.dataset) / self.batch_size)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = self._make_order()
+
+    def __getitem__(self, batch_index):
+        if not 0 <= batch_index < len(self):
+            raise IndexError(f"batch {batch_index} out of range for {len(self)} batches")
+        positions = range(batch_index * self.batch_size, min((batch_index + 1) * self.batch_size, len(self.dataset)))
+        images, label_maps, boxes, indices = [], [], [], []
+        for position in positions:
+            index = int(self._order[position])
+            image, label_map = self.dataset.load_item(index, with_label_map=self.with_label_maps)
+            rng = np.random.default_rng([self.seed, self.epoch, position])
+            image, label_map, box = self.transform(rng, image, label_map)
+            images.append(image)
+            label_maps.append(label_map)
+            boxes.append(box)
+            indices.append(index)
+        shapes = {image.shape for image in images}
+        if len(shapes) > 1:
+            raise DataError(
+                f"{self.dataset.description}: images of different sizes {sorted(shapes)[:3]} cannot share a "
+                "batch; use batch_size=1 or a transform that crops or resizes to one size."
+            )
+        targets = {
+            "labels": self.dataset.labels[indices],
+            "crop_boxes": np.asarray(boxes, np.int32),
+            "indices": np.asarray(indices, np.int32),
+        }
+        if self.with_label_maps:
+            targets["label_maps"] = np.stack(label_maps).astype(np.int32)
+        return np.stack(images).astype(np.float32), targets
+
+
+__all__ = ["SegmentationLoader", "TrainTransform", "EvalTransform"]

@@ -1,0 +1,164 @@
+"""Image and label-map transforms with OpenCV and NumPy (no Keras), used by the loaders.
+
+Images are RGB uint8 in, float32 normalised out; label maps are uint8 with 255 = ignore.
+Randomness comes from a `numpy.random.Generator` passed in, so a loader can make every item's
+augmentation depend only on (seed, epoch, position) and stay reproducible with workers.
+"""
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+from wsss_keras.data.imageio import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def rescale(image, label_map, scale):
+    """Resize by `scale`: bilinear for the image, nearest for the label map."""
+    height, width = image.shape[:2]
+    size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    if label_map is not None:
+        label_map = cv2.resize(label_map, size, interpolation=cv2.INTER_NEAREST)
+    return image, label_map
+
+
+def random_rescale(rng, image, label_map, scale_range):
+    """Rescale by a factor drawn uniformly from `scale_range` (low, high)."""
+    return rescale(image, label_map, rng.uniform(*scale_range))
+
+
+def random_flip(rng, image, label_map):
+    """Mirror left-right with probability 0.5. Returns (image, label_map, flipped)."""
+    if rng.random() < 0.5:
+        return image[:, ::-1], None if label_map is None else label_map[:, ::-1], True
+    return image, label_map, False
+
+
+def random_crop(rng, image, label_map, crop_size, image_fill=0.0, ignore_index=IGNORE_INDEX):
+    """Crop a `crop_size` square at a random place, padding first where the image is smaller.
+
+    Padding takes `image_fill` (0 after normalisation is the mean colour) and `ignore_index` in
+    the label map, as in ToCo and IRN.
+
+    Returns:
+        (image, label_map, box) where box = (y0, y1, x0, x1) is the part of the crop that holds
+        real image pixels; methods use it to keep padding out of their losses.
+    """
+    height, width = image.shape[:2]
+    pad_h, pad_w = max(crop_size - height, 0), max(crop_size - width, 0)
+    # Where the image lands inside the padded canvas, and where the crop window starts.
+    offset_y, offset_x = int(rng.integers(0, pad_h + 1)), int(rng.integers(0, pad_w + 1))
+    canvas_h, canvas_w = height + pad_h, width + pad_w
+    top, left = int(rng.integers(0, canvas_h - crop_size + 1)), int(rng.integers(0, canvas_w - crop_size + 1))
+    out_image = np.full((crop_size, crop_size) + image.shape[2:], image_fill, dtype=image.dtype)
+    out_labels = None if label_map is None else np.full((crop_size, crop_size), ignore_index, dtype=np.uint8)
+    # Intersection of the crop window with the image, in canvas coordinates.
+    y0, y1 = max(top, offset_y), min(top + crop_size, offset_y + height)
+    x0, x1 = max(left, offset_x), min(left + crop_size, offset_x + width)
+    if y1 > y0 and x1 > x0:
+        out_image[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0 - offset_y : y1 - offset_y, x0 - offset_x : x1 - offset_x]
+        if label_map is not None:
+            out_labels[y0 - top : y1 - top, x0 - left : x1 - left] = label_map[y0 - offset_y : y1 - offset_y, x0 - offset_x : x1 - offset_x]
+    box = (y0 - top, y1 - top, x0 - left, x1 - left)
+    return out_image, out_labels, box
+
+
+def colour_jitter(rng, image, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05):
+    """Random brightness, contrast, saturation and hue changes on an RGB uint8 image, in random order."""
+    out = image.astype(np.float32)
+    for step in rng.permutation(4):
+        if step == 0 and brightness:
+            out *= rng.uniform(1 - brightness, 1 + brightness)
+        elif step == 1 and contrast:
+            mean = out.mean()
+            out = (out - mean) * rng.uniform(1 - contrast, 1 + contrast) + mean
+        elif step == 2 and saturation:
+            grey = out @ np.array([0.299, 0.587, 0.114], np.float32)
+            out = (out - grey[..., None]) * rng.uniform(1 - saturation, 1 + saturation) + grey[..., None]
+        elif step == 3 and hue:
+            hsv = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.int32)
+            hsv[..., 0] = (hsv[..., 0] + int(round(rng.uniform(-hue, hue) * 180))) % 180
+            out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """uint8 RGB -> float32, (x/255 - mean) / std per channel."""
+    image = image.astype(np.float32) / 255.0
+    return (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def denormalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Inverse of `normalize`, back to uint8 RGB."""
+    image = np.asarray(image, np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class TrainTransform:
+    """Training augmentation: rescale, flip, colour jitter, normalise, crop with ignore padding.
+
+    Args:
+        crop_size: side of the square crop.
+        scale_range: random rescale factors (low, high); (1, 1) disables it.
+        flip: random left-right flip.
+        jitter: colour-jitter strengths (brightness, contrast, saturation, hue), or None.
+        mean, std: normalisation (ImageNet by default; CLIP's for CLIP towers).
+    """
+
+    crop_size: int = 448
+    scale_range: tuple = (0.5, 2.0)
+    flip: bool = True
+    jitter: tuple = (0.3, 0.3, 0.3, 0.05)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def __call__(self, rng, image, label_map=None):
+        if tuple(self.scale_range) != (1.0, 1.0):
+            image, label_map = random_rescale(rng, image, label_map, self.scale_range)
+        if self.flip:
+            image, label_map, _ = random_flip(rng, image, label_map)
+        if self.jitter:
+            image = colour_jitter(rng, image, *self.jitter)
+        image = normalize(image, self.mean, self.std)
+        return random_crop(rng, image, label_map, self.crop_size)
+
+
+@dataclasses.dataclass
+class EvalTransform:
+    """Deterministic preprocessing for inference: optional resize to `size` x `size`, normalise."""
+
+    size: int = None
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def __call__(self, rng, image, label_map=None):
+        height, width = image.shape[:2]
+        if self.size is not None and (height, width) != (self.size, self.size):
+            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+            if label_map is not None:
+                label_map = cv2.resize(label_map, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
+            height, width = self.size, self.size
+        return normalize(image, self.mean, self.std), label_map, (0, height, 0, width)
+
+
+def multiscale_flip_views(image, scales=(1.0, 0.5, 1.5, 2.0), flip=True):
+    """The views of one (normalised) image for multi-scale + flip inference.
+
+    Returns:
+        a list of (scale, flipped, view) with view an array of the rescaled (and mirrored) image;
+        CAMs or logits from each view are resized back and fused by the method.
+    """
+    views = []
+    for scale in scales:
+        view = image if scale == 1.0 else rescale(image, None, scale)[0]
+        views.append((scale, False, view))
+        if flip:
+            views.append((scale, True, np.ascontiguousarray(view[:, ::-1])))
+    return views

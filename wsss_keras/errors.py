@@ -1,0 +1,13 @@
+"""Errors a user can act on. Each message names the file or value and the fix."""
+
+
+class WSSSError(Exception):
+    """Base class for errors that the CLI reports as one line, without a traceback."""
+
+
+class DataError(WSSSError):
+    """A dataset file is missing, unreadable or holds a value that does not fit the dataset."""
+
+
+class BackendError(WSSSError):
+    """The requested Keras backend cannot be used in this process."""
