@@ -1,0 +1,1 @@
+"""Backend-agnostic building blocks in keras.ops (CAMs, PAR, ...)."""
