@@ -27,10 +27,13 @@ def resolve_class_names(class_names_file, num_classes, ground_truth_dir):
 @click.option("--num-classes", type=click.IntRange(min=2, max=255), default=None, help="Number of classes with background, when there is no names file.")
 @click.option("--split-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Score only the image ids listed here (every one must be predicted).")
 @click.option("--prediction-ignore", type=click.Choice(["miss", "skip"]), default="miss", help="Predicted 255 pixels: count as misses, or leave them out of the score.")
+@click.option("--thresholds", default="0.05:0.95:0.05", help="CAMs only: background thresholds to sweep, start:stop:step or a comma list.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the scores to this JSON file.")
-def evaluate(pred_dir, gt_dir, class_names, num_classes, split_file, prediction_ignore, json_path):
-    """Score predicted label PNGs in PRED_DIR against ground-truth PNGs in GT_DIR (mIoU).
+def evaluate(pred_dir, gt_dir, class_names, num_classes, split_file, prediction_ignore, thresholds, json_path):
+    """Score PRED_DIR against ground-truth PNGs in GT_DIR (mIoU).
 
+    PRED_DIR holds label PNGs (pseudo-labels, segmentation from any tool) or CAM files (.npz,
+    as `wsss cams` writes them); CAMs are scored at every background threshold of the sweep.
     Files are matched by name; 255 in the ground truth is ignored; classes absent from both
     predictions and ground truth are left out of the mean.
     """
@@ -39,12 +42,52 @@ def evaluate(pred_dir, gt_dir, class_names, num_classes, split_file, prediction_
 
     names = resolve_class_names(class_names, num_classes, gt_dir)
     ids = read_split_file(split_file) if split_file else None
-    scores, count = score_folders(pred_dir, gt_dir, names, ids, prediction_ignore, progress=progress_printer("evaluate"))
-    click.echo(scores.table())
-    click.echo(f"scored {count} images; mIoU {100 * scores.miou:.2f}")
+    if any(f.endswith(".npz") for f in os.listdir(pred_dir)):
+        report = _evaluate_cams(pred_dir, gt_dir, names, ids, parse_thresholds(thresholds))
+    else:
+        scores, count = score_folders(pred_dir, gt_dir, names, ids, prediction_ignore, progress=progress_printer("evaluate"))
+        click.echo(scores.table())
+        click.echo(f"scored {count} images; mIoU {100 * scores.miou:.2f}")
+        report = {"images": count, **scores.as_dict()}
     if json_path:
         with open(json_path, "w", encoding="utf-8") as handle:
-            json.dump({"images": count, **scores.as_dict()}, handle, indent=2)
+            json.dump(report, handle, indent=2)
+
+
+def parse_thresholds(text):
+    """"0.05:0.95:0.05" (inclusive) or "0.3,0.5" -> tuple of floats in [0, 1]."""
+    import numpy as np
+
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            values = np.round(np.arange(start, stop + step / 2, step), 6)
+        else:
+            values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if len(values) == 0 or min(values) < 0 or max(values) > 1:
+        raise click.BadParameter(f"{text!r}: give start:stop:step or a comma list of values in [0, 1].", param_hint="--thresholds")
+    return tuple(float(v) for v in values)
+
+
+def _evaluate_cams(cam_dir, gt_dir, names, ids, thresholds):
+    from wsss_keras.evaluation.cams import sweep_cam_folder
+
+    sweep, count = sweep_cam_folder(cam_dir, gt_dir, names, thresholds, ids, progress=progress_printer("evaluate"))
+    click.echo("threshold  mIoU")
+    all_scores = sweep.scores()
+    for threshold, scores in zip(sweep.thresholds, all_scores):
+        click.echo(f"{threshold:9.2f}  {100 * scores.miou:5.2f}")
+    best_threshold, best = sweep.best()
+    click.echo(best.table())
+    click.echo(f"scored CAMs of {count} images; best background threshold {best_threshold:.2f}, mIoU {100 * best.miou:.2f}")
+    return {
+        "images": count,
+        "best_threshold": best_threshold,
+        "sweep": {f"{t:.2f}": s.miou for t, s in zip(sweep.thresholds, all_scores)},
+        **best.as_dict(),
+    }
 
 
 def register(cli):
