@@ -1,0 +1,76 @@
+"""Schedules and the grouped AdamW against torch.optim.AdamW with parameter groups."""
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from wsss_keras.training import GroupedAdamW, PolyWarmup
+
+
+def reference_multiplier(step, warmup, max_steps, ratio, power):
+    if step < warmup:
+        return 1 - (1 - step / warmup) * (1 - ratio)
+    return max(1 - step / max_steps, 0.0) ** power
+
+
+def test_poly_warmup_matches_the_formula():
+    schedule = PolyWarmup(2e-3, warmup_steps=5, max_steps=20, warmup_ratio=0.1, power=0.9)
+    for step in (0, 1, 4, 5, 6, 19, 20, 25):
+        expected = 2e-3 * reference_multiplier(step, 5, 20, 0.1, 0.9)
+        assert float(keras.ops.convert_to_numpy(schedule(step))) == pytest.approx(expected, rel=1e-5, abs=1e-12)
+    assert PolyWarmup.from_config(schedule.get_config()).get_config() == schedule.get_config()
+
+
+def test_grouped_adamw_matches_torch_parameter_groups():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    start = {"backbone_w": rng.normal(size=(3, 2)).astype("float32"), "head_w": rng.normal(size=(3, 2)).astype("float32")}
+
+    def gradient(weight):  # of mean((x @ w - y)^2), the same for both frameworks
+        return (2.0 / y.size) * x.T @ (x @ weight - y)
+
+    schedule = PolyWarmup(0.05, warmup_steps=3, max_steps=12, warmup_ratio=0.1, power=0.9)
+    optimizer = GroupedAdamW(schedule, lr_multipliers={"head": 10.0}, weight_decay=0.01)
+    variables = [keras.Variable(value, name=name) for name, value in start.items()]
+    torch_params = [torch.nn.Parameter(torch.from_numpy(value.copy())) for value in start.values()]
+    torch_optimizer = torch.optim.AdamW(
+        [{"params": [torch_params[0]], "lr": 0.05}, {"params": [torch_params[1]], "lr": 0.5}],
+        betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+    )
+    base = [0.05, 0.5]
+    for step in range(10):
+        grads = [gradient(keras.ops.convert_to_numpy(v)) for v in variables]
+        optimizer.apply(grads, variables)
+        multiplier = reference_multiplier(step, 3, 12, 0.1, 0.9)
+        for group, rate in zip(torch_optimizer.param_groups, base):
+            group["lr"] = rate * multiplier
+        for param, grad in zip(torch_params, grads):
+            param.grad = torch.from_numpy(grad.copy())
+        torch_optimizer.step()
+    for variable, param in zip(variables, torch_params):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), param.detach().numpy(), atol=2e-5)
+    assert optimizer.multiplier_for(variables[1]) == 10.0 and optimizer.multiplier_for(variables[0]) == 1.0
+
+
+def test_grouped_adamw_round_trips_its_config():
+    optimizer = GroupedAdamW(1e-3, lr_multipliers={"decoder": 10.0}, weight_decay=0.05)
+    clone = GroupedAdamW.from_config(optimizer.get_config())
+    assert clone.lr_multipliers == {"decoder": 10.0} and clone.decoupled_weight_decay == 0.05
+
+
+def test_grouped_adamw_trains_a_model_with_fit():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu", name="backbone")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head")(hidden))
+    optimizer = GroupedAdamW(PolyWarmup(1e-2, 2, 20), lr_multipliers={"head": 10.0})
+    model.compile(optimizer=optimizer, loss="mse")
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables]
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    history = model.fit(x, x.sum(1, keepdims=True), batch_size=8, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert [optimizer.multiplier_for(v) for v in model.trainable_variables] == [1.0, 1.0, 10.0, 10.0]
+    for old, new in zip(before, model.trainable_variables):
+        assert not np.allclose(old, keras.ops.convert_to_numpy(new))
