@@ -43,9 +43,9 @@ def cli(backend):
 
 
 def _register_commands():
-    from wsss_keras.commands import data, evaluate, info, quickstart
+    from wsss_keras.commands import data, evaluate, info, quickstart, weights
 
-    for module in (info, data, evaluate, quickstart):
+    for module in (info, data, evaluate, quickstart, weights):
         module.register(cli)
 
 

@@ -1,0 +1,125 @@
+"""Reading checkpoints from local files into NumPy, and strict matching against a model.
+
+Formats: `.safetensors` (needs only numpy and the `safetensors` package), PyTorch pickles
+`.pt/.pth/.bin` (need torch, the `torch` extra; read with `weights_only=True`, so no code in
+the file runs), and `.npz`. Nothing is downloaded: every path is a local file.
+"""
+
+import os
+
+import numpy as np
+
+from wsss_keras.errors import WSSSError
+
+
+class CheckpointError(WSSSError):
+    """A checkpoint cannot be read, or does not fit the model it is loaded into."""
+
+
+def read_state_dict(path):
+    """Read a checkpoint file as a flat {name: numpy array} dict (float arrays kept as stored)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint file not found.")
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".safetensors":
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise CheckpointError(f"{path}: reading safetensors needs the package: pip install safetensors") from None
+        try:
+            return dict(load_file(path))
+        except Exception as error:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({error}).") from None
+    if extension == ".npz":
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    if extension in (".pt", ".pth", ".bin", ".ckpt"):
+        return _read_torch_pickle(path)
+    raise CheckpointError(
+        f"{path}: unknown checkpoint extension {extension!r}; expected .safetensors, .pt, .pth, .bin, .ckpt or .npz."
+    )
+
+
+def _read_torch_pickle(path):
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: PyTorch checkpoints need torch: pip install 'wsss-keras[torch]', "
+            "or convert the file to .safetensors first."
+        ) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        # TorchScript archives (OpenAI CLIP's released .pt files) are not plain pickles.
+        try:
+            obj = torch.jit.load(path, map_location="cpu").state_dict()
+        except Exception:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error}).") from None
+    for key in ("state_dict", "model", "teacher", "module"):  # common wrappers around the weights
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found {type(obj).__name__}.")
+    state = {}
+    for name, value in obj.items():
+        if hasattr(value, "detach"):
+            value = value.detach().cpu()
+            if value.dtype in (torch.bfloat16, torch.float16):
+                value = value.float()
+            state[name] = value.numpy()
+    return state
+
+
+def strip_prefix(state, prefixes):
+    """Remove the first matching prefix (e.g. "module.", "backbone.") from every key that has it."""
+    out = {}
+    for name, value in state.items():
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        out[name] = value
+    return out
+
+
+def check_shapes(expected, state, source, ignore_unexpected=()):
+    """Raise a CheckpointError that lists every missing, unexpected and mis-shaped key.
+
+    Args:
+        expected: {name: shape} the model needs.
+        state: {name: array} read from the checkpoint.
+        source: the file (or folder) name used in the message.
+        ignore_unexpected: key prefixes that may be present but are not used (e.g. a classifier
+            head when only the encoder is imported).
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(
+        name for name in set(state) - set(expected) if not name.startswith(tuple(ignore_unexpected))
+    )
+    wrong = sorted(
+        (name, tuple(state[name].shape), tuple(shape))
+        for name, shape in expected.items()
+        if name in state and tuple(state[name].shape) != tuple(shape)
+    )
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): " + ", ".join(_shown(missing)))
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(_shown(unexpected)))
+    if wrong:
+        parts.append(
+            f"wrong shapes ({len(wrong)}): "
+            + ", ".join(f"{name} is {got}, model needs {need}" for name, got, need in wrong[:10])
+        )
+    raise CheckpointError(
+        f"{source}: checkpoint does not match the architecture; " + "; ".join(parts)
+        + ". Check --arch (depth, width, patch size) against the checkpoint (`wsss weights inspect`)."
+    )
+
+
+def _shown(names, limit=10):
+    return names[:limit] + ([f"... {len(names) - limit} more"] if len(names) > limit else [])
