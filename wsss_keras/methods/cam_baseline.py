@@ -10,6 +10,8 @@ CPU recipes of the ViT and CLIP methods must reach.
 import keras
 from keras import ops
 
+from wsss_keras.ops.losses import multilabel_soft_margin_loss
+
 
 @keras.saving.register_keras_serializable(package="wsss_keras")
 class CamBaseline(keras.Model):
@@ -62,8 +64,3 @@ class CamBaseline(keras.Model):
         config.update({"num_classes": self.num_classes, "widths": self.widths, "convs_per_stage": self.convs_per_stage})
         return config
 
-
-def multilabel_soft_margin_loss(labels, logits):
-    """torch's multilabel_soft_margin_loss: binary cross-entropy with logits, mean over classes and batch."""
-    labels = ops.cast(labels, logits.dtype)
-    return ops.mean(ops.mean(labels * ops.softplus(-logits) + (1 - labels) * ops.softplus(logits), axis=-1))
