@@ -12,20 +12,11 @@ import click
 
 from wsss_keras import __version__
 from wsss_keras.backend import BACKENDS, set_backend
+from wsss_keras.commands.options import ErrorReportingGroup
 from wsss_keras.errors import WSSSError
 
 
-class WSSSGroup(click.Group):
-    """A group that turns the project's own errors into one-line messages."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except WSSSError as error:
-            raise click.ClickException(str(error)) from None
-
-
-@click.group(cls=WSSSGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),

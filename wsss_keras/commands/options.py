@@ -2,6 +2,18 @@
 
 import click
 
+from wsss_keras.errors import WSSSError
+
+
+class ErrorReportingGroup(click.Group):
+    """A click group that turns the project's own errors into one-line messages (exit status 1)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except WSSSError as error:
+            raise click.ClickException(str(error)) from None
+
 
 def dataset_options(function):
     """--split, --labels-from, --cls-labels and --class-names, opening a dataset root."""

@@ -9,20 +9,11 @@ import os
 import click
 
 from wsss_keras.backbones import registry
-from wsss_keras.errors import WSSSError
+from wsss_keras.commands.options import ErrorReportingGroup
 
 
-class _WeightsGroup(click.Group):
-    # Same one-line error reporting as the top-level `wsss` group, so the commands behave the
-    # same when this group is used on its own (tests, other entry points).
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except WSSSError as error:
-            raise click.ClickException(str(error)) from None
-
-
-@click.group("weights", cls=_WeightsGroup, context_settings={"show_default": True})
+# Its own error reporting too, so the commands behave the same when this group is used alone.
+@click.group("weights", cls=ErrorReportingGroup, context_settings={"show_default": True})
 def weights():
     """Inspect checkpoints and convert them to Keras `.weights.h5` files (local files only)."""
 
