@@ -91,10 +91,11 @@ def test_registry_maps_archs_to_families_lazily():
     assert registry.ARCH_FAMILIES["dino_vitb16"] == "wsss_keras.backbones.vit"
     assert registry.ARCH_FAMILIES["clip_vit_b16"] == "wsss_keras.backbones.clip"
     assert set(registry.known_archs()) == {
-        "resnet50", "resnet101", "vit_b16", "vit_s16", "deit_s16", "deit_b16", "dino_vits16", "dino_vitb16", "clip_vit_b16"
+        "resnet50", "resnet101", "vit_b16", "vit_s16", "deit_s16", "deit_b16", "dino_vits16", "dino_vitb16",
+        "clip_vit_b16", "clip_vit_b32", "clip_vit_l14",
     }
     assert registry.family("resnet50").ARCHS["resnet50"]["block_counts"] == (3, 4, 6, 3)
-    with pytest.raises(registry.UnknownArchError, match="known: clip_vit_b16, deit_b16"):
+    with pytest.raises(registry.UnknownArchError, match="known: clip_vit_b16, clip_vit_b32, clip_vit_l14, deit_b16"):
         registry.family("resnet18")
 
 
@@ -131,3 +132,15 @@ def test_convert_names_the_offending_keys_before_building(tmp_path):
     )
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert completed.stdout.split()[-2:] == ["1", "False"], completed.stdout + completed.stderr
+
+
+def test_registry_and_families_name_the_same_archs():
+    import importlib
+
+    from wsss_keras.backbones.registry import ARCH_FAMILIES
+
+    families = {}
+    for arch, module in ARCH_FAMILIES.items():
+        families.setdefault(module, set()).add(arch)
+    for module, archs in families.items():
+        assert archs == set(importlib.import_module(module).ARCHS), module

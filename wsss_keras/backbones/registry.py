@@ -32,6 +32,8 @@ ARCH_FAMILIES = {
     "dino_vits16": "wsss_keras.backbones.vit",
     "dino_vitb16": "wsss_keras.backbones.vit",
     "clip_vit_b16": "wsss_keras.backbones.clip",
+    "clip_vit_b32": "wsss_keras.backbones.clip",
+    "clip_vit_l14": "wsss_keras.backbones.clip",
 }
 
 RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
