@@ -109,6 +109,15 @@ class AttentionHook:
         return output
 
 
+def _tokens_and_probs_spec(tokens, hidden_dim, num_heads, dtype):
+    """Output spec of attention and blocks: tokens (B, N, D) and probabilities (B, H, N, N)."""
+    batch, length = tokens.shape[0], tokens.shape[1]
+    return (
+        keras.KerasTensor((batch, length, hidden_dim), dtype=dtype),
+        keras.KerasTensor((batch, num_heads, length, length), dtype=dtype),
+    )
+
+
 def _call_hook(hook, method, value, block_index, tokens):
     function = getattr(hook, method, None) if hook is not None else None
     return value if function is None else function(value, block_index, tokens)
@@ -207,11 +216,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return output, probs
 
     def compute_output_spec(self, tokens, attention_mask=None, hook=None, block_index=None):
-        batch, length = tokens.shape[0], tokens.shape[1]
-        return (
-            keras.KerasTensor((batch, length, self.hidden_dim), dtype=self.compute_dtype),
-            keras.KerasTensor((batch, self.num_heads, length, length), dtype=self.compute_dtype),
-        )
+        return _tokens_and_probs_spec(tokens, self.hidden_dim, self.num_heads, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -367,11 +372,7 @@ class TransformerBlock(keras.layers.Layer):
         return tokens, probs
 
     def compute_output_spec(self, tokens, attention_mask=None, hook=None, block_index=None):
-        batch, length = tokens.shape[0], tokens.shape[1]
-        return (
-            keras.KerasTensor((batch, length, self.hidden_dim), dtype=self.compute_dtype),
-            keras.KerasTensor((batch, self.num_heads, length, length), dtype=self.compute_dtype),
-        )
+        return _tokens_and_probs_spec(tokens, self.hidden_dim, self.num_heads, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
