@@ -91,11 +91,12 @@ def test_registry_maps_archs_to_families_lazily():
     assert registry.ARCH_FAMILIES["dino_vitb16"] == "wsss_keras.backbones.vit"
     assert registry.ARCH_FAMILIES["clip_vit_b16"] == "wsss_keras.backbones.clip"
     assert set(registry.known_archs()) == {
-        "resnet50", "resnet101", "vit_b16", "vit_s16", "deit_s16", "deit_b16", "dino_vits16", "dino_vitb16",
+        "resnet50", "resnet101", "vit_b16", "vit_s16", "deit_s16", "deit_b16", "deit_s16_distilled",
+        "deit_b16_distilled", "dino_vits16", "dino_vitb16",
         "clip_vit_b16", "clip_vit_b32", "clip_vit_l14",
     }
     assert registry.family("resnet50").ARCHS["resnet50"]["block_counts"] == (3, 4, 6, 3)
-    with pytest.raises(registry.UnknownArchError, match="known: clip_vit_b16, clip_vit_b32, clip_vit_l14, deit_b16"):
+    with pytest.raises(registry.UnknownArchError, match="known: clip_vit_b16, clip_vit_b32, clip_vit_l14, deit_b16, deit_b16_distilled"):
         registry.family("resnet18")
 
 

@@ -172,6 +172,39 @@ def test_keras_hub_vit_preset_parity(tmp_path):
     assert difference <= TOL, difference
 
 
+def test_keras_hub_distilled_deit_preset_parity(tmp_path):
+    import keras_hub
+
+    backbone = keras_hub.models.DeiTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=4,
+                                             hidden_dim=32, intermediate_dim=64)
+    rng = np.random.default_rng(4)
+    for weight in backbone.weights:
+        weight.assign(rng.normal(size=weight.shape).astype("float32") * 0.1 + (1.0 if "gamma" in weight.path else 0))
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    encoder = load_pretrained(str(tmp_path / "preset"), dict(TINY, num_class_tokens=2))
+    images = _images(32, 32)
+    outputs = encoder(images)
+    reference = _numpy(backbone(images))  # [class token, distillation token, patches]
+    difference = np.abs(_numpy(outputs["tokens"]) - reference).max()
+    assert difference <= TOL, difference
+    assert outputs["class_tokens"].shape[1] == 2
+    # A distilled arch refuses a checkpoint without a distillation token, naming the plain arch.
+    plain = tmp_path / "plain.pth"
+    state = {key: torch.from_numpy(value) for key, value in _zero_state(encoder).items()}
+    state["cls_token"] = state["cls_token"][:, :1]
+    state["pos_embed"] = state["pos_embed"][:, 1:]
+    torch.save(state, plain)
+    with pytest.raises(CheckpointError, match="needs a distilled DeiT checkpoint.*Use deit_s16 for it"):
+        load_pretrained(str(plain), "deit_s16_distilled")
+
+
+def _zero_state(encoder):
+    """A timm-layout state of zeros with exactly the shapes `encoder` needs."""
+    from wsss_keras.backbones.vit.vit_weights import expected_shapes
+
+    return {name: np.zeros(shape, "float32") for name, shape in expected_shapes(encoder).items()}
+
+
 def test_mismatched_checkpoints_name_keys_and_shapes(hf_vit, tmp_path):
     model, folder = hf_vit
     with pytest.raises(CheckpointError, match=r"missing keys \(12\): blocks\.2\."):
@@ -192,7 +225,7 @@ def test_mismatched_checkpoints_name_keys_and_shapes(hf_vit, tmp_path):
         load_pretrained(str(tmp_path / "absent.pth"), "vit_b16")
     with pytest.raises(CheckpointError, match="Unknown ViT architecture"):
         load_pretrained(str(path), "vit_huge")
-    assert {"vit_b16", "vit_s16", "deit_s16", "deit_b16", "dino_vits16", "dino_vitb16"} <= set(ARCHS)
+    assert {"vit_b16", "vit_s16", "deit_s16", "deit_b16", "deit_s16_distilled", "dino_vits16", "dino_vitb16"} <= set(ARCHS)
 
 
 def test_class_token_replication_and_split_qkv(hf_vit, tmp_path):

@@ -29,6 +29,8 @@ ARCH_FAMILIES = {
     "vit_s16": "wsss_keras.backbones.vit",
     "deit_s16": "wsss_keras.backbones.vit",
     "deit_b16": "wsss_keras.backbones.vit",
+    "deit_s16_distilled": "wsss_keras.backbones.vit",
+    "deit_b16_distilled": "wsss_keras.backbones.vit",
     "dino_vits16": "wsss_keras.backbones.vit",
     "dino_vitb16": "wsss_keras.backbones.vit",
     "clip_vit_b16": "wsss_keras.backbones.clip",

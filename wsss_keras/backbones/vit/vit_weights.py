@@ -36,13 +36,20 @@ ARCHS = {
                      pos_embed_grid=14, pos_embed_mode="bicubic"),
     "deit_b16": dict(patch_size=16, hidden_dim=768, num_layers=12, num_heads=12, mlp_dim=3072,
                      pos_embed_grid=14, pos_embed_mode="bicubic"),
+    # Distilled DeiT (timm's deit_*_distilled_*, keras-hub's DeiTBackbone): the class and the
+    # distillation token are the two class tokens, in that order.
+    "deit_s16_distilled": dict(patch_size=16, hidden_dim=384, num_layers=12, num_heads=6, mlp_dim=1536,
+                               pos_embed_grid=14, pos_embed_mode="bicubic", num_class_tokens=2),
+    "deit_b16_distilled": dict(patch_size=16, hidden_dim=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                               pos_embed_grid=14, pos_embed_mode="bicubic", num_class_tokens=2),
     "dino_vits16": dict(patch_size=16, hidden_dim=384, num_layers=12, num_heads=6, mlp_dim=1536,
                         pos_embed_grid=14, pos_embed_mode="bicubic_dino", pos_embed_trainable=False),
     "dino_vitb16": dict(patch_size=16, hidden_dim=768, num_layers=12, num_heads=12, mlp_dim=3072,
                         pos_embed_grid=14, pos_embed_mode="bicubic_dino", pos_embed_trainable=False),
 }
 for _config in ARCHS.values():
-    _config.update(layer_norm_epsilon=1e-6, activation="gelu", num_class_tokens=1)
+    _config.setdefault("num_class_tokens", 1)
+    _config.update(layer_norm_epsilon=1e-6, activation="gelu")
 
 # Keys a classification checkpoint carries that an encoder does not use.
 _IGNORED_PREFIXES = ("head.", "head_dist.", "fc_norm.", "pre_logits.", "pooler.", "classifier.",
@@ -279,10 +286,18 @@ def load_keras_hub_backbone(folder):
         raise CheckpointError(f"{folder}: keras-hub could not load this preset folder ({error}).") from None
 
 
+# keras-hub names of the two backbones this reads: (embedding layer, encoder, MLP layers).
+_KERAS_HUB_LAYOUTS = {
+    "ViTBackbone": ("vit_patching_and_embedding", "vit_encoder", ("mlp/dense_1", "mlp/dense_2")),
+    "DeiTBackbone": ("deit_patching_and_embedding", "deit_encoder", ("mlp/dense", "output_layer/output")),
+}
+
+
 def keras_hub_vit_to_canonical(backbone):
-    """keras-hub `ViTBackbone` variables -> canonical."""
+    """keras-hub `ViTBackbone` or (distilled) `DeiTBackbone` variables -> canonical."""
     import keras
 
+    embed, encoder, (fc1, fc2) = _KERAS_HUB_LAYOUTS[type(backbone).__name__]
     weights = {w.path: keras.ops.convert_to_numpy(w.value) for w in backbone.weights}
     out, used = {}, set()
 
@@ -290,31 +305,44 @@ def keras_hub_vit_to_canonical(backbone):
         used.add(path)
         return weights[path]
 
-    embed = "vit_patching_and_embedding"
     if f"{embed}/class_token" in weights:
         out["cls_token"] = take(f"{embed}/class_token")
+    if f"{embed}/distillation_token" in weights:
+        out["dist_token"] = take(f"{embed}/distillation_token")
     out["patch_embed.proj.weight"] = take(f"{embed}/patch_embedding/kernel").transpose(3, 2, 0, 1)
     if f"{embed}/patch_embedding/bias" in weights:
         out["patch_embed.proj.bias"] = take(f"{embed}/patch_embedding/bias")
-    out["pos_embed"] = take(f"{embed}/position_embedding/embeddings")[None]
+    position = f"{embed}/position_embedding/embeddings"
+    position = position if position in weights else f"{embed}/position_embedding"
+    out["pos_embed"] = take(position).reshape((1,) + take(position).shape[-2:])
     index = 0
-    while f"vit_encoder/transformer_block_{index + 1}/ln_1/gamma" in weights:
-        source, target = f"vit_encoder/transformer_block_{index + 1}", f"blocks.{index}."
+    while f"{encoder}/transformer_block_{index + 1}/ln_1/gamma" in weights:
+        source, target = f"{encoder}/transformer_block_{index + 1}", f"blocks.{index}."
         out[target + "norm1.weight"], out[target + "norm1.bias"] = take(source + "/ln_1/gamma"), take(source + "/ln_1/beta")
         out[target + "norm2.weight"], out[target + "norm2.bias"] = take(source + "/ln_2/gamma"), take(source + "/ln_2/beta")
         qkv_w, qkv_b, proj_w, proj_b = keras_hub_attention_to_torch(weights, source + "/mha")
         used.update(p for p in weights if p.startswith(source + "/mha/"))
         out.update({target + "attn.qkv.weight": qkv_w, target + "attn.qkv.bias": qkv_b,
                     target + "attn.proj.weight": proj_w, target + "attn.proj.bias": proj_b})
-        for dense, name in (("dense_1", "fc1"), ("dense_2", "fc2")):
-            out[f"{target}mlp.{name}.weight"] = take(f"{source}/mlp/{dense}/kernel").T
-            out[f"{target}mlp.{name}.bias"] = take(f"{source}/mlp/{dense}/bias")
+        for dense, name in ((fc1, "fc1"), (fc2, "fc2")):
+            out[f"{target}mlp.{name}.weight"] = take(f"{source}/{dense}/kernel").T
+            out[f"{target}mlp.{name}.bias"] = take(f"{source}/{dense}/bias")
         index += 1
-    out["norm.weight"], out["norm.bias"] = take("vit_encoder/ln/gamma"), take("vit_encoder/ln/beta")
+    out["norm.weight"], out["norm.bias"] = take(f"{encoder}/ln/gamma"), take(f"{encoder}/ln/beta")
     for path in weights:  # anything not mapped is reported by check_shapes as unexpected
         if path not in used:
             out[path] = weights[path]
     return out
+
+
+def merge_distillation_token(state):
+    """Distilled DeiT: [class token, distillation token] become two class tokens, in that order
+    (the position table already has a row for each)."""
+    if "dist_token" not in state or "cls_token" not in state:
+        return state
+    state = dict(state)
+    state["cls_token"] = np.concatenate([state["cls_token"], state.pop("dist_token")], axis=1)
+    return state
 
 
 def _is_hf_folder(folder):
@@ -363,8 +391,9 @@ def read_canonical(source, num_class_tokens=1):
             info["format"] = "huggingface"
         elif _is_keras_hub_folder(source):
             backbone = load_keras_hub_backbone(source)
-            if type(backbone).__name__ != "ViTBackbone":
-                raise CheckpointError(f"{source}: keras-hub preset holds a {type(backbone).__name__}, not a ViTBackbone.")
+            if type(backbone).__name__ not in _KERAS_HUB_LAYOUTS:
+                raise CheckpointError(
+                    f"{source}: keras-hub preset holds a {type(backbone).__name__}, not a ViTBackbone or DeiTBackbone.")
             state = keras_hub_vit_to_canonical(backbone)
             info["format"] = "keras_hub"
             info["layer_norm_epsilon"] = backbone.layer_norm_epsilon
@@ -379,6 +408,10 @@ def read_canonical(source, num_class_tokens=1):
             info["format"] = "huggingface"
         else:
             info["format"] = "timm"
+    info["distilled"] = "dist_token" in state
+    state = merge_distillation_token(state)
+    if info["distilled"]:
+        return state, info
     return replicate_class_tokens(state, num_class_tokens), info
 
 
@@ -388,8 +421,8 @@ def load_pretrained(source, arch, **kwargs):
     Args:
         source: a checkpoint file (timm/DeiT/DINO `.pth`/`.safetensors`, HF `model.safetensors`)
             or folder (HF `save_pretrained`, keras-hub preset).
-        arch: a name in `ARCHS` (vit_b16, vit_s16, deit_s16, deit_b16, dino_vits16,
-            dino_vitb16) or a dict of `ViTEncoder` kwargs.
+        arch: a name in `ARCHS` (vit_b16, vit_s16, deit_s16, deit_b16, deit_s16_distilled,
+            deit_b16_distilled, dino_vits16, dino_vitb16) or a dict of `ViTEncoder` kwargs.
         **kwargs: overrides of the architecture's kwargs (e.g. `num_class_tokens=20` for an
             MCTformer host, which replicates the class token and its position row). For
             Hugging Face folders the LayerNorm epsilon of config.json is used unless
@@ -411,6 +444,10 @@ def load_pretrained(source, arch, **kwargs):
 
     config = resolve_arch(arch, **kwargs)
     state, info = read_canonical(source, num_class_tokens=config.get("num_class_tokens", 1))
+    if isinstance(arch, str) and arch.endswith("_distilled") and not info["distilled"]:
+        raise CheckpointError(
+            f"{source}: {arch} needs a distilled DeiT checkpoint (with a distillation token); this one has none. "
+            f"Use {arch[: -len('_distilled')]} for it.")
     if "layer_norm_epsilon" not in kwargs:
         if "hf_config" in info and "layer_norm_eps" in info["hf_config"]:
             config["layer_norm_epsilon"] = info["hf_config"]["layer_norm_eps"]
