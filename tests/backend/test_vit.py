@@ -156,16 +156,22 @@ def test_dino_layout_parity_with_scale_factor_bicubic(hf_vit, tmp_path):
     assert np.abs(reference - _hf_tokens(model, images, interpolate=True)).max() > 1e-3
 
 
+def _random_preset(backbone, folder, seed):
+    """Give a keras-hub backbone fully random weights (default init would hide mapping mistakes)
+    and save it as a local preset; returns the preset folder."""
+    rng = np.random.default_rng(seed)
+    for weight in backbone.weights:
+        weight.assign(rng.normal(size=weight.shape).astype("float32") * 0.1 + (1.0 if "gamma" in weight.path else 0))
+    backbone.save_to_preset(str(folder / "preset"))
+    return str(folder / "preset")
+
+
 def test_keras_hub_vit_preset_parity(tmp_path):
     import keras_hub
 
     backbone = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=4,
                                             hidden_dim=32, mlp_dim=64)
-    rng = np.random.default_rng(3)
-    for weight in backbone.weights:
-        weight.assign(rng.normal(size=weight.shape).astype("float32") * 0.1 + (1.0 if "gamma" in weight.path else 0))
-    backbone.save_to_preset(str(tmp_path / "preset"))
-    encoder = load_pretrained(str(tmp_path / "preset"), dict(TINY))
+    encoder = load_pretrained(_random_preset(backbone, tmp_path, seed=3), dict(TINY))
     images = _images(32, 32)
     reference = _numpy(backbone(images))
     difference = np.abs(_numpy(encoder(images)["tokens"]) - reference).max()
@@ -177,11 +183,7 @@ def test_keras_hub_distilled_deit_preset_parity(tmp_path):
 
     backbone = keras_hub.models.DeiTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=4,
                                              hidden_dim=32, intermediate_dim=64)
-    rng = np.random.default_rng(4)
-    for weight in backbone.weights:
-        weight.assign(rng.normal(size=weight.shape).astype("float32") * 0.1 + (1.0 if "gamma" in weight.path else 0))
-    backbone.save_to_preset(str(tmp_path / "preset"))
-    encoder = load_pretrained(str(tmp_path / "preset"), dict(TINY, num_class_tokens=2))
+    encoder = load_pretrained(_random_preset(backbone, tmp_path, seed=4), dict(TINY, num_class_tokens=2))
     images = _images(32, 32)
     outputs = encoder(images)
     reference = _numpy(backbone(images))  # [class token, distillation token, patches]
