@@ -37,12 +37,11 @@ def load_cams(path):
         raise DataError(f"{path}: not a CAM file with 'cams' and 'classes' arrays ({error}); write it with save_cams.") from None
 
 
-def cams_to_label_map(cams, classes, threshold):
-    """Strongest class where its CAM exceeds `threshold`, else background (0)."""
+def strongest_class(cams, classes):
+    """Per pixel, the largest CAM value and the class it belongs to (0 where there is no map)."""
     if cams.shape[-1] == 0:
-        return np.zeros(cams.shape[:2], np.uint8)
-    strongest = cams.max(-1)
-    return np.where(strongest > threshold, classes[cams.argmax(-1)], 0).astype(np.uint8)
+        return np.zeros(cams.shape[:2], np.float32), np.zeros(cams.shape[:2], np.uint8)
+    return cams.max(-1), classes[cams.argmax(-1)].astype(np.uint8)
 
 
 class ThresholdSweep:
@@ -61,8 +60,9 @@ class ThresholdSweep:
         self.matrices = [ConfusionMatrix(num_classes, class_names) for _ in self.thresholds]
 
     def update(self, cams, classes, ground_truth, source="cams"):
+        strongest, label_map = strongest_class(cams, classes)  # once, shared by every threshold
         for threshold, matrix in zip(self.thresholds, self.matrices):
-            matrix.update(cams_to_label_map(cams, classes, threshold), ground_truth, source)
+            matrix.update(np.where(strongest > threshold, label_map, 0), ground_truth, source)
 
     def scores(self):
         return [matrix.scores() for matrix in self.matrices]
@@ -102,5 +102,3 @@ def sweep_cam_folder(cam_dir, ground_truth_dir, class_names, thresholds=DEFAULT_
         if progress is not None:
             progress(done, len(names))
     return sweep, len(names)
-
-

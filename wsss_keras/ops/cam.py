@@ -68,14 +68,18 @@ def crop_box_mask(crop_boxes, height, width):
     return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
 
 
+def strongest_present_class(cams, labels):
+    """Per pixel, the largest CAM value among the classes in `labels` and its label (class + 1)."""
+    valid = cams * ops.cast(labels, cams.dtype)[:, None, None, :]
+    return ops.max(valid, axis=-1), ops.cast(ops.argmax(valid, axis=-1), "int32") + 1
+
+
 def cams_to_label_map(cams, labels, background_threshold):
     """Label map from CAMs: the strongest present class where its CAM exceeds the threshold,
     else background (0). CAMs of classes absent from `labels` are zeroed first.
     """
     cams = ops.convert_to_tensor(cams)
-    valid = cams * ops.cast(labels, cams.dtype)[:, None, None, :]
-    strongest = ops.max(valid, axis=-1)
-    label_map = ops.cast(ops.argmax(valid, axis=-1), "int32") + 1
+    strongest, label_map = strongest_present_class(cams, labels)
     return ops.where(strongest > background_threshold, label_map, 0)
 
 
@@ -86,9 +90,7 @@ def cams_to_pseudo_labels(cams, labels, high=0.7, low=0.25, crop_boxes=None, ign
     background; in between, and outside the crop box: `ignore_index`.
     """
     cams = ops.convert_to_tensor(cams)
-    valid = cams * ops.cast(labels, cams.dtype)[:, None, None, :]
-    strongest = ops.max(valid, axis=-1)
-    label_map = ops.cast(ops.argmax(valid, axis=-1), "int32") + 1
+    strongest, label_map = strongest_present_class(cams, labels)
     label_map = ops.where(strongest > high, label_map, ignore_index)
     label_map = ops.where(strongest <= low, 0, label_map)
     if crop_boxes is not None:
