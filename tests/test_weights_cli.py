@@ -82,6 +82,8 @@ def test_guess_arch_for_every_family():
     assert slim[0] == [] and "width 8" in slim[1]
     vit = {"patch_embed.proj.weight": (384, 3, 16, 16), **{f"blocks.{i}.attn.qkv.weight": (1152, 384) for i in range(12)}}
     assert registry.guess_arch(vit)[0] == ["vit_s16", "deit_s16", "dino_vits16"]
+    distilled = registry.guess_arch({**vit, "dist_token": (1, 1, 384)})
+    assert distilled[0] == ["deit_s16_distilled"] and "distillation token" in distilled[1]
     clip = {"visual.conv1.weight": (768, 3, 16, 16), "visual.transformer.resblocks.0.attn.in_proj_weight": (2304, 768)}
     assert registry.guess_arch(clip)[0] == ["clip_vit_b16"]
 

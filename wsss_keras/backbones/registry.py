@@ -184,6 +184,9 @@ def _guess_vit(shapes):
     width, patch_size = patch[0], patch[-1]
     layout = f"ViT, width {width}, {depth} blocks, patch {patch_size}"
     candidates = VIT_SHAPES.get((width, depth), []) if patch_size == 16 else []
+    if "dist_token" in shapes:  # timm's distilled DeiT: only the distilled archs take it
+        layout += ", with a distillation token"
+        candidates = [f"{arch}_distilled" for arch in candidates if f"{arch}_distilled" in ARCH_FAMILIES]
     return candidates, layout + ("" if candidates else " (no known arch of that shape)")
 
 
