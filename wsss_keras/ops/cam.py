@@ -6,6 +6,8 @@ Shapes are NHWC: CAMs are (B, H, W, C) over the C foreground classes; image-leve
 
 from keras import ops
 
+from wsss_keras.ops.par import par_refine
+
 IGNORE_INDEX = 255
 
 
@@ -38,7 +40,7 @@ def multiscale_cams(cam_function, images, scales=(1.0, 0.5, 1.5), flip=True):
         (B, H, W, C) CAMs in [0, 1) (a tuple if `cam_function` returns a tuple).
     """
     images = ops.convert_to_tensor(images)
-    batch, height, width = images.shape[0], images.shape[1], images.shape[2]
+    height, width = images.shape[1], images.shape[2]
     totals = None
     for scale in scales:
         size = (int(scale * height), int(scale * width))
@@ -52,7 +54,8 @@ def multiscale_cams(cam_function, images, scales=(1.0, 0.5, 1.5), flip=True):
         for cams in outputs:
             cams = resize_bilinear(cams, (height, width))
             if flip:
-                cams = ops.maximum(cams[:batch], ops.flip(cams[batch:], axis=2))
+                original, mirrored = ops.split(cams, 2, axis=0)
+                cams = ops.maximum(original, ops.flip(mirrored, axis=2))
             fused.append(ops.relu(cams))
         totals = fused if totals is None else [total + cams for total, cams in zip(totals, fused)]
     results = tuple(min_max_normalize(total) for total in totals)
@@ -97,3 +100,59 @@ def cams_to_pseudo_labels(cams, labels, high=0.7, low=0.25, crop_boxes=None, ign
         inside = crop_box_mask(crop_boxes, cams.shape[1], cams.shape[2])
         label_map = ops.where(inside, label_map, ignore_index)
     return label_map
+
+
+def refine_pseudo_labels(images, cams, labels, high=0.7, low=0.25, crop_boxes=None, down_scale=2,
+                         ignore_index=IGNORE_INDEX, **par_options):
+    """ToCo's PAR-refined pseudo-labels with two background scores (`refine_cams_with_bkg_v2`).
+
+    Two score stacks, [`high` | CAMs] and [`low` | CAMs], are downsampled by `down_scale`,
+    softmaxed over the background and the image's present classes, refined with PAR on the
+    downsampled image, upsampled back and arg-maxed. Where the high-background label is a class,
+    that class; where both labels are background, background; elsewhere (the high one says
+    background, the low one a class) and outside the crop box, `ignore_index`.
+
+    Args:
+        images: (B, H, W, 3) RGB in [0, 1] (ToCo quantises to uint8 first; see
+            `denormalize_unit`).
+        cams: (B, H, W, C) CAMs in [0, 1] at the images' size.
+        labels: (B, C) multi-hot image labels.
+        high, low: the two background scores.
+        crop_boxes: optional (B, 4) (y0, y1, x0, x1) boxes of real pixels.
+        down_scale: PAR runs at (H // down_scale, W // down_scale).
+        **par_options: passed to `par_refine` (dilations, num_iter, w1, w2).
+
+    Returns:
+        (B, H, W) int32 label map (0 background, c + 1 class c, `ignore_index`).
+    """
+    cams = ops.convert_to_tensor(cams, "float32")
+    images = ops.convert_to_tensor(images, "float32")
+    height, width = cams.shape[1], cams.shape[2]
+    small = (height // down_scale, width // down_scale)
+    small_images = resize_bilinear(images, small)
+    small_cams = resize_bilinear(cams, small)
+    present = ops.cast(labels, "float32")
+    present = ops.concatenate([ops.ones_like(present[:, :1]), present], axis=1)
+    present = present[:, None, None, :] > 0
+
+    def refined_label(background):
+        stack = ops.concatenate([ops.full_like(small_cams[..., :1], background), small_cams], axis=-1)
+        # Absent classes take no part in the softmax (ToCo keeps only the present channels).
+        probs = ops.softmax(ops.where(present, stack, -1e9), axis=-1)
+        refined = resize_bilinear(par_refine(small_images, probs, **par_options), (height, width))
+        return ops.cast(ops.argmax(ops.where(present, refined, -1e9), axis=-1), "int32")
+
+    label_high, label_low = refined_label(high), refined_label(low)
+    label_map = ops.where(label_high == 0, ignore_index, label_high)
+    label_map = ops.where((label_high == 0) & (label_low == 0), 0, label_map)
+    if crop_boxes is not None:
+        label_map = ops.where(crop_box_mask(crop_boxes, height, width), label_map, ignore_index)
+    return label_map
+
+
+def denormalize_unit(images, mean, std, quantize=True):
+    """Normalised images back to RGB in [0, 1]; `quantize` floors to 1/255 steps as ToCo's uint8 cast does."""
+    images = ops.convert_to_tensor(images, "float32")
+    rgb = images * ops.convert_to_tensor(std, "float32") + ops.convert_to_tensor(mean, "float32")
+    rgb = ops.clip(rgb, 0.0, 1.0)
+    return ops.floor(rgb * 255.0) / 255.0 if quantize else rgb
