@@ -11,3 +11,11 @@ class DataError(WSSSError):
 
 class BackendError(WSSSError):
     """The requested Keras backend cannot be used in this process."""
+
+
+class ModelError(WSSSError):
+    """A model file is missing, unreadable, or holds a model the pipelines cannot use."""
+
+
+class RecipeError(WSSSError):
+    """A recipe file is missing, malformed, or holds an unknown key or a bad value."""
