@@ -13,7 +13,7 @@ Attention hooks
 ---------------
 Methods that change what happens inside a block (DOEI re-embeds attention, ToCo and SSR read
 the attention maps) do it through a hook object passed at call time. A hook is any object
-with one or both of these methods; `AttentionHook` is a base class whose methods are no-ops:
+with any of these methods; `AttentionHook` is a base class whose methods are no-ops:
 
 - `attention_probs(probs, block_index, tokens) -> probs`: called with the post-softmax
   attention probabilities, shape `(batch, heads, tokens, tokens)`, before they weight the
@@ -23,8 +23,14 @@ with one or both of these methods; `AttentionHook` is a base class whose methods
   branch after the output projection and before the residual add, shape
   `(batch, tokens, hidden_dim)`. Return it unchanged or a replacement.
 
+- `block_output(tokens, block_index, block_input) -> tokens` (optional): called by
+  `TransformerBlock.call` with the block's output after the MLP residual, shape
+  `(batch, tokens, hidden_dim)`; `block_input` is the block's input. Return it unchanged or a
+  replacement (DOEI's `inject_at="block_output"` adds its re-embedding here).
+
 `tokens` is the block's input (the residual stream before `norm1`), `block_index` the
 0-based position of the block in its encoder, so one hook object can serve every block.
+A hook may leave out any of the methods; a missing one is a no-op.
 Hooks are plain Python objects: they are not layers, are not tracked and are not saved.
 
 Example:
@@ -90,10 +96,10 @@ def get_activation(name):
 
 
 class AttentionHook:
-    """Base class for attention hooks; both methods return their input unchanged.
+    """Base class for attention hooks; every method returns its input unchanged.
 
-    Subclass it and override one or both methods (see the module docstring for the
-    contract). Example:
+    Subclass it and override any of `attention_probs`, `attention_output` and
+    `block_output` (see the module docstring for the contract). Example:
 
     ```python
     class ZeroClassAttention(AttentionHook):
@@ -107,6 +113,9 @@ class AttentionHook:
 
     def attention_output(self, output, block_index, tokens):
         return output
+
+    def block_output(self, tokens, block_index, block_input):
+        return tokens
 
 
 def _tokens_and_probs_spec(tokens, hidden_dim, num_heads, dtype):
@@ -364,11 +373,14 @@ class TransformerBlock(keras.layers.Layer):
         return output, probs
 
     def call(self, tokens, attention_mask=None, hook=None, block_index=None):
+        block_input = tokens
         branch, probs = self.attend(
             self.norm1(tokens), attention_mask=attention_mask, hook=hook, block_index=block_index, tokens=tokens
         )
         tokens = tokens + branch
         tokens = tokens + self.mlp(self.norm2(tokens))
+        index = self.block_index if block_index is None else block_index
+        tokens = _call_hook(hook, "block_output", tokens, index, block_input)
         return tokens, probs
 
     def compute_output_spec(self, tokens, attention_mask=None, hook=None, block_index=None):
