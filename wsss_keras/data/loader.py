@@ -23,7 +23,9 @@ class SegmentationLoader(keras.utils.PyDataset):
         dataset: a `SegmentationDataset` (VOC, COCO, synthetic or custom).
         batch_size: images per batch.
         transform: a `TrainTransform`, an `EvalTransform`, or any callable
-            (rng, image, label_map) -> (image, label_map, box).
+            (rng, image, label_map) -> (image, label_map, box) or (image, label_map, box,
+            extras) where extras is a dict of extra per-item arrays (e.g. ToCo's views),
+            stacked into the targets under their keys.
         shuffle: reshuffle the order every epoch.
         seed: seed of the order and the augmentation.
         with_label_maps: also return the pixel labels (needs them on disk).
@@ -85,12 +87,13 @@ class SegmentationLoader(keras.utils.PyDataset):
         if not 0 <= batch_index < len(self):
             raise IndexError(f"batch {batch_index} out of range for {len(self)} batches")
         positions = range(batch_index * self.batch_size, min((batch_index + 1) * self.batch_size, len(self.dataset)))
-        images, label_maps, boxes, indices = [], [], [], []
+        images, label_maps, boxes, indices, extras = [], [], [], [], []
         for position in positions:
             index = int(self._order[position])
             image, label_map = self.dataset.load_item(index, with_label_map=self.with_label_maps)
             rng = np.random.default_rng([self.seed, self.epoch, position])
-            image, label_map, box = self.transform(rng, image, label_map)
+            image, label_map, box, *extra = self.transform(rng, image, label_map)
+            extras.append(extra[0] if extra else {})
             images.append(image)
             label_maps.append(label_map)
             boxes.append(box)
@@ -106,6 +109,8 @@ class SegmentationLoader(keras.utils.PyDataset):
             "crop_boxes": np.asarray(boxes, np.int32),
             "indices": np.asarray(indices, np.int32),
         }
+        for key in extras[0]:
+            targets[key] = np.stack([extra[key] for extra in extras]).astype(np.float32)
         if self.with_label_maps:
             targets["label_maps"] = np.stack(label_maps).astype(np.int32)
         return np.stack(images).astype(np.float32), targets

@@ -162,3 +162,104 @@ def multiscale_flip_views(image, scales=(1.0, 0.5, 1.5, 2.0), flip=True):
         if flip:
             views.append((scale, True, np.ascontiguousarray(view[:, ::-1])))
     return views
+
+
+def gaussian_blur(rng, image, probability, radius=(0.1, 2.0)):
+    """With `probability`, blur with a Gaussian of sigma U(radius) (PIL's GaussianBlur radius)."""
+    if probability and rng.random() < probability:
+        return cv2.GaussianBlur(image, (0, 0), sigmaX=float(rng.uniform(*radius)))
+    return image
+
+
+def random_grayscale(rng, image, probability):
+    """With `probability`, replace RGB by its luma in all three channels."""
+    if probability and rng.random() < probability:
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return image
+
+
+def random_solarize(rng, image, probability, threshold=128):
+    """With `probability`, invert the pixels at or above `threshold`."""
+    if probability and rng.random() < probability:
+        return np.where(image >= threshold, 255 - image, image).astype(image.dtype)
+    return image
+
+
+def random_resized_crop(rng, image, size, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop: a random area fraction and aspect ratio (10 tries, then
+    a central crop), resized to `size` x `size` with bicubic interpolation."""
+    height, width = image.shape[:2]
+    area = height * width
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        crop_w, crop_h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+            break
+    else:
+        crop_h, crop_w = min(height, width), min(height, width)
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    patch = image[top : top + crop_h, left : left + crop_w]
+    return cv2.resize(patch, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+@dataclasses.dataclass
+class ToCoTrainTransform:
+    """ToCo's training views (`datasets/voc.py: VOC12ClsDataset`).
+
+    The image is rescaled, flipped and cropped (padding is black, as the reference pads its
+    uint8 image with 0, and ignored in the labels), then:
+    - main input ("global view 1"): flip, colour jitter (p 0.8), grayscale (p 0.2), blur (p 1);
+    - `global_view`: a RandomResizedCrop of the *original* image (scale 0.4–1) at the crop
+      size, flip, jitter, grayscale, blur (p 0.1), solarise (p 0.2);
+    - `local_source`: the crop with flip, jitter, grayscale, blur (p 0.5); ToCo cuts its local
+      crops from it around uncertain CAM regions during training.
+    Unlike the reference, the main input's flip also flips its crop box and label map.
+
+    Returns (image, label_map, box, {"global_view", "local_source"}), all images normalised.
+    """
+
+    crop_size: int = 448
+    scale_range: tuple = (0.5, 2.0)
+    flip: bool = True
+    global_scale: tuple = (0.4, 1.0)
+    jitter: tuple = (0.4, 0.4, 0.2, 0.1)
+    jitter_probability: float = 0.8
+    grayscale_probability: float = 0.2
+    main_blur_probability: float = 1.0
+    global_blur_probability: float = 0.1
+    local_blur_probability: float = 0.5
+    solarize_probability: float = 0.2
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def _flip_and_jitter(self, rng, image):
+        flipped = bool(rng.random() < 0.5)
+        if flipped:
+            image = np.ascontiguousarray(image[:, ::-1])
+        if self.jitter and rng.random() < self.jitter_probability:
+            image = colour_jitter(rng, image, *self.jitter)
+        return random_grayscale(rng, image, self.grayscale_probability), flipped
+
+    def __call__(self, rng, image, label_map=None):
+        original = image
+        if tuple(self.scale_range) != (1.0, 1.0):
+            image, label_map = random_rescale(rng, image, label_map, self.scale_range)
+        if self.flip:
+            image, label_map, _ = random_flip(rng, image, label_map)
+        image, label_map, box = random_crop(rng, image, label_map, self.crop_size, image_fill=0)
+
+        local, _ = self._flip_and_jitter(rng, image)
+        local = gaussian_blur(rng, local, self.local_blur_probability)
+        main, flipped = self._flip_and_jitter(rng, image)
+        main = gaussian_blur(rng, main, self.main_blur_probability)
+        if flipped:
+            y0, y1, x0, x1 = box
+            box = (y0, y1, self.crop_size - x1, self.crop_size - x0)
+            label_map = None if label_map is None else np.ascontiguousarray(label_map[:, ::-1])
+        view, _ = self._flip_and_jitter(rng, random_resized_crop(rng, original, self.crop_size, self.global_scale))
+        view = random_solarize(rng, gaussian_blur(rng, view, self.global_blur_probability), self.solarize_probability)
+        extras = {"global_view": normalize(view, self.mean, self.std), "local_source": normalize(local, self.mean, self.std)}
+        return normalize(main, self.mean, self.std), label_map, box, extras

@@ -9,7 +9,7 @@ per input shape, on every backend, without backend-specific code here.
 import keras
 from keras import ops
 
-from wsss_keras.ops.cam import multiscale_cams, resize_bilinear
+from wsss_keras.ops.cam import multiscale_cams, refine_pseudo_labels, resize_bilinear
 
 
 class MultiScaleCams(keras.Model):
@@ -42,3 +42,15 @@ class MultiScaleSegmentation(keras.Model):
             logits = resize_bilinear(logits, (height, width))
             fused = logits if fused is None else ops.maximum(fused, logits)
         return fused
+
+
+class PseudoLabelRefiner(keras.Model):
+    """`refine_pseudo_labels` as a model: (RGB in [0, 1], CAMs, image labels) -> label map."""
+
+    def __init__(self, high=0.7, low=0.25, down_scale=2, **par_options):
+        super().__init__()
+        self.high, self.low, self.down_scale, self.par_options = high, low, down_scale, par_options
+
+    def call(self, inputs):
+        images, cams, labels = inputs
+        return refine_pseudo_labels(images, cams, labels, self.high, self.low, down_scale=self.down_scale, **self.par_options)

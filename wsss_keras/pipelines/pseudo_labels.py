@@ -101,7 +101,10 @@ def make_pseudo_labels(dataset, cam_dir, out_dir, mode="par", high=0.7, low=0.25
     if mode != "crf":
         from keras import ops
 
-        from wsss_keras.ops.cam import cams_to_pseudo_labels, refine_pseudo_labels
+        from wsss_keras.ops.cam import cams_to_pseudo_labels
+        from wsss_keras.pipelines.inference import PseudoLabelRefiner
+
+        refiner = PseudoLabelRefiner(high, low, down_scale, **(par_options or {}))
 
     def work(index, paths):
         name = dataset.names[index]
@@ -125,7 +128,7 @@ def make_pseudo_labels(dataset, cam_dir, out_dir, mode="par", high=0.7, low=0.25
                 label_map = cams_to_pseudo_labels(full[None], labels, high, low)
             else:
                 rgb = image[None].astype(np.float32) / 255.0
-                label_map = refine_pseudo_labels(rgb, full[None], labels, high, low, down_scale=down_scale, **(par_options or {}))
+                label_map = refiner.predict_on_batch((rgb, full[None], labels.astype(np.float32)))
             label_map = ops.convert_to_numpy(label_map)[0]
         write_label_map(paths[0], label_map)
 

@@ -1,0 +1,186 @@
+"""ToCo: its new losses and crop sampling against NumPy, one training step with every loss on,
+and a CAM pass, on the current backend."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from wsss_keras.backbones.conv_stem import ConvStem
+from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
+from wsss_keras.data.transforms import ToCoTrainTransform
+from wsss_keras.methods.doei import DOEI
+from wsss_keras.methods.toco import ToCo, gather_square_crops, sample_local_crops, uncertainty_roi
+from wsss_keras.ops.losses import bilateral_affinity, contrastive_token_loss, dense_energy_loss
+from wsss_keras.pipelines.inference import MultiScaleCams
+
+
+def numpy_ctc(teacher, student, flags, temperature):
+    """ToCo's CTCLoss_neg written as its loops, including the `for ... else` term."""
+    total = 0.0
+    for b in range(teacher.shape[0]):
+        logits = np.exp(teacher[b] @ student[b].T / temperature)  # T, V
+        negatives = logits[:, flags[b] == 0].sum(axis=1)
+        loss = np.zeros(teacher.shape[1])
+        positives = np.flatnonzero(flags[b])
+        for j in positives:
+            loss += -np.log(logits[:, j] / (logits[:, j] + negatives + 1e-4))
+        loss += -np.log(1.0 / (1.0 + negatives + 1e-4))
+        total += loss.sum() / 2 / (len(positives) + 1e-4)
+    return total / teacher.shape[0]
+
+
+def test_contrastive_token_loss_matches_the_reference_loops():
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(3, 2, 8)).astype("float32") * 0.5
+    student = rng.normal(size=(3, 6, 8)).astype("float32") * 0.5
+    flags = np.array([[1, 1, 0, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]], "float32")
+    got = float(ops.convert_to_numpy(contrastive_token_loss(teacher, student, flags, 0.5)))
+    assert got == pytest.approx(numpy_ctc(teacher, student, flags, 0.5), rel=1e-5)
+
+
+def test_contrastive_token_loss_does_not_overflow():
+    teacher = np.full((1, 2, 4), 30.0, "float32")
+    student = np.full((1, 3, 4), 30.0, "float32")
+    got = float(ops.convert_to_numpy(contrastive_token_loss(teacher, student, np.array([[1, 1, 0]], "float32"), 0.5)))
+    assert np.isfinite(got)
+
+
+def test_dense_energy_value_and_gradient_direction():
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, size=(2, 8, 8, 3)).astype("float32")
+    logits = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    roi = np.ones((2, 8, 8), "float32")
+    roi[1, :, 6:] = 0
+    unlabelled = np.zeros((2, 8, 8), bool)
+    unlabelled[0, :2] = True
+    got = float(ops.convert_to_numpy(dense_energy_loss(images, probs, roi, unlabelled, 15.0, 100.0, scale=1.0)))
+    # NumPy: the dense bilateral kernel over all pairs, gate from the masked probabilities.
+    rows, cols = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    xy = np.stack([rows.ravel(), cols.ravel()], -1) / 100.0
+    expected = 0.0
+    for b in range(2):
+        rgb = images[b].reshape(-1, 3) / 15.0
+        kernel = np.exp(-0.5 * (((xy[:, None] - xy[None]) ** 2).sum(-1) + ((rgb[:, None] - rgb[None]) ** 2).sum(-1)))
+        masked = (probs[b] * roi[b][..., None]).reshape(-1, 3)
+        gate = np.where(unlabelled[b], 1.0, roi[b] - probs[b].max(-1)).reshape(-1, 1).clip(0)
+        expected -= (masked * (kernel @ masked) * gate).sum()
+    assert got == pytest.approx(expected / 2, rel=1e-4)
+    kernel = ops.convert_to_numpy(bilateral_affinity(images[:1, :2, :2] * 0 + 10.0, 15.0, 1.0))[0]
+    np.testing.assert_allclose(np.diag(kernel), 1.0, rtol=1e-6)
+
+
+def test_gather_square_crops_equals_slicing():
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(2, 12, 10, 3)).astype("float32")
+    centres = np.array([[[3, 3], [6, 5]], [[8, 6], [3, 7]]], "int32")
+    crops = ops.convert_to_numpy(gather_square_crops(images, centres, 5))
+    for b in range(2):
+        for n in range(2):
+            y, x = centres[b, n]
+            np.testing.assert_array_equal(crops[b, n], images[b, y - 2 : y + 3, x - 2 : x + 3])
+
+
+def test_local_crops_centre_on_uncertain_pixels_and_flag_negatives():
+    cams = np.zeros((2, 16, 16, 1), "float32")
+    cams[0, 8:, :] = 1.0  # image 0: bottom half certain foreground (ROI 2), top half background
+    cams[1] = 0.5  # image 1: all uncertain (ROI 1)
+    labels = np.ones((2, 1), "float32")
+    roi = ops.convert_to_numpy(uncertainty_roi(cams, labels, 0.7, 0.25))
+    assert set(np.unique(roi[0])) == {0.0, 2.0} and set(np.unique(roi[1])) == {1.0}
+    images = np.broadcast_to(np.arange(256, dtype="float32").reshape(1, 16, 16, 1), (2, 16, 16, 1))
+    crops, positive = sample_local_crops(images, roi, count=3, size=4, negative_ratio=0.2, seed=keras.random.SeedGenerator(0))
+    crops, positive = ops.convert_to_numpy(crops), ops.convert_to_numpy(positive)
+    centres = crops[..., 2, 2, 0].astype(int)  # the pixel at the crop centre, by its value
+    rows, cols = centres // 16, centres % 16
+    assert np.all((rows >= 2) & (rows < 14) & (cols >= 2) & (cols < 14))
+    assert np.all(rows[0] < 8)  # image 0: only background pixels (ROI 0) qualify
+    assert len(set(centres[0])) == 3  # distinct picks
+    crop_roi = np.array([[roi[b, r - 2 : r + 2, c - 2 : c + 2].mean() for r, c in zip(rows[b], cols[b])] for b in range(2)])
+    np.testing.assert_array_equal(positive, (crop_roi > 0.2).astype("float32"))
+    assert positive[1].all()
+
+
+def tiny_toco(doei=None, losses=None, stem=True):
+    stem_layer = ConvStem((8, 16), convs_per_stage=1) if stem else None
+    encoder = ViTEncoder(
+        patch_size=4 if stem else 8, hidden_dim=32, num_layers=3, num_heads=2, mlp_dim=64, pos_embed_grid=4,
+        image_channels=16 if stem else 3,
+    )
+    settings = dict(cam_scales=[1.0, 0.5], local_crops=2, local_crop_size=16, seg_start=0, reg_start=0, ptc_box="scaled")
+    settings.update(losses or {})
+    return ToCo(encoder, 3, stem=stem_layer, decoder_channels=8, decoder_dilation=2, projection=(16, 8, 16),
+                losses=settings, doei=doei, max_steps=10, class_names=["background", "a", "b", "c"], seed=0)
+
+
+def toco_batch(batch=2, size=32):
+    rng = np.random.default_rng(0)
+    transform = ToCoTrainTransform(crop_size=size, scale_range=(0.8, 1.2))
+    images, boxes, extras = [], [], {"global_view": [], "local_source": []}
+    for index in range(batch):
+        image = rng.integers(0, 255, size=(28, 36, 3)).astype(np.uint8)
+        image[8:20, 10:24] = (220, 40, 40)
+        normalised, _, box, extra = transform(np.random.default_rng(index), image)
+        images.append(normalised)
+        boxes.append(box)
+        for key in extras:
+            extras[key].append(extra[key])
+    targets = {"labels": np.array([[1, 0, 1], [0, 1, 0]][:batch], "float32"), "crop_boxes": np.array(boxes, "int32")}
+    targets.update({key: np.stack(value) for key, value in extras.items()})
+    return np.stack(images), targets
+
+
+@pytest.mark.parametrize("with_doei", [False, True])
+def test_one_training_step_with_every_loss(with_doei):
+    keras.utils.set_random_seed(0)
+    model = tiny_toco(DOEI() if with_doei else None)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, targets = toco_batch()
+    model(images)
+    before = [ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    teacher_before = ops.convert_to_numpy(model.teacher_head.fc1.kernel).copy()
+    logs = model.train_on_batch(images, targets, return_dict=True)
+    assert {"cls_loss", "aux_loss", "ptc_loss", "ctc_loss", "seg_loss", "reg_loss"} <= set(logs)
+    assert all(np.isfinite(value) for value in logs.values()), logs
+    assert int(ops.convert_to_numpy(model.train_steps)) == 1
+    changed = [not np.allclose(b, ops.convert_to_numpy(w)) for b, w in zip(before, model.trainable_weights)]
+    assert all(changed), [w.path for w, c in zip(model.trainable_weights, changed) if not c]
+    # The teacher head is not trained, only moved toward the student by the EMA (momentum 0.9)
+    # before each step's teacher pass: after step 1 it still equals its start (= the student's).
+    assert "teacher_head" not in " ".join(w.path for w in model.trainable_weights)
+    np.testing.assert_allclose(teacher_before, ops.convert_to_numpy(model.teacher_head.fc1.kernel), atol=1e-8)
+    student = ops.convert_to_numpy(model.projection_head.fc1.kernel).copy()
+    model.train_on_batch(images, targets)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model.teacher_head.fc1.kernel), 0.9 * teacher_before + 0.1 * student, atol=1e-7
+    )
+
+
+def test_ctc_needs_the_extra_views():
+    model = tiny_toco()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, targets = toco_batch()
+    del targets["global_view"]
+    with pytest.raises(ValueError, match="ToCoTrainTransform"):
+        model.train_on_batch(images, targets)
+
+
+def test_cam_pass_and_outputs():
+    model = tiny_toco(DOEI(), stem=False)
+    images, _ = toco_batch()
+    outputs = model(images)
+    assert tuple(outputs["logits"].shape) == (2, 3)
+    assert tuple(outputs["seg_logits"].shape) == (2, 4, 4, 4)
+    cams = np.asarray(MultiScaleCams(model, scales=(1.0, 0.5), flip=True).predict_on_batch(images))
+    assert cams.shape == (2, 32, 32, 3)
+    assert cams.min() >= 0.0 and cams.max() < 1.0 and cams.max() > 0.9
+    eager = ops.convert_to_numpy(model.cam_maps(images))
+    assert eager.shape == (2, 4, 4, 3)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="unknown ToCo loss setting"):
+        tiny_toco(losses={"ptc_wieght": 0.1})
+    with pytest.raises(ValueError, match="ptc_box"):
+        tiny_toco(losses={"ptc_box": "both"})

@@ -1,0 +1,557 @@
+"""ToCo (Ru et al., CVPR 2023, "Token Contrast for Weakly-Supervised Semantic Segmentation"):
+the single-stage ViT host of DOEI.
+
+A ViT (optionally behind a convolutional stem) gives
+- image logits from the global max pool of the final patch tokens and a bias-free linear
+  classifier, whose response map is the CAM;
+- auxiliary logits and CAM from the un-normalised tokens of an intermediate block (`aux_layer`);
+- segmentation logits from a LargeFOV head on the final patch tokens.
+
+Training (`compute_loss`, so `fit` works on every backend) follows the reference code
+(rulixiang/ToCo `scripts/dist_train_voc_seg_neg.py`, spec methods/doei.md §2.1 and §3.1):
+online multi-scale + flip CAMs, two-threshold PAR-refined pseudo-labels for the balanced
+segmentation loss, the dense-energy regulariser, patch token contrast (PTC) on the final
+tokens with targets from the auxiliary CAM, and class token contrast (CTC) between global
+views and local crops cut around uncertain regions, with an EMA projection head as teacher.
+Every loss weight, start step and threshold is in `losses` (defaults: ToCo's VOC script).
+
+Where this differs from the reference, on purpose:
+- The crop box is recorded after every flip (the reference records it before its last flip,
+  so half its boxes are mirrored).
+- PTC's crop box: "reference" (default) passes image-pixel box coordinates to the token grid
+  as the code does (so padded crops ignore most PTC pairs); "scaled" scales them to the grid.
+- The dense-energy kernel is exact on a coarser grid instead of a permutohedral lattice
+  (see `ops.losses.dense_energy_loss`).
+- The CTC loss is written with log-sum-exp (same value, no overflow).
+- The student projection of the two global views reuses the class tokens of the main forward
+  and of the second view (the reference runs both views through the encoder again; without
+  dropout the values are the same).
+
+DOEI (`wsss_keras.methods.doei.DOEI`) plugs in through the encoder's attention hook: pass
+`doei=DOEI(...)` and it runs in every forward pass (CAMs, segmentation, and the CTC crop passes
+unless `doei.in_crop_passes` is False).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from wsss_keras.backbones.conv_stem import ConvStem
+from wsss_keras.backbones.transformer import gelu_exact
+from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
+from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from wsss_keras.methods.base import WSSSModel
+from wsss_keras.ops.cam import (
+    cams_to_pseudo_labels,
+    crop_box_mask,
+    denormalize_unit,
+    multiscale_cams,
+    refine_pseudo_labels,
+    resize_bilinear,
+    strongest_present_class,
+)
+from wsss_keras.ops.losses import (
+    balanced_segmentation_loss,
+    contrastive_token_loss,
+    dense_energy_loss,
+    label_affinity,
+    multilabel_soft_margin_loss,
+    patch_token_contrast_loss,
+)
+
+_PACKAGE = "wsss_keras"
+
+# ToCo's VOC settings (scripts/dist_train_voc_seg_neg.py, model/losses.py, utils/camutils.py).
+# A term is active from its 0-based `*_start` step: the reference adds seg and reg when
+# `n_iter > 2000`, i.e. from step 2001.
+TOCO_LOSS_DEFAULTS = {
+    "cls_weight": 1.0,
+    "aux_weight": 1.0,
+    "ptc_weight": 0.2,
+    "ctc_weight": 0.5,
+    "seg_weight": 0.1,
+    "reg_weight": 0.05,
+    "ptc_start": 0,
+    "ctc_start": 0,
+    "seg_start": 2001,
+    "reg_start": 2001,
+    "aux_pseudo_labels_until": 0,
+    "high_threshold": 0.7,
+    "low_threshold": 0.25,
+    "cam_scales": [1.0, 0.5, 1.5],
+    "cam_flip": True,
+    "par_down_scale": 2,
+    "par_iterations": 10,
+    "seg_guard_empty": True,
+    "ptc_box": "reference",
+    "ctc_temperature": 0.5,
+    "local_crops": 8,
+    "local_crop_size": 96,
+    "negative_ratio": 0.2,
+    "ema_momentum": 0.9,
+    "reg_energy_scale": 1e-7,
+    "reg_sigma_rgb": 15.0,
+    "reg_sigma_xy": 100.0,
+    "reg_scale": 0.5,
+    "reg_max_pixels": 4096,
+}
+
+
+def toco_losses(overrides=None, source="losses"):
+    """ToCo's loss settings with `overrides` applied; unknown keys raise a ValueError naming them."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(TOCO_LOSS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{source}: unknown ToCo loss setting(s) {unknown}; known: {sorted(TOCO_LOSS_DEFAULTS)}.")
+    settings = {**TOCO_LOSS_DEFAULTS, **overrides}
+    if settings["ptc_box"] not in ("reference", "scaled"):
+        raise ValueError(f"{source}: ptc_box={settings['ptc_box']!r}; choose 'reference' or 'scaled'.")
+    if not 0.0 <= settings["low_threshold"] < settings["high_threshold"] <= 1.0:
+        raise ValueError(
+            f"{source}: thresholds low={settings['low_threshold']} high={settings['high_threshold']} "
+            "must satisfy 0 <= low < high <= 1."
+        )
+    settings["cam_scales"] = [float(scale) for scale in settings["cam_scales"]]
+    return settings
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LargeFOV(keras.layers.Layer):
+    """DeepLab-LargeFOV head (ToCo `model/decoder/conv_head.py`): two dilated 3x3 convs with
+    ReLU and a 1x1 classifier, all bias-free, PyTorch's default (Kaiming-uniform, a = √5) init.
+
+    Args:
+        num_classes: output channels (foreground classes + background).
+        channels: width of the two dilated convs (512 in ToCo).
+        dilation: dilation of the 3x3 convs (5 in ToCo).
+    """
+
+    def __init__(self, num_classes, channels=512, dilation=5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes, self.channels, self.dilation = int(num_classes), int(channels), int(dilation)
+        # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch's Conv2d default.
+        init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+        conv = dict(padding="same", use_bias=False, kernel_initializer=init)
+        self.conv1 = keras.layers.Conv2D(self.channels, 3, dilation_rate=self.dilation, name="conv1", **conv)
+        self.conv2 = keras.layers.Conv2D(self.channels, 3, dilation_rate=self.dilation, name="conv2", **conv)
+        self.classifier = keras.layers.Conv2D(self.num_classes, 1, name="conv3", **conv)
+
+    def build(self, input_shape):
+        self.conv1.build(input_shape)
+        inner = tuple(input_shape[:-1]) + (self.channels,)
+        self.conv2.build(inner)
+        self.classifier.build(inner)
+        self.built = True
+
+    def call(self, features):
+        return self.classifier(ops.relu(self.conv2(ops.relu(self.conv1(features)))))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_classes,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, channels=self.channels, dilation=self.dilation)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ProjectionHead(keras.layers.Layer):
+    """ToCo's `CTCHead`: MLP (GELU) → L2-normalise → weight-normalised linear without bias.
+
+    The last layer's gain is frozen at 1 in the reference, which is the same as normalising
+    each output unit's weight vector to unit length; that is what is done here.
+
+    Args:
+        hidden_dim, bottleneck_dim, output_dim: 2048, 256, 1024 in ToCo.
+    """
+
+    def __init__(self, hidden_dim=2048, bottleneck_dim=256, output_dim=1024, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim, self.bottleneck_dim, self.output_dim = int(hidden_dim), int(bottleneck_dim), int(output_dim)
+        dense = dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), bias_initializer="zeros")
+        self.fc1 = keras.layers.Dense(self.hidden_dim, name="fc1", **dense)
+        self.fc2 = keras.layers.Dense(self.hidden_dim, name="fc2", **dense)
+        self.fc3 = keras.layers.Dense(self.bottleneck_dim, name="fc3", **dense)
+
+    def build(self, input_shape):
+        self.fc1.build(input_shape)
+        self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+        self.fc3.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+        self.last_kernel = self.add_weight(
+            shape=(self.bottleneck_dim, self.output_dim),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="last_kernel",
+        )
+        self.built = True
+
+    def call(self, tokens):
+        x = self.fc3(gelu_exact(self.fc2(gelu_exact(self.fc1(tokens)))))
+        x = x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+        kernel = self.last_kernel / ops.maximum(ops.norm(self.last_kernel, axis=0, keepdims=True), 1e-12)
+        return ops.matmul(x, kernel)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_dim=self.hidden_dim, bottleneck_dim=self.bottleneck_dim, output_dim=self.output_dim)
+        return config
+
+
+def uncertainty_roi(cams, labels, high, low):
+    """ToCo's ROI for local crops: 0 where the strongest present-class CAM ≤ low, 2 where ≥ high, else 1."""
+    strongest, _ = strongest_present_class(cams, labels)
+    roi = ops.where(strongest <= low, 0.0, 1.0)
+    return ops.where(strongest >= high, 2.0, roi)
+
+
+def gather_square_crops(images, centres, size):
+    """Square `size` crops of (B, H, W, C) images centred at (B, n, 2) integer (row, col) centres.
+
+    Centres must lie in [size // 2, H − size + size // 2] so that every crop is inside.
+    Returns (B, n, size, size, C).
+    """
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    count = centres.shape[1]
+    offsets = ops.arange(size, dtype="int32") - size // 2
+    rows = centres[..., 0:1] + offsets[None, None, :]  # B, n, s
+    cols = centres[..., 1:2] + offsets[None, None, :]
+    flat_index = rows[:, :, :, None] * width + cols[:, :, None, :]  # B, n, s, s
+    flat_index = ops.tile(ops.reshape(flat_index, (-1, count * size * size, 1)), (1, 1, channels))
+    pixels = ops.take_along_axis(ops.reshape(images, (-1, height * width, channels)), flat_index, axis=1)
+    return ops.reshape(pixels, (-1, count, size, size, channels))
+
+
+def sample_local_crops(images, roi, count, size, negative_ratio, seed):
+    """ToCo's `crop_from_roi_neg`: `count` crops centred at distinct random pixels whose ROI is
+    ≤ 1 (uncertain or background), chosen among the pixels at least size/2 from the border (any
+    such pixel when fewer than `count` qualify); a crop is negative when its mean ROI ≤ `negative_ratio`.
+
+    Returns:
+        crops (B, count, size, size, C) and positive flags (B, count) float32.
+    """
+    height, width = roi.shape[1], roi.shape[2]
+    margin = size // 2
+    rows = ops.arange(height)[None, :, None]
+    cols = ops.arange(width)[None, None, :]
+    inner = (rows >= margin) & (rows < height - margin) & (cols >= margin) & (cols < width - margin)
+    wanted = inner & (roi <= 1.0)
+    enough = ops.sum(ops.cast(wanted, "int32"), axis=(1, 2), keepdims=True) >= count
+    allowed = ops.reshape(ops.where(enough, wanted, inner), (-1, height * width))
+    # Distinct uniform picks: top-k of Gumbel noise over the allowed pixels.
+    noise = -ops.log(-ops.log(keras.random.uniform((ops.shape(roi)[0], height * width), 1e-6, 1.0 - 1e-6, seed=seed)))
+    _, picks = ops.top_k(ops.where(allowed, noise, -1e9), count)
+    centres = ops.stack([picks // width, picks % width], axis=-1)
+    crops = gather_square_crops(images, centres, size)
+    roi_crops = gather_square_crops(roi[..., None], centres, size)
+    positive = ops.mean(roi_crops, axis=(2, 3, 4)) > negative_ratio
+    return crops, ops.cast(positive, "float32")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ToCo(WSSSModel, keras.Model):
+    """ToCo: a ViT CAM network with auxiliary CAM, LargeFOV segmentation head, PTC and CTC.
+
+    Args:
+        encoder: a `ViTEncoder` (one class token) or its config dict.
+        num_classes: foreground classes C; the segmentation head has C + 1 outputs.
+        stem: optional `ConvStem` (or its config) in front of the encoder; the encoder's
+            `image_channels` must equal the stem's output channels.
+        aux_layer: the auxiliary block, Python-style index (−3: the 10th of 12 blocks).
+        decoder_channels, decoder_dilation: LargeFOV's width and dilation (512, 5).
+        projection: (hidden, bottleneck, output) sizes of the CTC heads (2048, 256, 1024).
+        losses: overrides of `TOCO_LOSS_DEFAULTS`.
+        doei: optional `DOEI` (or its config) applied through the attention hook.
+        max_steps: training length, for DOEI's iteration schedule.
+        class_names, image_mean, image_std, recipe: saved metadata (`WSSSModel`).
+        seed: seed of the local-crop sampling.
+
+    Example:
+    >>> import numpy as np
+    >>> encoder = ViTEncoder(patch_size=8, hidden_dim=32, num_layers=3, num_heads=2, mlp_dim=64, pos_embed_grid=4)
+    >>> model = ToCo(encoder, num_classes=3, decoder_channels=16, projection=(32, 16, 32))
+    >>> outputs = model(np.zeros((2, 32, 32, 3), "float32"))
+    >>> tuple(outputs["logits"].shape), tuple(outputs["seg_logits"].shape)
+    ((2, 3), (2, 4, 4, 4))
+    """
+
+    def __init__(
+        self,
+        encoder,
+        num_classes,
+        stem=None,
+        aux_layer=-3,
+        decoder_channels=512,
+        decoder_dilation=5,
+        projection=(2048, 256, 1024),
+        losses=None,
+        doei=None,
+        max_steps=20000,
+        class_names=None,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        recipe=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._init_wsss(class_names, image_mean, image_std, recipe)
+        if isinstance(encoder, dict):
+            encoder = keras.saving.deserialize_keras_object(encoder)
+        if isinstance(stem, dict):
+            stem = keras.saving.deserialize_keras_object(stem)
+        if isinstance(doei, dict):
+            from wsss_keras.methods.doei import DOEI
+
+            doei = DOEI.from_config(doei)
+        if not isinstance(encoder, ViTEncoder):
+            raise ValueError(f"ToCo needs a ViTEncoder, got {type(encoder).__name__}.")
+        if encoder.num_class_tokens != 1:
+            raise ValueError(f"ToCo uses one class token; the encoder has {encoder.num_class_tokens}.")
+        expected_channels = stem.output_channels if stem is not None else 3
+        if encoder.image_channels != expected_channels:
+            raise ValueError(
+                f"The encoder takes {encoder.image_channels} input channels but the "
+                f"{'stem gives' if stem is not None else 'images have'} {expected_channels}."
+            )
+        if not -encoder.num_layers <= int(aux_layer) < encoder.num_layers:
+            raise ValueError(f"aux_layer={aux_layer} is outside the encoder's {encoder.num_layers} blocks.")
+        self.encoder, self.stem, self.doei = encoder, stem, doei
+        self.num_classes = int(num_classes)
+        self.aux_layer = int(aux_layer)
+        self.aux_index = self.aux_layer % encoder.num_layers
+        self.decoder_channels, self.decoder_dilation = int(decoder_channels), int(decoder_dilation)
+        self.projection = tuple(int(size) for size in projection)
+        self.losses_config = toco_losses(losses)
+        self.max_steps = int(max_steps)
+        self.seed = seed
+        self.classifier = keras.layers.Dense(self.num_classes, use_bias=False, name="classifier")
+        self.aux_classifier = keras.layers.Dense(self.num_classes, use_bias=False, name="aux_classifier")
+        self.decoder = LargeFOV(self.num_classes + 1, self.decoder_channels, self.decoder_dilation, name="decoder")
+        # The CTC heads exist only when CTC is on (the CPU recipes turn it off).
+        self.projection_head = self.teacher_head = None
+        if self.losses_config["ctc_weight"]:
+            self.projection_head = ProjectionHead(*self.projection, name="projection_head")
+            self.teacher_head = ProjectionHead(*self.projection, name="teacher_head")
+            self.teacher_head.trainable = False  # the setter reaches the sublayers; the EMA updates it
+        self.crop_seed = keras.random.SeedGenerator(seed, name="crop_seed")
+        terms = ["cls", "aux"] + [name for name in ("ptc", "ctc", "seg", "reg") if self.losses_config[f"{name}_weight"]]
+        self.term_trackers = {name: keras.metrics.Mean(name=f"{name}_loss") for name in terms}
+
+    @property
+    def stride(self):
+        """Pixels per token side: the patch size times the stem's stride."""
+        return self.encoder.patch_size * (self.stem.stride if self.stem is not None else 1)
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        width = self.encoder.hidden_dim
+        # Sublayers rebuilt from a saved config may already be built.
+        shapes = [
+            (self.stem, (None, None, None, 3)), (self.encoder, None), (self.classifier, (None, width)),
+            (self.aux_classifier, (None, width)), (self.decoder, (None, None, None, width)),
+            (self.projection_head, (None, width)), (self.teacher_head, (None, width)),
+        ]
+        for layer, shape in shapes:
+            if layer is not None and not layer.built:
+                layer.build(shape)
+        if self.projection_head is not None:
+            for teacher, student in zip(self.teacher_head.weights, self.projection_head.weights):
+                teacher.assign(student)
+        self.train_steps = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="train_steps")
+        self.built = True
+
+    def build_from_config(self, config):
+        # Every variable's shape follows from the config, whatever the input size.
+        self.build()
+
+    # Forward passes ---------------------------------------------------------------------
+    def encode(self, images, training=None, use_doei=True):
+        """Final patch features (B, h, w, D) (after the final norm), auxiliary features
+        (B, h, w, D) (raw tokens of the auxiliary block) and the final class token (B, D)."""
+        images = ops.convert_to_tensor(images, self.compute_dtype)
+        inputs = self.stem(images, training=training) if self.stem is not None else images
+        tokens = self.encoder.embed(inputs)
+        hook = None
+        if self.doei is not None and use_doei:
+            hook = self.doei.make_hook(
+                tokens, denormalize_unit(images, self.image_mean, self.image_std, quantize=False), self.stride,
+                self.encoder.num_class_tokens, self.encoder.num_layers, progress=self._progress(),
+            )
+        aux_tokens = None
+        for index, block in enumerate(self.encoder.blocks):
+            tokens, _ = block(tokens, hook=hook, block_index=index)
+            if index == self.aux_index:
+                aux_tokens = tokens
+        final = self.encoder.norm(tokens)
+        grid_h, grid_w = images.shape[1] // self.stride, images.shape[2] // self.stride
+        width = self.encoder.hidden_dim
+        features = ops.reshape(final[:, 1:], (-1, grid_h, grid_w, width))
+        aux_features = ops.reshape(aux_tokens[:, 1:], (-1, grid_h, grid_w, width))
+        return features, aux_features, final[:, 0]
+
+    def _progress(self):
+        if not self.built:
+            return None
+        return ops.minimum(ops.cast(self.train_steps, "float32") / float(max(self.max_steps, 1)), 1.0)
+
+    def call(self, images, training=None):
+        features, aux_features, class_token = self.encode(images, training=training)
+        return {
+            "logits": self.classifier(ops.max(features, axis=(1, 2))),
+            "aux_logits": self.aux_classifier(ops.max(aux_features, axis=(1, 2))),
+            "seg_logits": self.decoder(features),
+            "features": features,
+            "aux_features": aux_features,
+            "class_token": class_token,
+        }
+
+    def cam_maps(self, images):
+        return self.classifier(self.encode(images, training=False)[0])
+
+    def cam_pair(self, images, training=False):
+        """The final and auxiliary CAMs (B, h, w, C) of one forward pass."""
+        features, aux_features, _ = self.encode(images, training=training)
+        return self.classifier(features), self.aux_classifier(aux_features)
+
+    def segment_logits(self, images):
+        return self.decoder(self.encode(images, training=False)[0])
+
+    # Training ----------------------------------------------------------------------------
+    def _active(self, step, start):
+        return ops.cast(step >= start, "float32")
+
+    def _update_teacher(self):
+        momentum = self.losses_config["ema_momentum"]
+        for teacher, student in zip(self.teacher_head.weights, self.projection_head.weights):
+            teacher.assign(momentum * teacher + (1.0 - momentum) * student)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        settings = self.losses_config
+        if not isinstance(y, dict) or "labels" not in y:
+            raise ValueError("ToCo trains on (images, targets) with targets a dict holding at least 'labels'.")
+        images = ops.convert_to_tensor(x, "float32")
+        height, width = images.shape[1], images.shape[2]
+        labels = ops.cast(y["labels"], "float32")
+        boxes = y.get("crop_boxes")
+        if boxes is None:
+            whole = ops.convert_to_tensor([[0, height, 0, width]], "int32")
+            boxes = whole + ops.zeros_like(ops.cast(labels[:, :1], "int32"))
+        step = ops.convert_to_tensor(self.train_steps)
+        high, low = settings["high_threshold"], settings["low_threshold"]
+
+        if settings["cam_scales"] == [1.0] and not settings["cam_flip"]:
+            # One view, the input itself: the main forward pass already holds its CAMs.
+            cams, aux_cams = multiscale_cams(
+                lambda view: (self.classifier(y_pred["features"]), self.aux_classifier(y_pred["aux_features"])),
+                images, [1.0], False,
+            )
+        else:
+            cams, aux_cams = multiscale_cams(
+                lambda view: self.cam_pair(view, training=training), images, settings["cam_scales"], settings["cam_flip"]
+            )
+        cams, aux_cams = ops.stop_gradient(cams), ops.stop_gradient(aux_cams)
+
+        terms = {
+            "cls": multilabel_soft_margin_loss(labels, y_pred["logits"]),
+            "aux": multilabel_soft_margin_loss(labels, y_pred["aux_logits"]),
+        }
+        weights = {"cls": settings["cls_weight"], "aux": settings["aux_weight"]}
+
+        if settings["seg_weight"] or settings["reg_weight"]:
+            # Pseudo-labels feed the seg loss, and the reg loss's gate reads their ignore pixels.
+            source = cams
+            if settings["aux_pseudo_labels_until"] > 0:
+                source = ops.where(step < settings["aux_pseudo_labels_until"], aux_cams, cams)
+            rgb = denormalize_unit(images, self.image_mean, self.image_std, quantize=True)
+            pseudo = ops.stop_gradient(refine_pseudo_labels(
+                rgb, source, labels, high, low, crop_boxes=boxes, down_scale=settings["par_down_scale"],
+                num_iter=settings["par_iterations"],
+            ))
+            seg_logits = resize_bilinear(ops.cast(y_pred["seg_logits"], "float32"), (height, width))
+            terms["seg"] = balanced_segmentation_loss(seg_logits, pseudo, guard_empty=settings["seg_guard_empty"])
+            weights["seg"] = settings["seg_weight"] * self._active(step, settings["seg_start"])
+            if settings["reg_weight"]:
+                roi = ops.cast(crop_box_mask(boxes, height, width), "float32")
+                terms["reg"] = settings["reg_energy_scale"] * dense_energy_loss(
+                    rgb * 255.0, ops.softmax(seg_logits, axis=-1), roi, pseudo == 255,
+                    sigma_rgb=settings["reg_sigma_rgb"], sigma_xy=settings["reg_sigma_xy"],
+                    scale=settings["reg_scale"], max_pixels=settings["reg_max_pixels"],
+                )
+                weights["reg"] = settings["reg_weight"] * self._active(step, settings["reg_start"])
+
+        if settings["ptc_weight"]:
+            features = ops.cast(y_pred["features"], "float32")
+            grid_h, grid_w = features.shape[1], features.shape[2]
+            ptc_boxes = boxes
+            if settings["ptc_box"] == "scaled":
+                scale = ops.convert_to_tensor([grid_h / height, grid_h / height, grid_w / width, grid_w / width])
+                ptc_boxes = ops.cast(ops.round(ops.cast(boxes, "float32") * scale), "int32")
+            token_labels = cams_to_pseudo_labels(
+                resize_bilinear(aux_cams, (grid_h, grid_w)), labels, high, low, crop_boxes=ptc_boxes
+            )
+            tokens = ops.reshape(features, (-1, grid_h * grid_w, features.shape[-1]))
+            terms["ptc"] = patch_token_contrast_loss(tokens, label_affinity(token_labels))
+            weights["ptc"] = settings["ptc_weight"] * self._active(step, settings["ptc_start"])
+
+        if settings["ctc_weight"]:
+            terms["ctc"] = self._ctc_loss(y, y_pred, aux_cams, labels, training)
+            weights["ctc"] = settings["ctc_weight"] * self._active(step, settings["ctc_start"])
+
+        total = 0.0
+        for name, value in terms.items():
+            total = total + weights[name] * value
+            self.term_trackers[name].update_state(value)
+        if training:
+            self.train_steps.assign_add(1)
+        return total
+
+    def _ctc_loss(self, y, y_pred, aux_cams, labels, training):
+        settings = self.losses_config
+        missing = [key for key in ("global_view", "local_source") if key not in y]
+        if missing:
+            raise ValueError(
+                f"ToCo's CTC loss needs the extra views {missing} in the targets: train with "
+                "`wsss_keras.data.transforms.ToCoTrainTransform`, or set losses.ctc_weight = 0."
+            )
+        use_doei = self.doei is None or self.doei.in_crop_passes
+        count, size = settings["local_crops"], settings["local_crop_size"]
+        roi = uncertainty_roi(aux_cams, labels, settings["high_threshold"], settings["low_threshold"])
+        local_source = ops.convert_to_tensor(y["local_source"], "float32")
+        crops, local_positive = sample_local_crops(
+            local_source, roi, count, size, settings["negative_ratio"], self.crop_seed
+        )
+        crops = ops.reshape(crops, (-1, size, size, crops.shape[-1]))
+        second_token = self.encode(y["global_view"], training=training, use_doei=use_doei)[2]
+        local_tokens = ops.reshape(self.encode(crops, training=training, use_doei=use_doei)[2], (-1, count, second_token.shape[-1]))
+        global_tokens = ops.stack([y_pred["class_token"], second_token], axis=1)
+        self._update_teacher()
+        teacher = self.teacher_head(ops.stop_gradient(global_tokens))
+        student = self.projection_head(ops.concatenate([global_tokens, local_tokens], axis=1))
+        positive = ops.concatenate([ops.ones_like(global_tokens[:, :, 0]), local_positive], axis=1)
+        return contrastive_token_loss(teacher, student, positive, settings["ctc_temperature"])
+
+    # Serialisation -------------------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            num_classes=self.num_classes,
+            stem=None if self.stem is None else keras.saving.serialize_keras_object(self.stem),
+            aux_layer=self.aux_layer,
+            decoder_channels=self.decoder_channels,
+            decoder_dilation=self.decoder_dilation,
+            projection=list(self.projection),
+            losses={key: value for key, value in self.losses_config.items() if value != TOCO_LOSS_DEFAULTS[key]},
+            doei=None if self.doei is None else self.doei.get_config(),
+            max_steps=self.max_steps,
+            seed=self.seed,
+            **self._wsss_config(),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
