@@ -38,6 +38,10 @@ def _register_commands():
 
     for module in (info, data, evaluate, quickstart, weights):
         module.register(cli)
+    from wsss_keras.commands import infer, run
+
+    infer.register(cli)
+    run.register(cli)
 
 
 _register_commands()

@@ -1,0 +1,58 @@
+"""`wsss train` and `wsss run`: a recipe's training, and all its stages end to end."""
+
+import click
+
+from wsss_keras.commands.options import progress_printer
+
+
+def _recipe_argument(function):
+    return click.argument("recipe", metavar="RECIPE")(function)
+
+
+def _common_options(function):
+    options = [
+        click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder (VOC or COCO layout, or the synthetic data)."),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder for the model, CAMs, labels, predictions and metrics."),
+        click.option("--weights", default=None, type=click.Path(exists=True), help="Local pretrained backbone weights (timm/HF safetensors, .pth, keras-hub preset); overrides the recipe's."),
+        click.option("--steps", default=None, type=click.IntRange(min=1), help="Train for this many steps instead of the recipe's (smoke runs)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def register(cli):
+    @cli.command("train")
+    @_recipe_argument
+    @_common_options
+    def train_command(recipe, data_dir, out_dir, weights, steps):
+        """Train RECIPE's model (a recipe file, or a shipped recipe's name; see `wsss info`).
+
+        Saves OUT/model.keras, which loads on every backend.
+        """
+        from wsss_keras.pipelines.train import train
+        from wsss_keras.recipes import load_recipe
+
+        train(load_recipe(recipe), data_dir, out_dir, weights=weights, steps=steps, echo=click.echo)
+
+    @cli.command("run")
+    @_recipe_argument
+    @_common_options
+    @click.option("--stages", default="train,cams,pseudo_labels,predict,evaluate", help="Comma list of the stages to run, in order.")
+    @click.option("--overwrite", is_flag=True, help="Redo stages whose outputs already exist (default: skip them, so runs resume).")
+    def run_command(recipe, data_dir, out_dir, weights, steps, stages, overwrite):
+        """Run RECIPE end to end: train, CAMs, pseudo-labels, predictions, evaluation.
+
+        Each stage writes files into OUT and is skipped when they are there already.
+        """
+        from wsss_keras.pipelines.run import STAGES, run_recipe
+        from wsss_keras.recipes import load_recipe
+
+        chosen = tuple(stage.strip().replace("-", "_") for stage in stages.split(",") if stage.strip())
+        unknown = [stage for stage in chosen if stage not in STAGES]
+        if unknown:
+            raise click.BadParameter(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}.", param_hint="--stages")
+        run_recipe(
+            load_recipe(recipe), data_dir, out_dir, weights=weights, stages=chosen, steps=steps,
+            overwrite=overwrite, echo=click.echo, progress=progress_printer,
+        )
