@@ -14,7 +14,7 @@ import tempfile
 import time
 
 
-def train_and_score(data, seed, minutes, crop_size, batch_size):
+def train_and_score(data, seed, minutes, crop_size, batch_size, split="val"):
     import keras
     import numpy as np
 
@@ -44,7 +44,7 @@ def train_and_score(data, seed, minutes, crop_size, batch_size):
         epochs += 1
     train_time = time.perf_counter() - start
 
-    val = VocDataset(data, "val")
+    val = VocDataset(data, split)
     sweep = ThresholdSweep(val.num_classes, class_names=val.class_names)
     correct = 0
     for index in range(len(val)):

@@ -4,6 +4,7 @@ The trained model is saved as one `.keras` file (weights, architecture, class na
 recipe) that loads on every backend; `train_log.csv` holds the per-epoch losses.
 """
 
+import json
 import math
 import os
 import time
@@ -164,11 +165,20 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     )
     progress = StepProgress(steps, echo, every=max(1, steps // 20))
     logger = keras.callbacks.CSVLogger(os.path.join(out_dir, "train_log.csv"))
+    start = time.perf_counter()
     history = model.fit(loader, epochs=epochs, verbose=0, callbacks=[progress, logger])
+    seconds = time.perf_counter() - start
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
         raise WSSSError(f"training diverged (loss {losses[-1]}); lower [train] learning_rate in {recipe['recipe'].get('path')}.")
     path = os.path.join(out_dir, MODEL_FILE)
     model.save(path)
+    summary = {
+        "recipe": recipe["recipe"]["name"], "backend": keras.backend.backend(), "steps": steps,
+        "batch_size": batch_size, "train_seconds": round(seconds, 1),
+        "final": {key: float(values[-1]) for key, values in history.history.items()},
+    }
+    with open(os.path.join(out_dir, "train_summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
     echo(f"[train] saved {path}")
     return path
