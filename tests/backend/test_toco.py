@@ -102,7 +102,7 @@ def test_local_crops_centre_on_uncertain_pixels_and_flag_negatives():
     assert positive[1].all()
 
 
-def tiny_toco(doei=None, losses=None, stem=True):
+def tiny_toco(doei=None, losses=None, stem=True, pooling="max"):
     stem_layer = ConvStem((8, 16), convs_per_stage=1) if stem else None
     encoder = ViTEncoder(
         patch_size=4 if stem else 8, hidden_dim=32, num_layers=3, num_heads=2, mlp_dim=64, pos_embed_grid=4,
@@ -111,7 +111,8 @@ def tiny_toco(doei=None, losses=None, stem=True):
     settings = dict(cam_scales=[1.0, 0.5], local_crops=2, local_crop_size=16, seg_start=0, reg_start=0, ptc_box="scaled")
     settings.update(losses or {})
     return ToCo(encoder, 3, stem=stem_layer, decoder_channels=8, decoder_dilation=2, projection=(16, 8, 16),
-                losses=settings, doei=doei, max_steps=10, class_names=["background", "a", "b", "c"], seed=0)
+                losses=settings, doei=doei, max_steps=10, pooling=pooling, class_names=["background", "a", "b", "c"],
+                seed=0)
 
 
 def toco_batch(batch=2, size=32):
@@ -184,3 +185,15 @@ def test_bad_settings_are_named():
         tiny_toco(losses={"ptc_wieght": 0.1})
     with pytest.raises(ValueError, match="ptc_box"):
         tiny_toco(losses={"ptc_box": "both"})
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_image_logits_pool_the_cam(pooling):
+    model = tiny_toco(pooling=pooling)
+    images, _ = toco_batch()
+    outputs = model(images)
+    cams = ops.convert_to_numpy(model.classifier(outputs["features"]))
+    pooled = cams.max(axis=(1, 2)) if pooling == "max" else cams.mean(axis=(1, 2))
+    np.testing.assert_allclose(ops.convert_to_numpy(outputs["logits"]), pooled, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        tiny_toco(pooling="lse")

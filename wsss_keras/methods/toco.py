@@ -264,6 +264,8 @@ class ToCo(WSSSModel, keras.Model):
         losses: overrides of `TOCO_LOSS_DEFAULTS`.
         doei: optional `DOEI` (or its config) applied through the attention hook.
         max_steps: training length, for DOEI's iteration schedule.
+        pooling: "max" (ToCo's global max pool before the classifiers) or "avg" (global average
+            pooling, the classic CAM network's; the CPU recipes use it, see their notes).
         class_names, image_mean, image_std, recipe: saved metadata (`WSSSModel`).
         seed: seed of the local-crop sampling.
 
@@ -288,6 +290,7 @@ class ToCo(WSSSModel, keras.Model):
         losses=None,
         doei=None,
         max_steps=20000,
+        pooling="max",
         class_names=None,
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,
@@ -325,6 +328,9 @@ class ToCo(WSSSModel, keras.Model):
         self.projection = tuple(int(size) for size in projection)
         self.losses_config = toco_losses(losses)
         self.max_steps = int(max_steps)
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"pooling={pooling!r}: choose 'max' (ToCo) or 'avg'.")
+        self.pooling = pooling
         self.seed = seed
         self.classifier = keras.layers.Dense(self.num_classes, use_bias=False, name="classifier")
         self.aux_classifier = keras.layers.Dense(self.num_classes, use_bias=False, name="aux_classifier")
@@ -400,13 +406,16 @@ class ToCo(WSSSModel, keras.Model):
     def call(self, images, training=None):
         features, aux_features, class_token = self.encode(images, training=training)
         return {
-            "logits": self.classifier(ops.max(features, axis=(1, 2))),
-            "aux_logits": self.aux_classifier(ops.max(aux_features, axis=(1, 2))),
+            "logits": self.classifier(self._pool(features)),
+            "aux_logits": self.aux_classifier(self._pool(aux_features)),
             "seg_logits": self.decoder(features),
             "features": features,
             "aux_features": aux_features,
             "class_token": class_token,
         }
+
+    def _pool(self, features):
+        return ops.max(features, axis=(1, 2)) if self.pooling == "max" else ops.mean(features, axis=(1, 2))
 
     def cam_maps(self, images):
         return self.classifier(self.encode(images, training=False)[0])
@@ -547,6 +556,7 @@ class ToCo(WSSSModel, keras.Model):
             losses={key: value for key, value in self.losses_config.items() if value != TOCO_LOSS_DEFAULTS[key]},
             doei=None if self.doei is None else self.doei.get_config(),
             max_steps=self.max_steps,
+            pooling=self.pooling,
             seed=self.seed,
             **self._wsss_config(),
         )

@@ -72,6 +72,7 @@ def build_model(recipe, dataset, weights=None):
             losses=section(recipe, "losses"),
             doei=doei,
             max_steps=train_settings.get("steps", 20000),
+            pooling=model_settings.get("pooling", "max"),
             class_names=dataset.class_names,
             recipe=saved_recipe,
             seed=train_settings.get("seed", 0),

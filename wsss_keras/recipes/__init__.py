@@ -24,7 +24,7 @@ from wsss_keras.errors import RecipeError
 METHODS = ("toco",)
 SECTIONS = {
     "recipe": {"name", "method", "description", "notes", "extends"},
-    "model": {"backbone", "weights", "encoder", "stem", "aux_layer", "decoder_channels", "decoder_dilation", "projection"},
+    "model": {"backbone", "weights", "encoder", "stem", "aux_layer", "decoder_channels", "decoder_dilation", "projection", "pooling"},
     "doei": None,  # checked by the DOEI constructor
     "losses": None,  # checked by the method
     "train": {

@@ -1,0 +1,57 @@
+"""Recipes: every shipped recipe loads and its method settings are valid; bad files are named."""
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import tiny_synthetic
+from wsss_keras.cli import cli
+from wsss_keras.errors import RecipeError
+from wsss_keras.methods.doei import DOEI
+from wsss_keras.methods.toco import toco_losses
+from wsss_keras.recipes import available, load_recipe
+
+
+def test_every_shipped_recipe_loads_with_valid_settings():
+    names = available()
+    assert {"toco_voc", "toco_doei_voc", "toco_coco", "toco_doei_coco", "toco_synthetic_cpu", "toco_doei_synthetic_cpu"} <= set(names)
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe["recipe"]["name"] == name
+        toco_losses(recipe.get("losses"), source=name)
+        if "doei" in recipe:
+            DOEI(**recipe["doei"])
+
+
+def test_extends_merges_tables_key_by_key():
+    coco = load_recipe("toco_doei_coco")
+    assert coco["train"]["steps"] == 80000 and coco["train"]["batch_size"] == 8  # from toco_coco
+    assert coco["train"]["learning_rate"] == 6e-5 and coco["train"]["crop_size"] == 448  # from toco_voc
+    assert coco["losses"]["high_threshold"] == 0.65 and coco["losses"]["ptc_weight"] == 0.2
+    assert coco["doei"] == {}
+    assert "doei" not in load_recipe("toco_coco")
+    assert load_recipe("toco_doei_voc")["doei"]["sigma_rgb"] == 0.1
+
+
+def test_bad_recipes_name_the_file_and_the_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[recipe]\nname = "x"\nmethod = "toco"\n[train]\nstpes = 3\n')
+    with pytest.raises(RecipeError, match=r"bad.toml.*stpes"):
+        load_recipe(str(path))
+    path.write_text('[recipe]\nname = "x"\nmethod = "tocoo"\n')
+    with pytest.raises(RecipeError, match="tocoo"):
+        load_recipe(str(path))
+    path.write_text('[recipe]\nname = "x"\nextends = "bad.toml"\nmethod = "toco"\n')
+    with pytest.raises(RecipeError, match="loops"):
+        load_recipe(str(path))
+    path.write_text("[recipe\n")
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(str(path))
+    with pytest.raises(RecipeError, match="no shipped recipe"):
+        load_recipe("no_such_recipe")
+
+
+def test_paper_recipe_without_weights_is_a_one_line_error(tmp_path):
+    data = tiny_synthetic(tmp_path / "data")
+    result = CliRunner().invoke(cli, ["train", "toco_voc", "--data", data, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "--weights" in result.output and "Traceback" not in result.output
