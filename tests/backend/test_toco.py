@@ -199,3 +199,20 @@ def test_image_logits_pool_the_cam(pooling):
     np.testing.assert_allclose(ops.convert_to_numpy(outputs["logits"]), pooled @ kernel, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="pooling"):
         tiny_toco(pooling="lse")
+
+
+def test_refined_pseudo_labels_combine_the_two_backgrounds():
+    from wsss_keras.ops.cam import refine_pseudo_labels
+
+    # Without PAR iterations and at full size the refinement is the softmax alone, so the labels
+    # follow from the CAM values: > 0.7 class, between the two backgrounds ignore, < 0.25 background.
+    cams = np.zeros((1, 2, 3, 2), "float32")
+    cams[0, 0, :, 0] = [0.9, 0.5, 0.1]
+    cams[0, 1, :, 1] = [0.95, 0.95, 0.95]  # class 2 is not in the image: never labelled
+    cams[0, 1, :, 0] = [0.3, 0.8, 0.0]
+    labels = np.array([[1, 0]], "float32")
+    images = np.zeros((1, 2, 3, 3), "float32")
+    out = ops.convert_to_numpy(refine_pseudo_labels(images, cams, labels, 0.7, 0.25, down_scale=1, num_iter=0))
+    np.testing.assert_array_equal(out[0], [[1, 255, 0], [255, 1, 0]])
+    boxed = refine_pseudo_labels(images, cams, labels, 0.7, 0.25, crop_boxes=np.array([[0, 2, 0, 2]]), down_scale=1, num_iter=0)
+    np.testing.assert_array_equal(ops.convert_to_numpy(boxed)[0], [[1, 255, 255], [255, 1, 255]])
