@@ -212,6 +212,7 @@ def gather_square_crops(images, centres, size):
     Centres must lie in [size // 2, H − size + size // 2] so that every crop is inside.
     Returns (B, n, size, size, C).
     """
+    images, centres = ops.convert_to_tensor(images), ops.convert_to_tensor(centres, "int32")
     height, width, channels = images.shape[1], images.shape[2], images.shape[3]
     count = centres.shape[1]
     offsets = ops.arange(size, dtype="int32") - size // 2
@@ -231,6 +232,7 @@ def sample_local_crops(images, roi, count, size, negative_ratio, seed):
     Returns:
         crops (B, count, size, size, C) and positive flags (B, count) float32.
     """
+    roi = ops.convert_to_tensor(roi, "float32")
     height, width = roi.shape[1], roi.shape[2]
     margin = size // 2
     rows = ops.arange(height)[None, :, None]
@@ -365,7 +367,7 @@ class ToCo(WSSSModel, keras.Model):
                 layer.build(shape)
         if self.projection_head is not None:
             for teacher, student in zip(self.teacher_head.weights, self.projection_head.weights):
-                teacher.assign(student)
+                teacher.assign(ops.copy(student))  # a copy: JAX must not see one buffer twice
         self.train_steps = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="train_steps")
         self.built = True
 

@@ -73,6 +73,7 @@ def crop_box_mask(crop_boxes, height, width):
 
 def strongest_present_class(cams, labels):
     """Per pixel, the largest CAM value among the classes in `labels` and its label (class + 1)."""
+    cams = ops.convert_to_tensor(cams)
     valid = cams * ops.cast(labels, cams.dtype)[:, None, None, :]
     return ops.max(valid, axis=-1), ops.cast(ops.argmax(valid, axis=-1), "int32") + 1
 
