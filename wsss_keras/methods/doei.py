@@ -2,7 +2,7 @@
 
 "DOEI: Dual Optimization of Embedding Information for Attention-Enhanced Class Activation
 Maps" (Zhu et al., arXiv:2502.15885). The paper's code is not public; what follows is the
-reconstruction of /work/shared/methods/doei.md §2.5, and every choice the paper leaves open is
+reconstruction in the project's DOEI specification (its §2.5), and every choice the paper leaves open is
 a knob of `DOEI` (spec §2.6). **The defaults are reconstructed, not the paper's numbers.**
 
 Per forward pass (once, shared by every hooked block):
