@@ -55,20 +55,13 @@ def evaluate(pred_dir, gt_dir, class_names, num_classes, split_file, prediction_
 
 
 def parse_thresholds(text):
-    """"0.05:0.95:0.05" (inclusive) or "0.3,0.5" -> tuple of floats in [0, 1]."""
-    import numpy as np
+    """--thresholds: "0.05:0.95:0.05" (inclusive) or "0.3,0.5", values in [0, 1]."""
+    from wsss_keras.evaluation.cams import parse_thresholds as parse
 
     try:
-        if ":" in text:
-            start, stop, step = (float(part) for part in text.split(":"))
-            values = np.round(np.arange(start, stop + step / 2, step), 6)
-        else:
-            values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if len(values) == 0 or min(values) < 0 or max(values) > 1:
-        raise click.BadParameter(f"{text!r}: give start:stop:step or a comma list of values in [0, 1].", param_hint="--thresholds")
-    return tuple(float(v) for v in values)
+        return parse(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--thresholds") from None
 
 
 def _evaluate_cams(cam_dir, gt_dir, names, ids, thresholds):

@@ -18,6 +18,21 @@ from wsss_keras.evaluation.metrics import ConfusionMatrix
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 
 
+def parse_thresholds(text):
+    """"0.05:0.95:0.05" (inclusive) or "0.3,0.5" -> tuple of floats in [0, 1]; ValueError otherwise."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            values = np.round(np.arange(start, stop + step / 2, step), 6)
+        else:
+            values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if len(values) == 0 or min(values) < 0 or max(values) > 1:
+        raise ValueError(f"{text!r}: give start:stop:step or a comma list of values in [0, 1].")
+    return tuple(float(v) for v in values)
+
+
 def save_cams(path, cams, classes):
     """Write CAMs (H, W, k) for the 1-based `classes` to `path` (.npz)."""
     cams = np.asarray(cams)

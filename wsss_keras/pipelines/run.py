@@ -15,6 +15,7 @@ resumes where it stopped):
 import json
 import os
 
+from wsss_keras.errors import RecipeError
 from wsss_keras.pipelines.train import MODEL_FILE
 from wsss_keras.recipes import section
 
@@ -27,23 +28,20 @@ def ground_truth_dir(dataset):
     return os.path.dirname(paths[0]) if paths else None
 
 
-def parse_thresholds(text):
-    low, high, step = (float(value) for value in text.split(":"))
-    count = int(round((high - low) / step)) + 1
-    return tuple(round(low + index * step, 6) for index in range(count))
-
-
 def evaluate_run(out_dir, data_dir, recipe, echo=print):
     """Score what the run folder holds; returns the metrics dict (also written to metrics.json)."""
     from wsss_keras.data.dataset import open_dataset
-    from wsss_keras.evaluation.cams import sweep_cam_folder
+    from wsss_keras.evaluation.cams import parse_thresholds, sweep_cam_folder
     from wsss_keras.evaluation.folders import score_folders
 
     metrics = {"recipe": recipe["recipe"]["name"]}
     cam_split = section(recipe, "cams").get("split", "train")
     seed_split = section(recipe, "pseudo_labels").get("split", cam_split)
     predict_split = section(recipe, "predict").get("split", "val")
-    thresholds = parse_thresholds(section(recipe, "evaluate").get("cam_thresholds", "0.05:0.95:0.05"))
+    try:
+        thresholds = parse_thresholds(section(recipe, "evaluate").get("cam_thresholds", "0.05:0.95:0.05"))
+    except ValueError as error:
+        raise RecipeError(f"{recipe['recipe'].get('path', '<recipe>')}: [evaluate] cam_thresholds {error}") from None
     dataset = open_dataset(data_dir, cam_split)
     truth = ground_truth_dir(dataset)
     cam_dir = os.path.join(out_dir, "cams")
