@@ -81,33 +81,30 @@ def build_model(recipe, dataset, weights=None):
         raise _recipe_error(recipe, error) from None
 
 
-class StepProgress:
+def step_progress(steps, echo, every):
     """A Keras callback that prints the losses every `every` steps with elapsed time and ETA,
     and stops training after `steps` steps."""
+    import keras
 
-    def __new__(cls, *args, **kwargs):
-        import keras
+    class StepProgress(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.done, self.start = 0, None
 
-        class _Callback(keras.callbacks.Callback):
-            def __init__(self, steps, echo, every):
-                super().__init__()
-                self.steps, self.echo, self.every = steps, echo, max(1, every)
-                self.done, self.start = 0, None
+        def on_train_begin(self, logs=None):
+            self.start = self.start or time.perf_counter()
 
-            def on_train_begin(self, logs=None):
-                self.start = self.start or time.perf_counter()
+        def on_train_batch_end(self, batch, logs=None):
+            self.done += 1
+            if self.done % every == 0 or self.done == steps:
+                elapsed = time.perf_counter() - self.start
+                eta = elapsed / self.done * (steps - self.done)
+                losses = " ".join(f"{key.replace('_loss', '')} {float(value):.3f}" for key, value in sorted((logs or {}).items()))
+                echo(f"[train] step {self.done}/{steps} {losses} ({elapsed:.0f} s, ETA {eta:.0f} s)")
+            if self.done >= steps:
+                self.model.stop_training = True
 
-            def on_train_batch_end(self, batch, logs=None):
-                self.done += 1
-                if self.done % self.every == 0 or self.done == self.steps:
-                    elapsed = time.perf_counter() - self.start
-                    eta = elapsed / self.done * (self.steps - self.done)
-                    losses = " ".join(f"{key.replace('_loss', '')} {float(value):.3f}" for key, value in sorted((logs or {}).items()))
-                    self.echo(f"[train] step {self.done}/{self.steps} {losses} ({elapsed:.0f} s, ETA {eta:.0f} s)")
-                if self.done >= self.steps:
-                    self.model.stop_training = True
-
-        return _Callback(*args, **kwargs)
+    return StepProgress()
 
 
 def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
@@ -164,7 +161,7 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         f"[train] {recipe['recipe']['name']}: {steps} steps of {batch_size} images ({epochs} epochs of "
         f"{len(dataset)} images), backend {keras.backend.backend()}"
     )
-    progress = StepProgress(steps, echo, every=max(1, steps // 20))
+    progress = step_progress(steps, echo, every=max(1, steps // 20))
     logger = keras.callbacks.CSVLogger(os.path.join(out_dir, "train_log.csv"))
     start = time.perf_counter()
     history = model.fit(loader, epochs=epochs, verbose=0, callbacks=[progress, logger])
