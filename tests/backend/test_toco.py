@@ -158,6 +158,24 @@ def test_one_training_step_with_every_loss(with_doei):
     )
 
 
+def test_seg_and_reg_are_skipped_until_their_start_step():
+    keras.utils.set_random_seed(0)
+    model = tiny_toco(losses={"seg_start": 1, "reg_start": 2, "ctc_weight": 0.0, "cam_scales": [1.0], "cam_flip": False})
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, targets = toco_batch()
+    model(images)
+    decoder_before = [ops.convert_to_numpy(w).copy() for w in model.decoder.weights]
+    first = model.train_on_batch(images, targets, return_dict=True)
+    # Step 0: neither term computed, so the decoder gets no gradient and stays as it was.
+    assert first["seg_loss"] == 0.0 and first["reg_loss"] == 0.0
+    for before, weight in zip(decoder_before, model.decoder.weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(weight), before)
+    model.reset_metrics()
+    second = model.train_on_batch(images, targets, return_dict=True)
+    # Step 1: both computed (the seg loss is weighted in, reg still weighs zero until step 2).
+    assert second["seg_loss"] > 0.0 and second["reg_loss"] != 0.0
+
+
 def test_ctc_needs_the_extra_views():
     model = tiny_toco()
     model.compile(optimizer=keras.optimizers.Adam(1e-3))

@@ -472,25 +472,12 @@ class ToCo(WSSSModel, keras.Model):
         weights = {"cls": settings["cls_weight"], "aux": settings["aux_weight"]}
 
         if settings["seg_weight"] or settings["reg_weight"]:
-            # Pseudo-labels feed the seg loss, and the reg loss's gate reads their ignore pixels.
-            source = cams
-            if settings["aux_pseudo_labels_until"] > 0:
-                source = ops.where(step < settings["aux_pseudo_labels_until"], aux_cams, cams)
-            rgb = denormalize_unit(images, self.image_mean, self.image_std, quantize=True)
-            pseudo = ops.stop_gradient(refine_pseudo_labels(
-                rgb, source, labels, high, low, crop_boxes=boxes, down_scale=settings["par_down_scale"],
-                num_iter=settings["par_iterations"],
-            ))
-            seg_logits = resize_bilinear(ops.cast(y_pred["seg_logits"], "float32"), (height, width))
-            terms["seg"] = balanced_segmentation_loss(seg_logits, pseudo, guard_empty=settings["seg_guard_empty"])
-            weights["seg"] = settings["seg_weight"] * self._active(step, settings["seg_start"])
+            dense = self._dense_terms(images, y_pred, cams, aux_cams, labels, boxes, step)
+            if settings["seg_weight"]:
+                terms["seg"] = dense["seg"]
+                weights["seg"] = settings["seg_weight"] * self._active(step, settings["seg_start"])
             if settings["reg_weight"]:
-                roi = ops.cast(crop_box_mask(boxes, height, width), "float32")
-                terms["reg"] = settings["reg_energy_scale"] * dense_energy_loss(
-                    rgb * 255.0, ops.softmax(seg_logits, axis=-1), roi, pseudo == 255,
-                    sigma_rgb=settings["reg_sigma_rgb"], sigma_xy=settings["reg_sigma_xy"],
-                    scale=settings["reg_scale"], max_pixels=settings["reg_max_pixels"],
-                )
+                terms["reg"] = dense["reg"]
                 weights["reg"] = settings["reg_weight"] * self._active(step, settings["reg_start"])
 
         if settings["ptc_weight"]:
@@ -518,6 +505,43 @@ class ToCo(WSSSModel, keras.Model):
         if training:
             self.train_steps.assign_add(1)
         return total
+
+    def _dense_terms(self, images, y_pred, cams, aux_cams, labels, boxes, step):
+        """The seg and reg terms, computed only from the first step either is active.
+
+        PAR and the energy kernel are most of a step's cost, so before `seg_start` /
+        `reg_start` they are skipped (`ops.cond`), not computed and multiplied by zero; their
+        logged values read 0 until then.
+        """
+        settings = self.losses_config
+        height, width = images.shape[1], images.shape[2]
+
+        def compute():
+            # Pseudo-labels feed the seg loss, and the reg loss's gate reads their ignore pixels.
+            source = cams
+            if settings["aux_pseudo_labels_until"] > 0:
+                source = ops.where(step < settings["aux_pseudo_labels_until"], aux_cams, cams)
+            rgb = denormalize_unit(images, self.image_mean, self.image_std, quantize=True)
+            pseudo = ops.stop_gradient(refine_pseudo_labels(
+                rgb, source, labels, settings["high_threshold"], settings["low_threshold"], crop_boxes=boxes,
+                down_scale=settings["par_down_scale"], num_iter=settings["par_iterations"],
+            ))
+            seg_logits = resize_bilinear(ops.cast(y_pred["seg_logits"], "float32"), (height, width))
+            seg = balanced_segmentation_loss(seg_logits, pseudo, guard_empty=settings["seg_guard_empty"])
+            reg = ops.zeros((), "float32")
+            if settings["reg_weight"]:
+                roi = ops.cast(crop_box_mask(boxes, height, width), "float32")
+                reg = settings["reg_energy_scale"] * dense_energy_loss(
+                    rgb * 255.0, ops.softmax(seg_logits, axis=-1), roi, pseudo == 255,
+                    sigma_rgb=settings["reg_sigma_rgb"], sigma_xy=settings["reg_sigma_xy"],
+                    scale=settings["reg_scale"], max_pixels=settings["reg_max_pixels"],
+                )
+            return {"seg": ops.cast(seg, "float32"), "reg": ops.cast(reg, "float32")}
+
+        starts = [settings[f"{name}_start"] for name in ("seg", "reg") if settings[f"{name}_weight"]]
+        if min(starts) <= 0:
+            return compute()
+        return ops.cond(step >= min(starts), compute, lambda: {"seg": ops.zeros((), "float32"), "reg": ops.zeros((), "float32")})
 
     def _ctc_loss(self, y, y_pred, aux_cams, labels, training):
         settings = self.losses_config
