@@ -117,3 +117,22 @@ def test_write_and_read_label_map_round_trip(tmp_path):
     labels[0] = 255
     write_label_map(str(tmp_path / "x.png"), labels)
     np.testing.assert_array_equal(read_label_map(str(tmp_path / "x.png"), 21), labels)
+
+
+def test_label_maps_from_another_folder(tmp_path):
+    root = tiny_synthetic(tmp_path / "s", n_train=4, n_val=2, classes="car,dog")
+    dataset = open_dataset(root, "train")
+    folder = tmp_path / "pseudo"
+    for index, name in enumerate(dataset.names[:3]):
+        height, width = dataset.load_image(index).shape[:2]
+        write_label_map(str(folder / f"{name}.png"), np.full((height, width), index % 3, np.uint8))
+    from wsss_keras.errors import DataError
+
+    with pytest.raises(DataError, match=r"1 of 4 pseudo-labels .* missing \(first: " + dataset.names[3] + r"\.png\); run wsss irn walk"):
+        dataset.with_label_maps_from(str(folder), "pseudo-labels", made_by="wsss irn walk")
+    height, width = dataset.load_image(3).shape[:2]
+    write_label_map(str(folder / f"{dataset.names[3]}.png"), np.zeros((height, width), np.uint8))
+    view = dataset.with_label_maps_from(str(folder), "pseudo-labels")
+    assert view.names == dataset.names and np.array_equal(view.labels, dataset.labels)
+    _, label_map = view.load_item(1)
+    assert (label_map == 1).all()

@@ -78,6 +78,30 @@ class SegmentationDataset:
             )
         return image, label_map
 
+    def with_label_maps_from(self, folder, what="label maps", made_by=None):
+        """The same images and image-level labels, with label maps read from `folder/<name>.png`.
+
+        Multi-stage methods train their IRN and segmentation networks on label maps they made
+        themselves (IR labels, pseudo-labels); this view points the loader at them. Every name
+        must have its PNG: a partial folder would silently train on fewer images.
+
+        Args:
+            folder: the folder of `<name>.png` label maps.
+            what: what the folder holds, for messages ("pseudo-labels").
+            made_by: the command or stage that writes them, for messages.
+        """
+        paths = [os.path.join(folder, f"{name}.png") for name in self.names]
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing:
+            fix = f"; run {made_by} first" if made_by else ""
+            raise DataError(
+                f"{folder}: {len(missing)} of {len(paths)} {what} for {self.description} are missing "
+                f"(first: {os.path.basename(missing[0])}){fix}."
+            )
+        return SegmentationDataset(
+            self.names, self.image_paths, paths, self.class_names, self.labels, f"{self.description}, {what} from {folder}"
+        )
+
     def check(self, with_label_maps=None, progress=None):
         """Read every file and return the list of error messages (empty when all is well).
 
