@@ -12,7 +12,7 @@ from wsss_keras.data.transforms import ToCoTrainTransform
 from wsss_keras.methods.doei import DOEI
 from wsss_keras.methods.toco import ToCo, gather_square_crops, sample_local_crops, uncertainty_roi
 from wsss_keras.ops.losses import bilateral_affinity, contrastive_token_loss, dense_energy_loss
-from wsss_keras.pipelines.inference import MultiScaleCams
+from wsss_keras.pipelines.inference import MultiScaleCams, MultiScaleSegmentation
 
 
 def numpy_ctc(teacher, student, flags, temperature):
@@ -196,6 +196,25 @@ def test_cam_pass_and_outputs():
     assert cams.min() >= 0.0 and cams.max() < 1.0 and cams.max() > 0.9
     eager = ops.convert_to_numpy(model.cam_maps(images))
     assert eager.shape == (2, 4, 4, 3)
+
+
+def test_inference_wrappers_take_images_of_many_sizes():
+    # TensorFlow relaxes a function retraced for a third size to shape None; the wrappers keep
+    # one compiled function per shape instead, so every size keeps static shapes.
+    model = tiny_toco(stem=False)
+    model(np.zeros((1, 32, 32, 3), "float32"))
+    segmentation = MultiScaleSegmentation(model, scales=(1.0, 0.5), flip=True)
+    cams = MultiScaleCams(model, scales=(1.0, 0.5), flip=True)
+    rng = np.random.default_rng(0)
+    first = None
+    for height, width in ((32, 32), (40, 48), (48, 40), (56, 64), (32, 32)):
+        images = rng.normal(size=(1, height, width, 3)).astype("float32")
+        logits = np.asarray(segmentation.predict_on_batch(images))
+        assert logits.shape == (1, height, width, 4)
+        assert np.asarray(cams.predict_on_batch(images)).shape == (1, height, width, 3)
+        if first is None:
+            first = (images, logits)
+    np.testing.assert_allclose(np.asarray(segmentation.predict_on_batch(first[0])), first[1], atol=1e-6)
 
 
 def test_bad_settings_are_named():

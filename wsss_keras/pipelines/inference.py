@@ -4,7 +4,14 @@ Calling a method's `cam_maps` eagerly runs op by op, which on the TensorFlow and
 backends costs more than the arithmetic for small models. Wrapping the fused computation in a
 `keras.Model` and calling `predict_on_batch` lets Keras compile it (tf.function, jax.jit) once
 per input shape, on every backend, without backend-specific code here.
+
+One compiled function per input shape, explicitly: TensorFlow's `predict_on_batch` relaxes
+the shape of a function retraced for several sizes to `None`, and these computations need
+static sizes (the views' sizes are computed from the input's). Images of a real dataset
+come in many sizes, so the wrappers keep the compiled function of each recent shape.
 """
+
+from collections import OrderedDict
 
 import keras
 from keras import ops
@@ -12,7 +19,31 @@ from keras import ops
 from wsss_keras.ops.cam import multiscale_cams, refine_pseudo_labels, resize_bilinear
 
 
-class MultiScaleCams(keras.Model):
+class PerShapeInference(keras.Model):
+    """A `keras.Model` whose `predict_on_batch` compiles once per input shape.
+
+    Args:
+        max_shapes: how many compiled functions to keep (least recently used dropped).
+    """
+
+    def __init__(self, max_shapes=64, **kwargs):
+        super().__init__(**kwargs)
+        self.max_shapes = max_shapes
+        self._functions = OrderedDict()
+
+    def predict_on_batch(self, x):
+        key = tuple(tuple(ops.shape(tensor)) for tensor in keras.tree.flatten(x))
+        # Keras builds a new predict function when the attribute is None; hand it the one
+        # compiled for this shape, or None so that it compiles one that sees only this shape.
+        self.predict_function = self._functions.pop(key, None)
+        outputs = super().predict_on_batch(x)
+        self._functions[key] = self.predict_function
+        while len(self._functions) > self.max_shapes:
+            self._functions.popitem(last=False)
+        return outputs
+
+
+class MultiScaleCams(PerShapeInference):
     """`multiscale_cams(model.cam_maps, images, scales, flip)` as a model (B, H, W, C) in [0, 1)."""
 
     def __init__(self, model, scales=(1.0, 0.5, 1.5), flip=True, **kwargs):
@@ -23,7 +54,7 @@ class MultiScaleCams(keras.Model):
         return multiscale_cams(self.method.cam_maps, images, self.scales, self.flip)
 
 
-class MultiScaleSegmentation(keras.Model):
+class MultiScaleSegmentation(PerShapeInference):
     """ToCo's segmentation inference: per scale the logits of the image plus the un-mirrored
     logits of its mirror (summed), bilinear to the input size, max over scales."""
 
@@ -44,7 +75,7 @@ class MultiScaleSegmentation(keras.Model):
         return fused
 
 
-class PseudoLabelRefiner(keras.Model):
+class PseudoLabelRefiner(PerShapeInference):
     """`refine_pseudo_labels` as a model: (RGB in [0, 1], CAMs, image labels) -> label map."""
 
     def __init__(self, high=0.7, low=0.25, down_scale=2, **par_options):
