@@ -1,15 +1,28 @@
-"""AdamW with per-variable learning-rate multipliers (the references' parameter groups).
+"""AdamW and SGD with per-variable learning-rate multipliers (the references' parameter groups).
 
 PyTorch code gives heads a 10x learning rate through optimizer parameter groups; Keras has one
-learning rate per optimizer. `GroupedAdamW` keeps one optimizer and scales the rate of each
-variable whose path contains one of the given substrings. Decoupled weight decay uses the
-scaled rate too, as torch's AdamW does per group (p ← p − lr_group · wd · p, then the Adam step).
-The Adam update is Keras's (epsilon added to sqrt(v) before bias correction), which differs from
-torch's by the epsilon's scaling only.
+learning rate per optimizer. `GroupedAdamW` and `GroupedSGD` keep one optimizer and scale the
+rate of each variable whose path contains one of the given substrings (the first matching
+entry, in insertion order, wins; `multiplier_for(variable)` tells which applies).
+
+- `GroupedAdamW`: decoupled weight decay uses the scaled rate too, as torch's AdamW does per
+  group (p ← p − lr_group · wd · p, then the Adam step). The Adam update is Keras's (epsilon
+  added to sqrt(v) before bias correction), which differs from torch's by the epsilon's
+  scaling only.
+- `GroupedSGD`: torch.optim.SGD's update exactly (coupled L2 weight decay added to the
+  gradient before the momentum buffer, the rate applied after it), which Keras's SGD is not
+  when the rate changes: Keras folds the rate into its velocity.
 """
 
 import keras
 from keras import ops
+
+
+def path_multiplier(lr_multipliers, variable):
+    """The multiplier of the first `lr_multipliers` key (insertion order) that is a substring of
+    the variable's path (its name when it has no path), else 1.0."""
+    path = getattr(variable, "path", variable.name)
+    return next((float(m) for key, m in lr_multipliers.items() if key in path), 1.0)
 
 
 @keras.saving.register_keras_serializable(package="wsss_keras")
@@ -41,8 +54,7 @@ class GroupedAdamW(keras.optimizers.Adam):
 
     def multiplier_for(self, variable):
         """The learning-rate multiplier of a variable (1.0 unless a substring matches its path)."""
-        path = getattr(variable, "path", variable.name)
-        return next((float(m) for key, m in self.lr_multipliers.items() if key in path), 1.0)
+        return path_multiplier(self.lr_multipliers, variable)
 
     def update_step(self, gradient, variable, learning_rate):
         multiplier = self._multipliers[self._get_variable_index(variable)]
@@ -54,4 +66,111 @@ class GroupedAdamW(keras.optimizers.Adam):
     def get_config(self):
         config = super().get_config()
         config.update({"lr_multipliers": self.lr_multipliers, "weight_decay": self.decoupled_weight_decay})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="wsss_keras")
+class GroupedSGD(keras.optimizers.Optimizer):
+    """torch.optim.SGD with learning-rate multipliers by variable path (parameter groups).
+
+    For each variable, with lr = schedule(t) · multiplier and g its gradient:
+
+        g ← g + weight_decay · d · w              (coupled L2, torch's weight_decay; d below)
+        b ← momentum · b + g                      (only when momentum > 0; b starts at 0)
+        w ← w − lr · (g + momentum · b if nesterov else b)
+
+    This is torch's update with dampening 0, so a schedule that changes the rate (poly) gives
+    the same trajectory as torch's per-group `lr`; Keras's SGD multiplies the rate into its
+    velocity instead. IRN's `PolyOptimizer` (spec methods/amr.md §3.3: effective momentum
+    1e-4, coupled weight decay 1e-4) is `GroupedSGD(..., momentum=1e-4, weight_decay=1e-4)`;
+    DeepLab-v2 is momentum 0.9, weight decay 5e-4 except on the ASPP biases (their torch group
+    has weight_decay 0: `weight_decay_multipliers={"aspp/bias": 0.0}`).
+
+    Args:
+        learning_rate: base rate or schedule (e.g. `PolyWarmup(lr, 0, max_steps, power=0.9)`).
+        lr_multipliers: dict {substring of `variable.path`: multiplier}; the first matching
+            entry (in insertion order) applies, others get 1.
+        momentum: momentum factor, >= 0 (0: plain SGD).
+        weight_decay: coupled L2 factor, >= 0, applied to every variable the optimizer updates.
+        weight_decay_multipliers: dict {substring of `variable.path`: multiplier d of
+            `weight_decay`}, same matching rule (a group's own weight_decay in torch); 1 else.
+        nesterov: Nesterov momentum (torch's form); needs momentum > 0.
+        **kwargs: passed to `keras.optimizers.Optimizer` (clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, ...). Keras's own decoupled `weight_decay` is not used.
+
+    Example:
+    >>> optimizer = GroupedSGD(2.5e-4, lr_multipliers={"aspp/bias": 20.0, "aspp/kernel": 10.0},
+    ...                        momentum=0.9, weight_decay=5e-4, weight_decay_multipliers={"aspp/bias": 0.0})
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.01,
+        lr_multipliers=None,
+        momentum=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        weight_decay_multipliers=None,
+        **kwargs,
+    ):
+        name = kwargs.pop("name", None) or "grouped_sgd"
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        momentum, weight_decay = float(momentum), float(weight_decay or 0.0)
+        if momentum < 0.0:
+            raise ValueError(f"momentum={momentum} must be >= 0 (0 for plain SGD).")
+        if weight_decay < 0.0:
+            raise ValueError(f"weight_decay={weight_decay} must be >= 0 (0 for none).")
+        if nesterov and momentum == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0 (as in torch); set momentum or nesterov=False.")
+        self.lr_multipliers = dict(lr_multipliers or {})
+        self.weight_decay_multipliers = dict(weight_decay_multipliers or {})
+        self.momentum = momentum
+        self.coupled_weight_decay = weight_decay
+        self.nesterov = bool(nesterov)
+        self._multipliers, self._decays = [], []
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self.momentums = []
+        if self.momentum:
+            self.momentums = self.add_optimizer_variables(var_list, "momentum")
+        self._multipliers = [self.multiplier_for(variable) for variable in var_list]
+        self._decays = [self.weight_decay_for(variable) for variable in var_list]
+
+    def multiplier_for(self, variable):
+        """The learning-rate multiplier of a variable (1.0 unless a substring matches its path)."""
+        return path_multiplier(self.lr_multipliers, variable)
+
+    def weight_decay_for(self, variable):
+        """The coupled weight decay of a variable: `weight_decay` times its decay multiplier."""
+        return self.coupled_weight_decay * path_multiplier(self.weight_decay_multipliers, variable)
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        learning_rate = ops.cast(learning_rate, variable.dtype) * self._multipliers[index]
+        gradient = ops.cast(gradient, variable.dtype)
+        if self._decays[index]:
+            gradient = gradient + self._decays[index] * variable
+        step = gradient
+        if self.momentum:
+            buffer = self.momentums[index]
+            # Use the new value, not a read of the variable after `assign` (graph order).
+            new_buffer = buffer * self.momentum + gradient
+            self.assign(buffer, new_buffer)
+            step = gradient + self.momentum * new_buffer if self.nesterov else new_buffer
+        self.assign_sub(variable, learning_rate * step)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "lr_multipliers": self.lr_multipliers,
+                "weight_decay_multipliers": self.weight_decay_multipliers,
+                "momentum": self.momentum,
+                "weight_decay": self.coupled_weight_decay,
+                "nesterov": self.nesterov,
+            }
+        )
         return config
