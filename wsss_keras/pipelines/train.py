@@ -81,7 +81,7 @@ def build_model(recipe, dataset, weights=None):
         raise _recipe_error(recipe, error) from None
 
 
-def step_progress(steps, echo, every):
+def step_progress(steps, echo, every, stage="train"):
     """A Keras callback that prints the losses every `every` steps with elapsed time and ETA,
     and stops training after `steps` steps."""
     import keras
@@ -100,7 +100,7 @@ def step_progress(steps, echo, every):
                 elapsed = time.perf_counter() - self.start
                 eta = elapsed / self.done * (steps - self.done)
                 losses = " ".join(f"{key.replace('_loss', '')} {float(value):.3f}" for key, value in sorted((logs or {}).items()))
-                echo(f"[train] step {self.done}/{steps} {losses} ({elapsed:.0f} s, ETA {eta:.0f} s)")
+                echo(f"[{stage}] step {self.done}/{steps} {losses} ({elapsed:.0f} s, ETA {eta:.0f} s)")
             if self.done >= steps:
                 self.model.stop_training = True
 
@@ -125,9 +125,6 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     from wsss_keras.data.dataset import open_dataset
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import ToCoTrainTransform
-    from wsss_keras.training.optimizers import GroupedAdamW
-    from wsss_keras.training.schedules import PolyWarmup
-
     settings = section(recipe, "train")
     steps = int(steps or settings.get("steps", 20000))
     seed = int(settings.get("seed", 0))
@@ -147,36 +144,99 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         workers=int(settings.get("workers", 1)),
     )
     model = build_model(recipe, dataset, weights)
+    model.compile(optimizer=make_optimizer(recipe, "train", steps, model, defaults={"warmup_steps": 1500}))
+    return fit_steps(
+        model, loader, steps, out_dir, MODEL_FILE, recipe, stage="train", echo=echo,
+        summary={"batch_size": batch_size, "images": len(dataset)},
+    )
+
+
+def make_optimizer(recipe, table, steps, model=None, defaults=None):
+    """The optimiser a recipe table asks for, on a poly schedule with linear warm-up.
+
+    Keys of the table: `optimizer` ("adamw", ToCo's PolyWarmupAdamW; or "sgd", IRN's
+    PolyOptimizer), `learning_rate`, `warmup_steps`, `power`, `weight_decay`, `momentum` (SGD)
+    and `lr_multipliers` ({variable-path substring: factor}, added to the model's own groups).
+
+    Args:
+        recipe: the loaded recipe.
+        table: the table holding the stage's settings ("train", "irn", "segmentation", ...).
+        steps: the schedule's length.
+        model: the model to train; its own parameter groups (`lr_multipliers`, and for SGD
+            `weight_decay_multipliers`), when it has them, come before the table's.
+        defaults: fallback values for keys the table leaves out.
+    """
+    from wsss_keras.training.schedules import PolyWarmup
+
+    settings = {**(defaults or {}), **section(recipe, table)}
+    kind = settings.get("optimizer", "adamw")
+    multipliers = {**dict(getattr(model, "lr_multipliers", None) or {}), **dict(settings.get("lr_multipliers", {}))}
     schedule = PolyWarmup(
-        float(settings.get("learning_rate", 6e-5)), int(settings.get("warmup_steps", 1500)), steps,
+        float(settings.get("learning_rate", 6e-5)), int(settings.get("warmup_steps", 0)), steps,
         power=float(settings.get("power", 0.9)),
     )
-    model.compile(optimizer=GroupedAdamW(
-        schedule, lr_multipliers=dict(settings.get("lr_multipliers", {})),
-        weight_decay=float(settings.get("weight_decay", 0.01)),
-    ))
+    if kind == "adamw":
+        from wsss_keras.training.optimizers import GroupedAdamW
+
+        return GroupedAdamW(schedule, lr_multipliers=multipliers, weight_decay=float(settings.get("weight_decay", 0.01)))
+    if kind == "sgd":
+        from wsss_keras.training.optimizers import GroupedSGD
+
+        return GroupedSGD(
+            schedule, lr_multipliers=multipliers, momentum=float(settings.get("momentum", 0.0)),
+            weight_decay=float(settings.get("weight_decay", 1e-4)),
+            weight_decay_multipliers=dict(getattr(model, "weight_decay_multipliers", None) or {}),
+        )
+    raise _recipe_error(recipe, f"[{table}] optimizer = {kind!r}; choose \"adamw\" or \"sgd\".")
+
+
+def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", echo=print, summary=None):
+    """Fit a compiled `model` for `steps` steps of `loader`; save it and its logs into `out_dir`.
+
+    Every training stage of every method ends here, so they all print the same progress, stop
+    on a diverged loss, and leave `<model_file>`, `<stem>_log.csv` and `<stem>_summary.json`
+    (`train_log.csv` / `train_summary.json` for the main model).
+
+    Args:
+        model: a compiled Keras model whose `compute_loss` reads the loader's targets.
+        loader: a `SegmentationLoader` (or any PyDataset) of (images, targets).
+        steps: optimiser steps; the loader is cycled through as many epochs as needed.
+        model_file: the file name of the saved model inside `out_dir`.
+        recipe: the loaded recipe (its name and path go into messages and the summary).
+        stage: the stage's name, used as the message prefix and the log files' stem.
+        summary: extra entries for the summary JSON.
+
+    Returns:
+        the path of the saved model.
+    """
+    import keras
+
     os.makedirs(out_dir, exist_ok=True)
     epochs = math.ceil(steps / len(loader))
+    stem = "train" if model_file == MODEL_FILE else os.path.splitext(model_file)[0]
     echo(
-        f"[train] {recipe['recipe']['name']}: {steps} steps of {batch_size} images ({epochs} epochs of "
-        f"{len(dataset)} images), backend {keras.backend.backend()}"
+        f"[{stage}] {recipe['recipe']['name']}: {steps} steps of {loader.batch_size} images ({epochs} epochs), "
+        f"backend {keras.backend.backend()}"
     )
-    progress = step_progress(steps, echo, every=max(1, steps // 20))
-    logger = keras.callbacks.CSVLogger(os.path.join(out_dir, "train_log.csv"))
+    progress = step_progress(steps, echo, every=max(1, steps // 20), stage=stage)
+    logger = keras.callbacks.CSVLogger(os.path.join(out_dir, f"{stem}_log.csv"))
     start = time.perf_counter()
     history = model.fit(loader, epochs=epochs, verbose=0, callbacks=[progress, logger])
     seconds = time.perf_counter() - start
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
-        raise WSSSError(f"training diverged (loss {losses[-1]}); lower [train] learning_rate in {recipe['recipe'].get('path')}.")
-    path = os.path.join(out_dir, MODEL_FILE)
+        raise WSSSError(
+            f"[{stage}] training diverged (loss {losses[-1]}); lower the learning_rate of this stage in "
+            f"{recipe['recipe'].get('path', recipe['recipe']['name'])}."
+        )
+    path = os.path.join(out_dir, model_file)
     model.save(path)
-    summary = {
-        "recipe": recipe["recipe"]["name"], "backend": keras.backend.backend(), "steps": steps,
-        "batch_size": batch_size, "train_seconds": round(seconds, 1),
+    record = {
+        "recipe": recipe["recipe"]["name"], "stage": stage, "backend": keras.backend.backend(), "steps": steps,
+        "train_seconds": round(seconds, 1), **(summary or {}),
         "final": {key: float(values[-1]) for key, values in history.history.items()},
     }
-    with open(os.path.join(out_dir, "train_summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
-    echo(f"[train] saved {path}")
+    with open(os.path.join(out_dir, f"{stem}_summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    echo(f"[{stage}] saved {path}")
     return path

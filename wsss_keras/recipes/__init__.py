@@ -29,7 +29,7 @@ SECTIONS = {
     "losses": None,  # checked by the method
     "train": {
         "steps", "batch_size", "crop_size", "scale_range", "learning_rate", "warmup_steps", "power",
-        "weight_decay", "lr_multipliers", "seed", "augment", "workers", "split",
+        "weight_decay", "lr_multipliers", "seed", "augment", "workers", "split", "optimizer", "momentum",
     },
     "cams": {"split", "scales", "flip", "resize"},
     "pseudo_labels": {"split", "mode", "high", "low", "down_scale"},
