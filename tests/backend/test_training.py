@@ -15,6 +15,22 @@ def reference_multiplier(step, warmup, max_steps, ratio, power):
     return max(1 - step / max_steps, 0.0) ** power
 
 
+def step_in_lockstep(optimizer, variables, torch_optimizer, torch_params, gradients, multiplier, steps=10):
+    """Apply the same gradients with both optimisers for `steps` steps, the torch groups' rates
+    set to their base rate times `multiplier(step)`; then compare the weights."""
+    base = [group["lr"] for group in torch_optimizer.param_groups]
+    for step in range(steps):
+        grads = gradients([keras.ops.convert_to_numpy(v) for v in variables])
+        optimizer.apply(grads, variables)
+        for group, rate in zip(torch_optimizer.param_groups, base):
+            group["lr"] = rate * multiplier(step)
+        for param, grad in zip(torch_params, grads):
+            param.grad = torch.from_numpy(grad.copy())
+        torch_optimizer.step()
+    for variable, param in zip(variables, torch_params):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), param.detach().numpy(), atol=2e-5)
+
+
 def test_poly_warmup_matches_the_formula():
     schedule = PolyWarmup(2e-3, warmup_steps=5, max_steps=20, warmup_ratio=0.1, power=0.9)
     for step in (0, 1, 4, 5, 6, 19, 20, 25):
@@ -40,18 +56,10 @@ def test_grouped_adamw_matches_torch_parameter_groups():
         [{"params": [torch_params[0]], "lr": 0.05}, {"params": [torch_params[1]], "lr": 0.5}],
         betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
     )
-    base = [0.05, 0.5]
-    for step in range(10):
-        grads = [gradient(keras.ops.convert_to_numpy(v)) for v in variables]
-        optimizer.apply(grads, variables)
-        multiplier = reference_multiplier(step, 3, 12, 0.1, 0.9)
-        for group, rate in zip(torch_optimizer.param_groups, base):
-            group["lr"] = rate * multiplier
-        for param, grad in zip(torch_params, grads):
-            param.grad = torch.from_numpy(grad.copy())
-        torch_optimizer.step()
-    for variable, param in zip(variables, torch_params):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), param.detach().numpy(), atol=2e-5)
+    step_in_lockstep(
+        optimizer, variables, torch_optimizer, torch_params, lambda weights: [gradient(w) for w in weights],
+        lambda step: reference_multiplier(step, 3, 12, 0.1, 0.9),
+    )
     assert optimizer.multiplier_for(variables[1]) == 10.0 and optimizer.multiplier_for(variables[0]) == 1.0
 
 
@@ -121,17 +129,7 @@ def test_grouped_sgd_matches_torch_parameter_groups(momentum, weight_decay, bias
         [{"params": [p], "lr": rate, "weight_decay": decay} for p, rate, decay in zip(torch_params, base, decays)],
         lr=0.05, momentum=momentum, nesterov=nesterov,
     )
-    for step in range(10):
-        grads = gradients([keras.ops.convert_to_numpy(v) for v in variables])
-        optimizer.apply(grads, variables)
-        multiplier = (1 - step / 12) ** 0.9
-        for group, rate in zip(torch_optimizer.param_groups, base):
-            group["lr"] = rate * multiplier
-        for param, grad in zip(torch_params, grads):
-            param.grad = torch.from_numpy(grad.copy())
-        torch_optimizer.step()
-    for variable, param in zip(variables, torch_params):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), param.detach().numpy(), atol=2e-5)
+    step_in_lockstep(optimizer, variables, torch_optimizer, torch_params, gradients, lambda step: (1 - step / 12) ** 0.9)
     assert [optimizer.multiplier_for(v) for v in variables] == [1.0, 10.0, 20.0]
     assert [optimizer.weight_decay_for(v) for v in variables] == decays
 
