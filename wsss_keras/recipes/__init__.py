@@ -11,6 +11,8 @@ errors that name the file and the key):
 - `[losses]`: loss weights, start steps and thresholds (the method's defaults are the paper's).
 - `[train]`: steps, batch size, crop, augmentation, optimiser and schedule, seed.
 - `[cams]`, `[pseudo_labels]`, `[predict]`: settings of the later stages.
+- `[segmentation]`: the segmentation network the multi-stage methods train on their
+  pseudo-labels (`wsss_keras.pipelines.segmentation`).
 
 The recipes shipped with wsss-keras live next to this module; `load_recipe` takes a path or
 one of their names (`wsss_keras.recipes.available()`).
@@ -35,6 +37,11 @@ SECTIONS = {
     "pseudo_labels": {"split", "mode", "high", "low", "down_scale"},
     "predict": {"split", "scales", "flip", "overlay"},
     "evaluate": {"cam_thresholds"},
+    "segmentation": {
+        "arch", "weights", "backbone", "msc_scales", "loss_resolution", "init_backbone", "split", "steps",
+        "batch_size", "crop_size", "scale_range", "optimizer", "learning_rate", "warmup_steps", "power",
+        "momentum", "weight_decay", "lr_multipliers", "seed", "workers",
+    },
 }
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 
