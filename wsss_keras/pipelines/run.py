@@ -15,9 +15,8 @@ resumes where it stopped):
 import json
 import os
 
-from wsss_keras.errors import RecipeError
 from wsss_keras.pipelines.train import MODEL_FILE
-from wsss_keras.recipes import section
+from wsss_keras.recipes import recipe_error, section
 
 STAGES = ("train", "cams", "pseudo_labels", "predict", "evaluate")
 
@@ -41,7 +40,7 @@ def evaluate_run(out_dir, data_dir, recipe, echo=print):
     try:
         thresholds = parse_thresholds(section(recipe, "evaluate").get("cam_thresholds", "0.05:0.95:0.05"))
     except ValueError as error:
-        raise RecipeError(f"{recipe['recipe'].get('path', '<recipe>')}: [evaluate] cam_thresholds {error}") from None
+        raise recipe_error(recipe, f"[evaluate] cam_thresholds {error}") from None
     dataset = open_dataset(data_dir, cam_split)
     truth = ground_truth_dir(dataset)
     cam_dir = os.path.join(out_dir, "cams")

@@ -12,8 +12,8 @@ ImageNet initialisation every paper uses; the backbone's shape must then match t
 
 import os
 
-from wsss_keras.errors import RecipeError, WSSSError
-from wsss_keras.recipes import section
+from wsss_keras.errors import WSSSError
+from wsss_keras.recipes import recipe_error, section
 
 SEGMENTER_FILE = "segmenter.keras"
 
@@ -22,10 +22,6 @@ SEGMENTATION_DEFAULTS = {
     "optimizer": "sgd", "learning_rate": 2.5e-4, "momentum": 0.9, "weight_decay": 5e-4, "warmup_steps": 0,
     "power": 0.9,
 }
-
-
-def _recipe_error(recipe, message):
-    return RecipeError(f"{recipe['recipe'].get('path', recipe['recipe'].get('name', '<recipe>'))}: {message}")
 
 
 def build_segmenter(recipe, dataset, weights=None):
@@ -45,7 +41,7 @@ def build_segmenter(recipe, dataset, weights=None):
             recipe={"recipe": {k: v for k, v in recipe["recipe"].items() if k != "path"}, "segmentation": settings},
         )
     except (TypeError, ValueError) as error:
-        raise _recipe_error(recipe, f"[segmentation] {error}") from None
+        raise recipe_error(recipe, f"[segmentation] {error}") from None
 
 
 def copy_backbone(source_model, target_backbone, source_file):
@@ -103,7 +99,7 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     if start_from:
         source_file = os.path.join(out_dir, f"{start_from}.keras")
         if not os.path.isfile(source_file):
-            raise _recipe_error(recipe, f"[segmentation] init_backbone = {start_from!r}, but {source_file} does not exist.")
+            raise recipe_error(recipe, f"[segmentation] init_backbone = {start_from!r}, but {source_file} does not exist.")
         copy_backbone(load_model(source_file), model.backbone, source_file)
         echo(f"[train-seg] backbone initialised from {source_file}")
     model.compile(optimizer=make_optimizer(recipe, "segmentation", steps, model, defaults=SEGMENTATION_DEFAULTS))

@@ -9,14 +9,10 @@ import math
 import os
 import time
 
-from wsss_keras.errors import RecipeError, WSSSError
-from wsss_keras.recipes import section
+from wsss_keras.errors import WSSSError
+from wsss_keras.recipes import recipe_error, recipe_source, section
 
 MODEL_FILE = "model.keras"
-
-
-def _recipe_error(recipe, error):
-    return RecipeError(f"{recipe['recipe'].get('path', '<recipe>')}: {error}")
 
 
 def build_encoder(model_settings, weights, stem, recipe):
@@ -28,7 +24,7 @@ def build_encoder(model_settings, weights, stem, recipe):
     if backbone:
         weights = weights or model_settings.get("weights")
         if not weights:
-            raise _recipe_error(
+            raise recipe_error(
                 recipe,
                 f"backbone {backbone!r} trains from pretrained weights: pass --weights PATH (a local timm/Hugging "
                 "Face/keras-hub checkpoint; see the recipe's notes) or set [model] weights.",
@@ -36,12 +32,12 @@ def build_encoder(model_settings, weights, stem, recipe):
         return registry.load_pretrained(weights, backbone, **dict(model_settings.get("encoder", {})))
     encoder_settings = dict(model_settings.get("encoder", {}))
     if not encoder_settings:
-        raise _recipe_error(recipe, "[model] needs a backbone (with weights) or an encoder table.")
+        raise recipe_error(recipe, "[model] needs a backbone (with weights) or an encoder table.")
     encoder_settings.setdefault("image_channels", stem.output_channels if stem is not None else 3)
     try:
         return ViTEncoder(**encoder_settings)
     except (TypeError, ValueError) as error:
-        raise _recipe_error(recipe, f"[model.encoder] {error}") from None
+        raise recipe_error(recipe, f"[model.encoder] {error}") from None
 
 
 def build_model(recipe, dataset, weights=None):
@@ -56,7 +52,7 @@ def build_model(recipe, dataset, weights=None):
         stem = ConvStem(**model_settings["stem"]) if model_settings.get("stem") else None
         doei = DOEI(**recipe["doei"]) if "doei" in recipe else None
     except (TypeError, ValueError) as error:
-        raise _recipe_error(recipe, error) from None
+        raise recipe_error(recipe, error) from None
     encoder = build_encoder(model_settings, weights, stem, recipe)
     saved_recipe = {name: table for name, table in recipe.items()}
     saved_recipe["recipe"] = {key: value for key, value in recipe["recipe"].items() if key != "path"}
@@ -78,7 +74,7 @@ def build_model(recipe, dataset, weights=None):
             seed=train_settings.get("seed", 0),
         )
     except (TypeError, ValueError) as error:
-        raise _recipe_error(recipe, error) from None
+        raise recipe_error(recipe, error) from None
 
 
 def step_progress(steps, echo, every, stage="train"):
@@ -137,7 +133,7 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
             **dict(settings.get("augment", {})),
         )
     except TypeError as error:
-        raise _recipe_error(recipe, f"[train] augment: {error}") from None
+        raise recipe_error(recipe, f"[train] augment: {error}") from None
     batch_size = int(settings.get("batch_size", 4))
     loader = SegmentationLoader(
         dataset, batch_size, transform, shuffle=True, seed=seed, drop_remainder=True,
@@ -187,7 +183,7 @@ def make_optimizer(recipe, table, steps, model=None, defaults=None):
             weight_decay=float(settings.get("weight_decay", 1e-4)),
             weight_decay_multipliers=dict(getattr(model, "weight_decay_multipliers", None) or {}),
         )
-    raise _recipe_error(recipe, f"[{table}] optimizer = {kind!r}; choose \"adamw\" or \"sgd\".")
+    raise recipe_error(recipe, f"[{table}] optimizer = {kind!r}; choose \"adamw\" or \"sgd\".")
 
 
 def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", echo=print, summary=None):
@@ -227,7 +223,7 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     if losses and not math.isfinite(losses[-1]):
         raise WSSSError(
             f"[{stage}] training diverged (loss {losses[-1]}); lower the learning_rate of this stage in "
-            f"{recipe['recipe'].get('path', recipe['recipe']['name'])}."
+            f"{recipe_source(recipe)}."
         )
     path = os.path.join(out_dir, model_file)
     model.save(path)

@@ -116,3 +116,14 @@ def check_recipe(recipe, path="<recipe>"):
 def section(recipe, name):
     """A table of the recipe (empty dict when absent)."""
     return dict(recipe.get(name, {}))
+
+
+def recipe_source(recipe):
+    """How messages name a loaded recipe: its file, else its name (recipes built in code)."""
+    header = recipe.get("recipe", {})
+    return header.get("path") or header.get("name") or "<recipe>"
+
+
+def recipe_error(recipe, message):
+    """A `RecipeError` whose message starts with the recipe's file (or name)."""
+    return RecipeError(f"{recipe_source(recipe)}: {message}")
