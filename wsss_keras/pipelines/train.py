@@ -121,6 +121,7 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     from wsss_keras.data.dataset import open_dataset
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import ToCoTrainTransform
+
     settings = section(recipe, "train")
     steps = int(steps or settings.get("steps", 20000))
     seed = int(settings.get("seed", 0))
@@ -197,9 +198,10 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         model: a compiled Keras model whose `compute_loss` reads the loader's targets.
         loader: a `SegmentationLoader` (or any PyDataset) of (images, targets).
         steps: optimiser steps; the loader is cycled through as many epochs as needed.
-        model_file: the file name of the saved model inside `out_dir`.
+        model_file: the file name of the saved model inside `out_dir`; the log files take its
+            stem (`segmenter.keras` -> `segmenter_log.csv`), except `model.keras` -> `train_*`.
         recipe: the loaded recipe (its name and path go into messages and the summary).
-        stage: the stage's name, used as the message prefix and the log files' stem.
+        stage: the stage's name, the prefix of its messages.
         summary: extra entries for the summary JSON.
 
     Returns:
