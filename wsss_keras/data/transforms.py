@@ -263,3 +263,51 @@ class ToCoTrainTransform:
         view = random_solarize(rng, gaussian_blur(rng, view, self.global_blur_probability), self.solarize_probability)
         extras = {"global_view": normalize(view, self.mean, self.std), "local_source": normalize(local, self.mean, self.std)}
         return normalize(main, self.mean, self.std), label_map, box, extras
+
+
+def random_resize_long(rng, image, label_map, long_range):
+    """Resize so that the longer side is an integer drawn uniformly from `long_range` (inclusive)."""
+    target = int(rng.integers(long_range[0], long_range[1] + 1))
+    return rescale(image, label_map, target / max(image.shape[:2]))
+
+
+def cutout(rng, image, count, size, fill=0.0):
+    """Set `count` squares of side `size`, centred uniformly in the image and clipped at its
+    borders, to `fill` (AMR's `misc/imutils.py::cutout`; 0 is the mean colour once normalised)."""
+    image = image.copy()
+    height, width = image.shape[:2]
+    for _ in range(count):
+        cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+        image[max(cy - size // 2, 0) : cy + size // 2, max(cx - size // 2, 0) : cx + size // 2] = fill
+    return image
+
+
+@dataclasses.dataclass
+class CamTrainTransform:
+    """The classification stage of the IRN pipeline (IRN / AMR / SSC `train_cam`).
+
+    In the reference's order: resize the longer side to a random length in `long_side`
+    (inclusive; IRN and AMR: 320..640), normalise, random left-right flip, random crop (zero
+    padding, i.e. the mean colour, where the image is smaller; 255 in a label map), then
+    `cutout_count` cutout squares of side `cutout_size` (AMR's stage A: 3 x 128; 0 for AMR's
+    stage B and IRN). Returns (image, label_map, box) like `TrainTransform`.
+    """
+
+    crop_size: int = 512
+    long_side: tuple = (320, 640)
+    flip: bool = True
+    cutout_count: int = 0
+    cutout_size: int = 128
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def __call__(self, rng, image, label_map=None):
+        if self.long_side:
+            image, label_map = random_resize_long(rng, image, label_map, self.long_side)
+        image = normalize(image, self.mean, self.std)
+        if self.flip:
+            image, label_map, _ = random_flip(rng, image, label_map)
+        image, label_map, box = random_crop(rng, image, label_map, self.crop_size)
+        if self.cutout_count:
+            image = cutout(rng, image, self.cutout_count, self.cutout_size)
+        return image, label_map, box
