@@ -38,10 +38,11 @@ def _register_commands():
 
     for module in (info, data, evaluate, quickstart, weights):
         module.register(cli)
-    from wsss_keras.commands import infer, run
+    from wsss_keras.commands import infer, run, stages
 
     infer.register(cli)
     run.register(cli)
+    stages.register(cli)
 
 
 _register_commands()

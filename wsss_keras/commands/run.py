@@ -38,21 +38,29 @@ def register(cli):
     @cli.command("run")
     @_recipe_argument
     @_common_options
-    @click.option("--stages", default="train,cams,pseudo_labels,predict,evaluate", help="Comma list of the stages to run, in order.")
+    @click.option("--stages", default=None, help="Comma list of the stages to run, in order [default: all of the method's; see `wsss info`].")
     @click.option("--overwrite", is_flag=True, help="Redo stages whose outputs already exist (default: skip them, so runs resume).")
     def run_command(recipe, data_dir, out_dir, weights, steps, stages, overwrite):
         """Run RECIPE end to end: train, CAMs, pseudo-labels, predictions, evaluation.
 
-        Each stage writes files into OUT and is skipped when they are there already.
+        The multi-stage methods (AMR) add their stages: the CAM network, IR labels, IRNet, the
+        random walk and the segmentation network. Each stage writes files into OUT and is
+        skipped when they are there already.
         """
-        from wsss_keras.pipelines.run import STAGES, run_recipe
+        from wsss_keras.pipelines.run import STAGES, method_stages, run_recipe
         from wsss_keras.recipes import load_recipe
 
-        chosen = tuple(stage.strip().replace("-", "_") for stage in stages.split(",") if stage.strip())
-        unknown = [stage for stage in chosen if stage not in STAGES]
-        if unknown:
-            raise click.BadParameter(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}.", param_hint="--stages")
+        loaded = load_recipe(recipe)
+        chosen = None
+        if stages is not None:
+            chosen = tuple(stage.strip().replace("-", "_") for stage in stages.split(",") if stage.strip())
+            unknown = [stage for stage in chosen if stage not in STAGES]
+            if unknown:
+                raise click.BadParameter(
+                    f"unknown stage(s) {unknown}; {loaded['recipe']['name']} runs {', '.join(method_stages(loaded))}.",
+                    param_hint="--stages",
+                )
         run_recipe(
-            load_recipe(recipe), data_dir, out_dir, weights=weights, stages=chosen, steps=steps,
+            loaded, data_dir, out_dir, weights=weights, stages=chosen, steps=steps,
             overwrite=overwrite, echo=click.echo, progress=progress_printer,
         )

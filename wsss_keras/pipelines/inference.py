@@ -44,13 +44,22 @@ class PerShapeInference(keras.Model):
 
 
 class MultiScaleCams(PerShapeInference):
-    """`multiscale_cams(model.cam_maps, images, scales, flip)` as a model (B, H, W, C) in [0, 1)."""
+    """`multiscale_cams(model.cam_maps, images, scales, flip)` as a model (B, H, W, C) in [0, 1).
+
+    A model with several CAM branches (AMR: spotlight and compensation) exposes
+    `branch_cam_maps` and `cam_branch_weights`: each branch's maps are fused over the views and
+    normalised on their own, then weighted and summed, as AMR's recalibrated CAM is made.
+    """
 
     def __init__(self, model, scales=(1.0, 0.5, 1.5), flip=True, **kwargs):
         super().__init__(**kwargs)
         self.method, self.scales, self.flip = model, tuple(scales), bool(flip)
 
     def call(self, images):
+        if hasattr(self.method, "branch_cam_maps"):
+            branches = multiscale_cams(self.method.branch_cam_maps, images, self.scales, self.flip)
+            weights = self.method.cam_branch_weights
+            return sum(weight * cams for weight, cams in zip(weights, branches))
         return multiscale_cams(self.method.cam_maps, images, self.scales, self.flip)
 
 
@@ -85,3 +94,30 @@ class PseudoLabelRefiner(PerShapeInference):
     def call(self, inputs):
         images, cams, labels = inputs
         return refine_pseudo_labels(images, cams, labels, self.high, self.low, down_scale=self.down_scale, **self.par_options)
+
+
+class BoundaryMaps(PerShapeInference):
+    """IRNet's `boundary_map` (image and mirror) as a model: (B, H, W, 3) -> (B, ceil(H/4), ceil(W/4))."""
+
+    def __init__(self, irn, **kwargs):
+        super().__init__(**kwargs)
+        self.irn = irn
+
+    def call(self, images):
+        return self.irn.boundary_map(images)
+
+
+class RandomWalk(PerShapeInference):
+    """`random_walk(cams ** power, boundary)` as a model: ((h, w, K) CAMs, (h, w) boundary) ->
+    (h, w, K); compiled, its 2**exp_times steps run as one loop instead of op by op."""
+
+    def __init__(self, power=1.5, radius=5, beta=10.0, exp_times=8, **kwargs):
+        super().__init__(**kwargs)
+        self.power, self.radius, self.beta, self.exp_times = power, radius, beta, exp_times
+
+    def call(self, inputs):
+        from wsss_keras.ops.affinity import random_walk
+
+        cams, boundary = inputs
+        seeds = ops.power(ops.relu(cams[0]), self.power)
+        return random_walk(seeds, boundary[0], self.radius, self.beta, self.exp_times)[None]

@@ -1,14 +1,21 @@
 """`wsss run`: a recipe's stages end to end, each reading and writing files in the run folder.
 
-Stages, in order (a stage whose output is already there is skipped, so an interrupted run
-resumes where it stopped):
+Every stage writes files and is skipped when they are there already, so an interrupted run
+resumes where it stopped (per-image stages skip the images done). Which stages run depends on
+the method (`METHOD_STAGES`): ToCo trains one model that gives CAMs and segmentation; AMR
+(and the other IRN-pipeline methods) trains a CAM network, refines its CAMs with IRN, and ends
+with a separate segmentation network.
 
 | stage | writes |
 |---|---|
-| train | `model.keras`, `train_log.csv` |
+| train_cam | `cam_network.keras`: the plain CAM network (AMR's stage A, its spotlight branch) |
+| train | `model.keras`, `train_log.csv`: the method's model |
 | cams | `cams/<id>.npz` for the `[cams]` split (train by default, as the papers score seeds) |
-| pseudo_labels | `pseudo_labels/<id>.png` |
-| predict | `predictions/<id>.png` (+ `overlays/`) for the `[predict]` split (val by default) |
+| ir_labels | `ir_labels/<id>.png`: confident labels for IRNet (`[ir_labels]`) |
+| train_irn | `irn.keras`: IRNet's boundary branch (`[irn]`) |
+| pseudo_labels | `pseudo_labels/<id>.png` (`[pseudo_labels]`; mode "random_walk" uses `irn.keras`) |
+| train_seg | `segmenter.keras`: DeepLab-v2 on the pseudo-labels (`[segmentation]`) |
+| predict | `predictions/<id>.png` (+ `overlays/`) for the `[predict]` split (val by default), from `segmenter.keras` when the method trains one, else `model.keras` |
 | evaluate | `metrics.json`: CAM mIoU (best background threshold of a sweep), pseudo-label and segmentation mIoU, where ground truth exists |
 """
 
@@ -18,7 +25,16 @@ import os
 from wsss_keras.pipelines.train import MODEL_FILE
 from wsss_keras.recipes import recipe_error, section
 
-STAGES = ("train", "cams", "pseudo_labels", "predict", "evaluate")
+STAGES = ("train_cam", "train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg", "predict", "evaluate")
+METHOD_STAGES = {
+    "toco": ("train", "cams", "pseudo_labels", "predict", "evaluate"),
+    "amr": STAGES,
+}
+
+
+def method_stages(recipe):
+    """The stages `wsss run` runs for the recipe's method, in order."""
+    return METHOD_STAGES[recipe["recipe"]["method"]]
 
 
 def ground_truth_dir(dataset):
@@ -64,66 +80,115 @@ def evaluate_run(out_dir, data_dir, recipe, echo=print):
     return metrics
 
 
-def run_recipe(recipe, data_dir, out_dir, weights=None, stages=STAGES, steps=None, overwrite=False, echo=print, progress=None):
-    """Run the recipe's `stages` into `out_dir`; returns the metrics dict.
+def _skip_existing(path, overwrite, stage, echo):
+    """True (and say so) when a training stage's output exists and is not to be redone."""
+    if os.path.isfile(path) and not overwrite:
+        echo(f"[{stage}] {path} exists; skipping (--overwrite retrains)")
+        return True
+    return False
+
+
+def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None, overwrite=False, echo=print, progress=None):
+    """Run the recipe's `stages` (default: its method's, `method_stages`) into `out_dir`;
+    returns the metrics dict.
 
     Args:
+        weights: local pretrained weights of the method's backbone (for AMR the ResNet-50 of the
+            CAM networks and of IRNet; the segmentation network's come from `[segmentation]`).
+        steps: override every training stage's number of steps (smoke runs).
         progress: optional factory label -> callable(done, total) for per-image stages.
     """
     from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.pipelines.model_io import load_model
+    from wsss_keras.pipelines.segmentation import SEGMENTER_FILE
 
+    stages = method_stages(recipe) if stages is None else tuple(stages)
     os.makedirs(out_dir, exist_ok=True)
-    model_path = os.path.join(out_dir, MODEL_FILE)
     progress = progress or (lambda label: None)
-    model = None
+    loaded = {}
 
-    def trained_model():
-        nonlocal model
-        if model is None:
-            from wsss_keras.pipelines.model_io import load_model
+    def saved(file_name):
+        if file_name not in loaded:
+            loaded[file_name] = load_model(os.path.join(out_dir, file_name))
+        return loaded[file_name]
 
-            model = load_model(model_path)
-        return model
+    def split_of(table, fallback="train"):
+        return open_dataset(data_dir, section(recipe, table).get("split", fallback))
 
+    cam_split = section(recipe, "cams").get("split", "train")
+    if "train_cam" in stages:
+        from wsss_keras.pipelines.amr import CAM_NETWORK_FILE, train_cam_network
+
+        if not _skip_existing(os.path.join(out_dir, CAM_NETWORK_FILE), overwrite, "train-cam", echo):
+            train_cam_network(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
     if "train" in stages:
-        if os.path.isfile(model_path) and not overwrite:
-            echo(f"[train] {model_path} exists; skipping (--overwrite retrains)")
-        else:
-            from wsss_keras.pipelines.train import train
+        from wsss_keras.pipelines.train import train
 
+        if not _skip_existing(os.path.join(out_dir, MODEL_FILE), overwrite, "train", echo):
             train(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
     if "cams" in stages:
         from wsss_keras.pipelines.cams import compute_cams
 
         settings = section(recipe, "cams")
-        dataset = open_dataset(data_dir, settings.get("split", "train"))
+        dataset = split_of("cams")
         written = compute_cams(
-            trained_model(), dataset, os.path.join(out_dir, "cams"), scales=settings.get("scales", (1.0, 0.5, 1.5)),
+            saved(MODEL_FILE), dataset, os.path.join(out_dir, "cams"), scales=settings.get("scales", (1.0, 0.5, 1.5)),
             flip=settings.get("flip", True), resize=settings.get("resize"), progress=progress("cams"), overwrite=overwrite,
         )
         echo(f"[cams] {written} computed, {len(dataset) - written} already there ({dataset.description})")
-    if "pseudo_labels" in stages:
-        from wsss_keras.pipelines.pseudo_labels import make_pseudo_labels
+    if "ir_labels" in stages:
+        from wsss_keras.pipelines.ir_labels import make_ir_labels
 
-        settings = section(recipe, "pseudo_labels")
-        dataset = open_dataset(data_dir, settings.get("split", section(recipe, "cams").get("split", "train")))
-        options = {key: settings[key] for key in ("high", "low", "down_scale") if key in settings}
-        written = make_pseudo_labels(
-            dataset, os.path.join(out_dir, "cams"), os.path.join(out_dir, "pseudo_labels"),
-            mode=settings.get("mode", "par"), progress=progress("pseudo-labels"), overwrite=overwrite, **options,
+        settings = section(recipe, "ir_labels")
+        dataset = split_of("ir_labels", cam_split)
+        written = make_ir_labels(
+            dataset, os.path.join(out_dir, "cams"), os.path.join(out_dir, "ir_labels"),
+            fg_threshold=settings.get("fg_threshold", 0.60), bg_threshold=settings.get("bg_threshold", 0.33),
+            crf=settings.get("crf", True), progress=progress("ir-labels"), overwrite=overwrite,
         )
-        echo(f"[pseudo-labels] {written} written ({settings.get('mode', 'par')})")
+        echo(f"[ir-labels] {written} written ({dataset.description})")
+    if "train_irn" in stages:
+        from wsss_keras.pipelines.irn import IRN_FILE, train_irn
+
+        if not _skip_existing(os.path.join(out_dir, IRN_FILE), overwrite, "train-irn", echo):
+            train_irn(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
+    if "pseudo_labels" in stages:
+        settings = section(recipe, "pseudo_labels")
+        dataset = split_of("pseudo_labels", cam_split)
+        mode = settings.get("mode", "par")
+        if mode == "random_walk":
+            from wsss_keras.pipelines.irn import IRN_FILE, walk_pseudo_labels, walk_settings
+
+            written = walk_pseudo_labels(
+                saved(IRN_FILE), dataset, os.path.join(out_dir, "cams"), os.path.join(out_dir, "pseudo_labels"),
+                progress=progress("pseudo-labels"), overwrite=overwrite, **walk_settings(recipe),
+            )
+        else:
+            from wsss_keras.pipelines.pseudo_labels import make_pseudo_labels
+
+            options = {key: settings[key] for key in ("high", "low", "down_scale") if key in settings}
+            written = make_pseudo_labels(
+                dataset, os.path.join(out_dir, "cams"), os.path.join(out_dir, "pseudo_labels"),
+                mode=mode, progress=progress("pseudo-labels"), overwrite=overwrite, **options,
+            )
+        echo(f"[pseudo-labels] {written} written ({mode})")
+    if "train_seg" in stages:
+        from wsss_keras.pipelines.segmentation import train_segmenter
+
+        if not _skip_existing(os.path.join(out_dir, SEGMENTER_FILE), overwrite, "train-seg", echo):
+            train_segmenter(recipe, data_dir, out_dir, steps=steps, echo=echo)
     if "predict" in stages:
         from wsss_keras.pipelines.predict import predict_folder
 
         settings = section(recipe, "predict")
-        dataset = open_dataset(data_dir, settings.get("split", "val"))
+        dataset = split_of("predict", "val")
+        predictor = SEGMENTER_FILE if "train_seg" in method_stages(recipe) else MODEL_FILE
         written = predict_folder(
-            trained_model(), dataset, os.path.join(out_dir, "predictions"), scales=settings.get("scales", (1.0,)),
+            saved(predictor), dataset, os.path.join(out_dir, "predictions"), scales=settings.get("scales", (1.0,)),
             flip=settings.get("flip", False), overlay=settings.get("overlay", True), progress=progress("predict"),
             overwrite=overwrite,
         )
-        echo(f"[predict] {written} predicted ({dataset.description})")
+        echo(f"[predict] {written} predicted with {predictor} ({dataset.description})")
     if "evaluate" in stages:
         return evaluate_run(out_dir, data_dir, recipe, echo)
     return {}

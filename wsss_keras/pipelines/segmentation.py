@@ -44,7 +44,7 @@ def build_segmenter(recipe, dataset, weights=None):
         raise recipe_error(recipe, f"[segmentation] {error}") from None
 
 
-def copy_backbone(source_model, target_backbone, source_file):
+def copy_backbone(source_model, target_backbone, source_file, table="segmentation"):
     """Copy `source_model.backbone`'s weights into `target_backbone` (same block layout)."""
     source = getattr(source_model, "backbone", None)
     if source is None:
@@ -52,11 +52,28 @@ def copy_backbone(source_model, target_backbone, source_file):
     shapes = [tuple(w.shape) for w in source.weights], [tuple(w.shape) for w in target_backbone.weights]
     if shapes[0] != shapes[1]:
         raise WSSSError(
-            f"{source_file}: its backbone ({len(shapes[0])} variables) does not match the segmentation backbone "
-            f"({len(shapes[1])}); give [segmentation] backbone the same block_counts and base_width, or drop init_backbone."
+            f"{source_file}: its backbone ({len(shapes[0])} variables) does not match the [{table}] backbone "
+            f"({len(shapes[1])}); give [{table}] backbone the same block_counts and base_width, or drop init_backbone."
         )
     for variable, value in zip(target_backbone.weights, source.get_weights()):
         variable.assign(value)
+
+
+def init_backbone_from(recipe, table, start_from, out_dir, backbone, echo=print, stage="train-seg"):
+    """Copy the backbone of the run folder's `<start_from>.keras` into `backbone` (no-op for None).
+
+    The CPU recipes' stand-in for ImageNet weights: a later stage's ResNet starts from the run's
+    own CAM network (`init_backbone = "cam_network"` in the stage's table).
+    """
+    from wsss_keras.pipelines.model_io import load_model
+
+    if not start_from:
+        return
+    source_file = os.path.join(out_dir, f"{start_from}.keras")
+    if not os.path.isfile(source_file):
+        raise recipe_error(recipe, f"[{table}] init_backbone = {start_from!r}, but {source_file} does not exist.")
+    copy_backbone(load_model(source_file), backbone, source_file, table)
+    echo(f"[{stage}] backbone initialised from {source_file}")
 
 
 def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=None, echo=print):
@@ -75,7 +92,6 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     from wsss_keras.data.dataset import open_dataset
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import TrainTransform
-    from wsss_keras.pipelines.model_io import load_model
     from wsss_keras.pipelines.train import fit_steps, make_optimizer
 
     settings = section(recipe, "segmentation")
@@ -95,13 +111,8 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
         workers=int(settings.get("workers", 1)),
     )
     model = build_segmenter(recipe, dataset, weights)
-    start_from = settings.get("init_backbone")
-    if start_from:
-        source_file = os.path.join(out_dir, f"{start_from}.keras")
-        if not os.path.isfile(source_file):
-            raise recipe_error(recipe, f"[segmentation] init_backbone = {start_from!r}, but {source_file} does not exist.")
-        copy_backbone(load_model(source_file), model.backbone, source_file)
-        echo(f"[train-seg] backbone initialised from {source_file}")
+    if not (weights or settings.get("weights")):
+        init_backbone_from(recipe, "segmentation", settings.get("init_backbone"), out_dir, model.backbone, echo)
     model.compile(optimizer=make_optimizer(recipe, "segmentation", steps, model, defaults=SEGMENTATION_DEFAULTS))
     return fit_steps(
         model, loader, steps, out_dir, SEGMENTER_FILE, recipe, stage="train-seg", echo=echo,

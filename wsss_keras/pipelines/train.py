@@ -122,6 +122,10 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import ToCoTrainTransform
 
+    if recipe["recipe"]["method"] == "amr":
+        from wsss_keras.pipelines.amr import train_amr
+
+        return train_amr(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
     settings = section(recipe, "train")
     steps = int(steps or settings.get("steps", 20000))
     seed = int(settings.get("seed", 0))

@@ -13,6 +13,11 @@ errors that name the file and the key):
 - `[cams]`, `[pseudo_labels]`, `[predict]`: settings of the later stages.
 - `[segmentation]`: the segmentation network the multi-stage methods train on their
   pseudo-labels (`wsss_keras.pipelines.segmentation`).
+- AMR (`wsss_keras.pipelines.amr`): `[cam_network]` (stage A, the plain CAM network),
+  `[amr]` (the method's knobs; `[train]` holds stage B's schedule).
+- The IRN stages (`wsss_keras.pipelines.ir_labels`, `wsss_keras.pipelines.irn`):
+  `[ir_labels]` (confident-label thresholds, CRF) and `[irn]` (IRNet and its training); the
+  random walk's settings are in `[pseudo_labels]` with `mode = "random_walk"`.
 
 The recipes shipped with wsss-keras live next to this module; `load_recipe` takes a path or
 one of their names (`wsss_keras.recipes.available()`).
@@ -23,18 +28,37 @@ import tomllib
 
 from wsss_keras.errors import RecipeError
 
-METHODS = ("toco",)
+METHODS = ("toco", "amr")
 SECTIONS = {
     "recipe": {"name", "method", "description", "notes", "extends"},
-    "model": {"backbone", "weights", "encoder", "stem", "aux_layer", "decoder_channels", "decoder_dilation", "projection", "pooling"},
+    "model": {
+        "arch", "backbone", "weights", "encoder", "stem", "aux_layer", "decoder_channels", "decoder_dilation",
+        "projection", "pooling",
+    },
     "doei": None,  # checked by the DOEI constructor
     "losses": None,  # checked by the method
     "train": {
         "steps", "batch_size", "crop_size", "scale_range", "learning_rate", "warmup_steps", "power",
         "weight_decay", "lr_multipliers", "seed", "augment", "workers", "split", "optimizer", "momentum",
+        "long_side", "cutout_count", "cutout_size",
+    },
+    "cam_network": {
+        "backbone", "steps", "batch_size", "crop_size", "long_side", "cutout_count", "cutout_size", "optimizer",
+        "learning_rate", "warmup_steps", "power", "momentum", "weight_decay", "lr_multipliers", "seed", "workers",
+        "split",
+    },
+    "amr": {
+        "cps_mode", "cls_weight_spotlight", "cls_weight_compensation", "cps_weight", "amm_reduction",
+        "cam_branch_weights", "backbone", "init_compensation",
+    },
+    "ir_labels": {"split", "fg_threshold", "bg_threshold", "crf"},
+    "irn": {
+        "arch", "weights", "backbone", "init_backbone", "radius", "split", "steps", "batch_size", "crop_size",
+        "scale_range", "optimizer", "learning_rate", "warmup_steps", "power", "momentum", "weight_decay",
+        "lr_multipliers", "seed", "workers",
     },
     "cams": {"split", "scales", "flip", "resize"},
-    "pseudo_labels": {"split", "mode", "high", "low", "down_scale"},
+    "pseudo_labels": {"split", "mode", "high", "low", "down_scale", "power", "background", "radius", "beta", "exp_times"},
     "predict": {"split", "scales", "flip", "overlay"},
     "evaluate": {"cam_thresholds"},
     "segmentation": {

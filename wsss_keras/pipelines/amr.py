@@ -1,0 +1,143 @@
+"""AMR's two training stages: the plain CAM network (stage A), then AMR itself (stage B).
+
+- `train_cam_network` (`wsss run` stage `train_cam`): a ResNet CAM classifier (`ResNetCam`)
+  trained with the recipe's `[cam_network]` table; saved as `cam_network.keras`. It is the
+  plain-CAM baseline AMR is compared with, and AMR's spotlight branch.
+- `train_amr` (stage `train`, what `wsss train` runs for an AMR recipe): the spotlight branch
+  (the stage-A network, backbone frozen) and the compensation branch (a ResNet with AMMs),
+  trained with `[train]` and `[amr]`; saved as `model.keras`, whose `cam_maps` are the fused
+  (recalibrated) CAMs the later stages use.
+
+Backbones come from `[model]` (`arch`, `backbone` = ResNet arguments, `weights`, or `--weights`)
+over AMR's defaults (output stride 16 without dilation, IRN's FixedBatchNorm, frozen stem;
+spec methods/amr.md §2.2). Without pretrained weights, `[amr] init_compensation =
+"cam_network"` starts the compensation backbone from the stage-A network: the CPU recipes'
+stand-in for the ImageNet initialisation of the paper.
+"""
+
+import os
+
+from wsss_keras.recipes import recipe_error, section
+
+CAM_NETWORK_FILE = "cam_network.keras"
+AMR_BACKBONE = {"output_stride": 16, "dilation": "none", "frozen_batchnorm": "statistics", "freeze_stem": True}
+# AMR's train_cam / train_amr with IRN's PolyOptimizer (spec §3.1-3.3): SGD, lr 0.01, poly 0.9,
+# wd 1e-4 and the momentum the reference really runs with (1e-4, see IRN_DEFAULTS).
+AMR_OPTIMIZER = {
+    "optimizer": "sgd", "learning_rate": 0.01, "momentum": 1e-4, "weight_decay": 1e-4, "warmup_steps": 0, "power": 0.9,
+}
+AMR_KNOBS = ("cps_mode", "cls_weight_spotlight", "cls_weight_compensation", "cps_weight", "amm_reduction", "cam_branch_weights")
+
+
+def saved_recipe(recipe):
+    """The recipe as a model saves it (without the file path, which is machine-specific)."""
+    tables = dict(recipe)
+    tables["recipe"] = {key: value for key, value in recipe["recipe"].items() if key != "path"}
+    return tables
+
+
+def build_backbone(recipe, table, weights=None, name=None):
+    """The ResNet of `[model]` (arch, backbone, weights), updated by `[table] backbone`, named
+    `name` (its variable paths start with it: AMR's learning-rate groups select by them)."""
+    from wsss_keras.backbones import resnet
+
+    model_settings = section(recipe, "model")
+    arch = model_settings.get("arch", "resnet50")
+    kwargs = {**AMR_BACKBONE, **dict(model_settings.get("backbone", {})), **dict(section(recipe, table).get("backbone", {}))}
+    kwargs["name"] = name
+    weights = weights or model_settings.get("weights")
+    try:
+        return resnet.load_pretrained(weights, arch, **kwargs) if weights else resnet.build(arch, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise recipe_error(recipe, f"[model] / [{table}] backbone: {error}") from None
+
+
+def classification_loader(recipe, table, dataset, cutout_default=0):
+    """The loader of a classification stage: IRN's long-side resize, flip, crop, cutout."""
+    from wsss_keras.data.loader import SegmentationLoader
+    from wsss_keras.data.transforms import CamTrainTransform
+
+    settings = section(recipe, table)
+    seed = int(settings.get("seed", section(recipe, "train").get("seed", 0)))
+    transform = CamTrainTransform(
+        crop_size=int(settings.get("crop_size", 512)), long_side=tuple(settings.get("long_side", (320, 640))),
+        cutout_count=int(settings.get("cutout_count", cutout_default)), cutout_size=int(settings.get("cutout_size", 128)),
+    )
+    return SegmentationLoader(
+        dataset, int(settings.get("batch_size", 16)), transform, shuffle=True, seed=seed, drop_remainder=True,
+        workers=int(settings.get("workers", 1)),
+    )
+
+
+def train_cam_network(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
+    """Train the plain CAM network of `[cam_network]` (AMR's stage A); returns its path.
+
+    Defaults are AMR's `train_cam`: 8 epochs of batch 16 (5,288 steps on VOC train_aug), crop
+    512, cutout 3 x 128, lr 0.01 with the classifier at 10x, poly 0.9, wd 1e-4.
+    """
+    import keras
+
+    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.methods.amr import ResNetCam
+    from wsss_keras.pipelines.train import fit_steps, make_optimizer
+
+    settings = section(recipe, "cam_network")
+    steps = int(steps or settings.get("steps", 5288))
+    keras.utils.set_random_seed(int(settings.get("seed", section(recipe, "train").get("seed", 0))))
+    dataset = open_dataset(data_dir, settings.get("split", "train"))
+    loader = classification_loader(recipe, "cam_network", dataset, cutout_default=3)
+    try:
+        model = ResNetCam(
+            build_backbone(recipe, "cam_network", weights, name="cam_backbone"), dataset.num_classes - 1, class_names=dataset.class_names,
+            recipe=saved_recipe(recipe),
+        )
+    except (TypeError, ValueError) as error:
+        raise recipe_error(recipe, f"[cam_network] {error}") from None
+    model.compile(optimizer=make_optimizer(recipe, "cam_network", steps, model, defaults=AMR_OPTIMIZER))
+    return fit_steps(
+        model, loader, steps, out_dir, CAM_NETWORK_FILE, recipe, stage="train-cam", echo=echo,
+        summary={"batch_size": loader.batch_size, "images": len(dataset)},
+    )
+
+
+def train_amr(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
+    """Train AMR (stage B) from the run's `cam_network.keras`; returns the path of `model.keras`.
+
+    Defaults are AMR's `train_amr`: 8 epochs of batch 16 (5,288 steps), crop 512, no cutout,
+    lr 0.01 with the compensation backbone at 10x (the reference's inverted groups), wd 1e-4.
+    """
+    import keras
+
+    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.methods.amr import AMR
+    from wsss_keras.pipelines.model_io import load_model
+    from wsss_keras.pipelines.segmentation import init_backbone_from
+    from wsss_keras.pipelines.train import MODEL_FILE, fit_steps, make_optimizer
+
+    settings = section(recipe, "train")
+    knobs = section(recipe, "amr")
+    steps = int(steps or settings.get("steps", 5288))
+    keras.utils.set_random_seed(int(settings.get("seed", 0)))
+    spotlight_file = os.path.join(out_dir, CAM_NETWORK_FILE)
+    if not os.path.isfile(spotlight_file):
+        raise recipe_error(
+            recipe, f"AMR's spotlight branch is the stage-A CAM network, and {spotlight_file} does not exist; "
+            "run the train_cam stage first (`wsss run RECIPE --stages train_cam,train ...`).",
+        )
+    dataset = open_dataset(data_dir, settings.get("split", "train"))
+    loader = classification_loader(recipe, "train", dataset)
+    compensation = build_backbone(recipe, "amr", weights, name="compensation_backbone")
+    if not (weights or section(recipe, "model").get("weights")):
+        init_backbone_from(recipe, "amr", knobs.get("init_compensation"), out_dir, compensation, echo, stage="train")
+    try:
+        model = AMR(
+            load_model(spotlight_file), compensation, dataset.num_classes - 1, class_names=dataset.class_names,
+            recipe=saved_recipe(recipe), **{key: knobs[key] for key in AMR_KNOBS if key in knobs},
+        )
+    except (TypeError, ValueError) as error:
+        raise recipe_error(recipe, f"[amr] {error}") from None
+    model.compile(optimizer=make_optimizer(recipe, "train", steps, model, defaults=AMR_OPTIMIZER))
+    return fit_steps(
+        model, loader, steps, out_dir, MODEL_FILE, recipe, stage="train", echo=echo,
+        summary={"batch_size": loader.batch_size, "images": len(dataset), "spotlight": spotlight_file},
+    )
