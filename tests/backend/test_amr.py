@@ -10,7 +10,7 @@ import pytest
 from keras import ops
 
 from wsss_keras.backbones.resnet import build
-from wsss_keras.methods.amr import AMM, AMR, ResNetCam, SpatialGate, gaussian_projection
+from wsss_keras.methods.amr import AMM, AMR, CamNetwork, SpatialGate, gaussian_projection
 from wsss_keras.training.optimizers import GroupedSGD, path_multiplier
 
 TINY = {"block_counts": (1, 1, 1, 1), "base_width": 8, "output_stride": 8}
@@ -105,7 +105,7 @@ def test_spatial_gate_amplitude_is_set_by_gamma_alone():
 
 def make_amr(**kwargs):
     keras.utils.set_random_seed(0)
-    spotlight = ResNetCam(build("resnet50", name="cam_backbone", frozen_batchnorm="none", **TINY), 3)
+    spotlight = CamNetwork(build("resnet50", name="cam_backbone", frozen_batchnorm="none", **TINY), 3)
     backbone = build("resnet50", name="compensation_backbone", frozen_batchnorm="statistics", **TINY)
     return AMR(spotlight, backbone, 3, amm_reduction=4, **kwargs)
 
@@ -200,3 +200,33 @@ def test_resnet_cam_and_amr_survive_a_keras_round_trip(tmp_path):
         np.testing.assert_allclose(ops.convert_to_numpy(theirs), ops.convert_to_numpy(ours), atol=1e-5)
     fused = ops.convert_to_numpy(loaded.cam_maps(images))
     assert fused.min() >= 0 and fused.max() <= 1.0 + 1e-5
+
+
+def test_amr_on_vit_patch_grids_gates_every_block_and_round_trips(tmp_path):
+    from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
+
+    keras.utils.set_random_seed(0)
+    vit = {"patch_size": 8, "hidden_dim": 32, "num_layers": 2, "num_heads": 4, "mlp_dim": 64, "pos_embed_grid": 4}
+    spotlight = CamNetwork(ViTEncoder(name="cam_vit", **vit), 3)
+    model = AMR(spotlight, ViTEncoder(name="compensation_vit", **vit), 3, amm_reduction=4)
+    assert [amm.name for amm in model.amms] == ["compensation_amm_block0", "compensation_amm_block1"]
+    images = np.random.default_rng(8).normal(size=(4, 32, 40, 3)).astype("float32")
+    labels = (np.random.default_rng(9).random((4, 3)) < 0.5).astype("float32")
+    spotlight_maps, compensation_maps = model.branch_cam_maps(images)
+    assert tuple(spotlight_maps.shape) == tuple(compensation_maps.shape) == (4, 4, 5, 3)
+
+    # Training reaches the AMMs through the attention hook and leaves the frozen spotlight alone.
+    ungated = ops.convert_to_numpy(model._compensation_maps(images))
+    before = snapshot(model.amms)
+    model.compile(optimizer=GroupedSGD(0.1, lr_multipliers=model.lr_multipliers, momentum=0.0, weight_decay=0.0))
+    model.fit(images, {"labels": labels}, batch_size=2, verbose=0)
+    assert changed(before, model.amms) and not changed(snapshot([spotlight.backbone]), [spotlight.backbone])
+    assert not np.allclose(ungated, ops.convert_to_numpy(model._compensation_maps(images)))
+    multipliers = {v.path.split("/")[0]: path_multiplier(model.lr_multipliers, v) for v in model.trainable_weights}
+    assert multipliers["compensation_vit"] == multipliers["compensation_amm_block1"] == 10.0
+    assert multipliers["compensation_classifier"] == multipliers["cam_classifier"] == 1.0
+
+    model.save(tmp_path / "amr_vit.keras")
+    loaded = keras.saving.load_model(tmp_path / "amr_vit.keras")
+    for ours, theirs in zip(model.branch_cam_maps(images), loaded.branch_cam_maps(images)):
+        np.testing.assert_allclose(ops.convert_to_numpy(theirs), ops.convert_to_numpy(ours), atol=1e-5)

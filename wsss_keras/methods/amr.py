@@ -2,13 +2,13 @@
 
 Spec: methods/amr.md (verified in AMR's code). The pieces:
 
-- `ResNetCam`: the plain CAM network (IRN/AMR's `resnet50_cam`): a ResNet, a 1x1 classifier
+- `CamNetwork`: the plain CAM network (IRN/AMR's `resnet50_cam`): a ResNet (or ViT), a 1x1 classifier
   without bias, logits by global average pooling, multi-label soft-margin loss; stage A of the
   pipeline and AMR's spotlight branch.
 - `AMM`: the attention modulation module, CBAM's channel-then-spatial gate whose gate values
   are the normal density of the attention logits (`gaussian_projection`) instead of a
   sigmoid: responses near the mean weigh most, extreme ones are damped (§2.5).
-- `AMR`: the spotlight branch (a trained `ResNetCam`, backbone frozen) and the compensation
+- `AMR`: the spotlight branch (a trained `CamNetwork`, backbone frozen) and the compensation
   branch (a ResNet with an AMM in every bottleneck), trained with
   0.5·MLSM(spotlight) + 0.5·MLSM(compensation) + 0.05·L_cps, L_cps the L1 distance of the two
   branches' ReLU'd CAMs (§3.2). Its CAM is the 0.5/0.5 mix of the branches' max-normalised CAMs.
@@ -30,6 +30,12 @@ Where we follow the released code (it differs from the paper's figure, §2.6 / �
   initialisation) are frozen: the reference detaches stage 1's output;
 - learning-rate groups inverted as in the reference: the compensation backbone and its AMMs
   at 10x the base rate, both classifiers at 1x.
+
+On a ViT (spec §7, an option): a branch's features are the encoder's patch tokens on their
+grid, and the compensation branch's AMMs gate each block's attention branch on that grid before
+it is added to the residual stream (the analogue of gating a bottleneck's residual branch);
+class tokens pass through ungated. Nothing of a ViT compensation encoder is frozen (stage 1 is
+a ResNet notion), and the Gaussian statistics and batch-statistics normalisation are the same.
 
 One deliberate difference, an option: the reference's L_cps pairs the CAM of image 0 plus the
 mirrored CAM of image 1 of each (per-GPU) batch (its inference-time flip merge left in the
@@ -205,12 +211,50 @@ class AMM(keras.layers.Layer):
         return config
 
 
-def _resnet(backbone):
+def _backbone(backbone):
+    """A wsss_keras ResNet or ViT encoder (deserialised from its config when given one)."""
     if isinstance(backbone, dict):
         backbone = keras.saving.deserialize_keras_object(backbone)
-    if not hasattr(backbone, "stages"):
-        raise ValueError(f"expected a wsss_keras ResNet backbone, got {type(backbone).__name__}.")
+    if not (hasattr(backbone, "stages") or hasattr(backbone, "patch_grid")):
+        raise ValueError(
+            f"expected a wsss_keras ResNet or ViTEncoder backbone, got {type(backbone).__name__}."
+        )
     return backbone
+
+
+def is_vit(backbone):
+    return hasattr(backbone, "patch_grid")
+
+
+def feature_channels(backbone):
+    return backbone.hidden_dim if is_vit(backbone) else backbone.num_features
+
+
+def dense_features(backbone, images, training=None, hooks=None):
+    """(B, h, w, C) features: a ResNet's last stage, or a ViT's patch tokens on their grid.
+
+    `hooks` are `BottleneckHooks` for a ResNet, an attention hook for a ViT.
+    """
+    if not is_vit(backbone):
+        return backbone(images, training=training, hooks=hooks)
+    tokens = backbone(images, hook=hooks)["patch_tokens"]
+    height, width = backbone.patch_grid(images)
+    return ops.reshape(tokens, (-1, height, width, tokens.shape[-1]))
+
+
+class TokenGridAMM:
+    """An attention hook that gates each block's attention branch with that block's AMM on the
+    patch grid (the ViT analogue of AMR's residual-branch AMMs); class tokens pass ungated."""
+
+    def __init__(self, amms, num_class_tokens, grid):
+        self.amms, self.num_class_tokens, self.grid = amms, num_class_tokens, grid
+
+    def attention_output(self, output, block_index, tokens):
+        height, width = self.grid
+        classes, patches = output[:, : self.num_class_tokens], output[:, self.num_class_tokens :]
+        gated = self.amms[block_index](ops.reshape(patches, (-1, height, width, patches.shape[-1])))
+        patches = ops.reshape(ops.cast(gated, patches.dtype), (-1, height * width, patches.shape[-1]))
+        return ops.concatenate([classes, patches], axis=1)
 
 
 def _classifier(num_classes, channels, name):
@@ -225,21 +269,22 @@ def _labels(y):
 
 
 @keras.saving.register_keras_serializable(package="wsss_keras")
-class ResNetCam(keras.Model, WSSSModel):
-    """The plain ResNet CAM network: GAP logits of a 1x1 classifier without bias.
+class CamNetwork(keras.Model, WSSSModel):
+    """The plain CAM network: GAP logits of a 1x1 classifier without bias on a ResNet or ViT.
 
-    Stage A of AMR's pipeline (its `train_cam`), and the plain-CAM baseline. The classifier
-    learns at 10x the backbone's rate (`lr_multipliers`).
+    Stage A of AMR's pipeline (its `train_cam`, on a ResNet), and the plain-CAM baseline. The
+    classifier learns at 10x the backbone's rate (`lr_multipliers`). On a ViT the classifier
+    reads the patch tokens on their grid (spec §7).
 
     Args:
-        backbone: a `wsss_keras.backbones.resnet.ResNet` (or its config).
+        backbone: a `wsss_keras.backbones.resnet.ResNet` or `ViTEncoder` (or its config).
         num_classes: foreground classes.
         class_names, image_mean, image_std, recipe: saved metadata (`WSSSModel`).
 
     Example:
     >>> import numpy as np
     >>> from wsss_keras.backbones.resnet import build
-    >>> model = ResNetCam(build("resnet50", block_counts=(1, 1, 1, 1), base_width=8), 5)
+    >>> model = CamNetwork(build("resnet50", block_counts=(1, 1, 1, 1), base_width=8), 5)
     >>> model(np.zeros((2, 64, 64, 3), "float32")).shape, model.cam_maps(np.zeros((1, 64, 64, 3), "float32")).shape
     ((2, 5), (1, 4, 4, 5))
     """
@@ -248,9 +293,9 @@ class ResNetCam(keras.Model, WSSSModel):
                  recipe=None, **kwargs):
         super().__init__(**kwargs)
         self._init_wsss(class_names, image_mean, image_std, recipe)
-        self.backbone = _resnet(backbone)
+        self.backbone = _backbone(backbone)
         self.num_classes = int(num_classes)
-        self.classifier = _classifier(self.num_classes, self.backbone.num_features, "cam_classifier")
+        self.classifier = _classifier(self.num_classes, feature_channels(self.backbone), "cam_classifier")
         self.built = True
 
     def build_from_config(self, config):
@@ -262,11 +307,11 @@ class ResNetCam(keras.Model, WSSSModel):
         return {"cam_classifier": 10.0}
 
     def call(self, images, training=None):
-        return ops.mean(self.classifier(self.backbone(images, training=training)), axis=(1, 2))
+        return ops.mean(self.classifier(dense_features(self.backbone, images, training=training)), axis=(1, 2))
 
     def cam_maps(self, images):
         """Raw class maps (B, h, w, C) at the backbone's output stride, before ReLU."""
-        return self.classifier(self.backbone(images, training=False))
+        return self.classifier(dense_features(self.backbone, images, training=False))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         return multilabel_soft_margin_loss(_labels(y), y_pred)
@@ -289,11 +334,13 @@ class AMR(keras.Model, WSSSModel):
     """AMR: spotlight + compensation branches with AMMs and cross pseudo supervision.
 
     Args:
-        spotlight: a trained `ResNetCam` (or its config): backbone frozen, classifier trained
+        spotlight: a trained `CamNetwork` (or its config): backbone frozen, classifier trained
             through L_cps only.
-        compensation_backbone: a ResNet (or its config) for the compensation branch; an `AMM`
-            is put on the residual branch of each of its bottlenecks. Its stem and stage 1 are
-            frozen. Give it a name of its own (its variable paths select the 10x group).
+        compensation_backbone: a ResNet or ViTEncoder (or its config) for the compensation
+            branch. On a ResNet an `AMM` is put on the residual branch of each bottleneck and
+            the stem and stage 1 are frozen; on a ViT each block's attention branch is gated
+            on the patch grid. Give it a name of its own (its variable paths select the 10x
+            group). Both branches must give CAMs of the same size.
         num_classes: foreground classes.
         cps_mode: "per_image" (default; each image's two CAMs) or "code" (the reference:
             CAM of image 0 + mirrored CAM of image 1 of the batch, per branch).
@@ -307,7 +354,7 @@ class AMR(keras.Model, WSSSModel):
     ```python
     from wsss_keras.backbones.resnet import build
     tiny = dict(block_counts=(1, 1, 1, 1), base_width=8)
-    spotlight = ResNetCam(build("resnet50", name="cam_backbone", **tiny), 20)   # trained first
+    spotlight = CamNetwork(build("resnet50", name="cam_backbone", **tiny), 20)   # trained first
     model = AMR(spotlight, build("resnet50", name="compensation_backbone", **tiny), 20, amm_reduction=4)
     model.compile(optimizer=GroupedSGD(0.01, lr_multipliers=model.lr_multipliers))
     model.fit(loader)                       # yields (images, {"labels": (B, C) multi-hot})
@@ -336,8 +383,8 @@ class AMR(keras.Model, WSSSModel):
         self._init_wsss(class_names, image_mean, image_std, recipe)
         if isinstance(spotlight, dict):
             spotlight = keras.saving.deserialize_keras_object(spotlight)
-        if not isinstance(spotlight, ResNetCam):
-            raise ValueError(f"spotlight must be a trained ResNetCam (AMR's stage A), got {type(spotlight).__name__}.")
+        if not isinstance(spotlight, CamNetwork):
+            raise ValueError(f"spotlight must be a trained CamNetwork (AMR's stage A), got {type(spotlight).__name__}.")
         if cps_mode not in CPS_MODES:
             raise ValueError(
                 f"cps_mode={cps_mode!r}: choose 'per_image' (each image's two CAMs, the default) or 'code' "
@@ -348,7 +395,7 @@ class AMR(keras.Model, WSSSModel):
             raise ValueError(f"cam_branch_weights={cam_branch_weights}: give two weights (spotlight, compensation).")
         self.spotlight = spotlight
         self.spotlight.backbone.trainable = False
-        self.compensation = _resnet(compensation_backbone)
+        self.compensation = _backbone(compensation_backbone)
         if spotlight.num_classes != int(num_classes):
             raise ValueError(f"the spotlight network has {spotlight.num_classes} classes, AMR was given {num_classes}.")
         clashing = [v.path for v in spotlight.weights if f"{self.compensation.name}/" in v.path]
@@ -364,23 +411,11 @@ class AMR(keras.Model, WSSSModel):
         self.cps_weight = float(cps_weight)
         self.amm_reduction = int(amm_reduction)
         self.cam_branch_weights = cam_branch_weights
-
-        self.amms = []
-        hooks = {}
-        for stage, blocks in enumerate(self.compensation.stages, start=1):
-            for block in blocks:
-                amm = AMM(block.filters * 4, self.amm_reduction, name=f"compensation_amm_{stage}_{block.index}")
-                amm.build((None, None, None, block.filters * 4))
-                amm.trainable = stage > 1
-                self.amms.append(amm)
-                hooks[(stage, block.index, "residual")] = lambda x, context, amm=amm: amm(x)
-        # The reference detaches stage 1's output: the stem, stage 1 and its AMMs never learn.
-        last = len(self.compensation.stages[0]) - 1
-        hooks[(1, last, "output")] = lambda x, context: ops.stop_gradient(x)
-        for layer in [self.compensation.stem_conv, self.compensation.stem_bn] + self.compensation.stages[0]:
-            layer.trainable = False
-        self.amm_hooks = BottleneckHooks(hooks)
-        self.classifier = _classifier(self.num_classes, self.compensation.num_features, "compensation_classifier")
+        if is_vit(self.compensation):
+            self._add_token_amms()
+        else:
+            self._add_bottleneck_amms()
+        self.classifier = _classifier(self.num_classes, feature_channels(self.compensation), "compensation_classifier")
         self.trackers = {
             name: keras.metrics.Mean(name=name) for name in ("cls_spotlight", "cls_compensation", "cps")
         }
@@ -389,6 +424,39 @@ class AMR(keras.Model, WSSSModel):
     def build_from_config(self, config):
         self.built = True
 
+    def _new_amm(self, channels, name, trainable=True):
+        amm = AMM(channels, self.amm_reduction, name=name)
+        amm.build((None, None, None, channels))
+        amm.trainable = trainable
+        self.amms.append(amm)
+        return amm
+
+    def _add_bottleneck_amms(self):
+        """An AMM on every bottleneck's residual branch; the stem, stage 1 and its AMMs frozen."""
+        self.amms, hooks = [], {}
+        for stage, blocks in enumerate(self.compensation.stages, start=1):
+            for block in blocks:
+                amm = self._new_amm(block.filters * 4, f"compensation_amm_{stage}_{block.index}", trainable=stage > 1)
+                hooks[(stage, block.index, "residual")] = lambda x, context, amm=amm: amm(x)
+        # The reference detaches stage 1's output: the stem, stage 1 and its AMMs never learn.
+        last = len(self.compensation.stages[0]) - 1
+        hooks[(1, last, "output")] = lambda x, context: ops.stop_gradient(x)
+        for layer in [self.compensation.stem_conv, self.compensation.stem_bn] + self.compensation.stages[0]:
+            layer.trainable = False
+        self.amm_hooks = BottleneckHooks(hooks)
+
+    def _add_token_amms(self):
+        """One AMM per transformer block, gating its attention branch on the patch grid."""
+        self.amms = []
+        for index in range(self.compensation.num_layers):
+            self._new_amm(self.compensation.hidden_dim, f"compensation_amm_block{index}")
+        self.amm_hooks = None
+
+    def _hooks_for(self, images):
+        if self.amm_hooks is not None:
+            return self.amm_hooks
+        return TokenGridAMM(self.amms, self.compensation.num_class_tokens, self.compensation.patch_grid(images))
+
     @property
     def lr_multipliers(self):
         """The reference's inverted groups: compensation backbone and AMMs 10x, classifiers 1x."""
@@ -396,11 +464,12 @@ class AMR(keras.Model, WSSSModel):
 
     # Forward passes -----------------------------------------------------------------------
     def _spotlight_maps(self, images):
-        features = ops.stop_gradient(self.spotlight.backbone(images, training=False))
+        features = ops.stop_gradient(dense_features(self.spotlight.backbone, images, training=False))
         return self.spotlight.classifier(features)
 
     def _compensation_maps(self, images, training=None):
-        return self.classifier(self.compensation(images, training=training, hooks=self.amm_hooks))
+        features = dense_features(self.compensation, images, training=training, hooks=self._hooks_for(images))
+        return self.classifier(features)
 
     def call(self, images, training=None):
         compensation = self._compensation_maps(images, training=training)

@@ -1,6 +1,6 @@
 """AMR's two training stages: the plain CAM network (stage A), then AMR itself (stage B).
 
-- `train_cam_network` (`wsss run` stage `train_cam`): a ResNet CAM classifier (`ResNetCam`)
+- `train_cam_network` (`wsss run` stage `train_cam`): a ResNet CAM classifier (`CamNetwork`)
   trained with the recipe's `[cam_network]` table; saved as `cam_network.keras`. It is the
   plain-CAM baseline AMR is compared with, and AMR's spotlight branch.
 - `train_amr` (stage `train`, what `wsss train` runs for an AMR recipe): the spotlight branch
@@ -37,17 +37,30 @@ def saved_recipe(recipe):
 
 
 def build_backbone(recipe, table, weights=None, name=None):
-    """The ResNet of `[model]` (arch, backbone, weights), updated by `[table] backbone`, named
-    `name` (its variable paths start with it: AMR's learning-rate groups select by them)."""
-    from wsss_keras.backbones import resnet
+    """The backbone of `[model]` (arch, backbone, weights), updated by `[table] backbone`, named
+    `name` (its variable paths start with it: AMR's learning-rate groups select by them).
+
+    A ResNet arch gets AMR's defaults (`AMR_BACKBONE`); a ViT arch (`vit_b16`, `deit_s16`, ...;
+    spec §7, an option) takes `backbone` as `ViTEncoder` overrides, and its CAMs are the patch
+    grid's.
+    """
+    from wsss_keras.backbones import registry, resnet
 
     model_settings = section(recipe, "model")
     arch = model_settings.get("arch", "resnet50")
-    kwargs = {**AMR_BACKBONE, **dict(model_settings.get("backbone", {})), **dict(section(recipe, table).get("backbone", {}))}
-    kwargs["name"] = name
+    overrides = {**dict(model_settings.get("backbone", {})), **dict(section(recipe, table).get("backbone", {}))}
     weights = weights or model_settings.get("weights")
     try:
-        return resnet.load_pretrained(weights, arch, **kwargs) if weights else resnet.build(arch, **kwargs)
+        if arch in resnet.ARCHS:
+            kwargs = {**AMR_BACKBONE, **overrides, "name": name}
+            return resnet.load_pretrained(weights, arch, **kwargs) if weights else resnet.build(arch, **kwargs)
+        if weights:
+            return registry.load_pretrained(weights, arch, name=name, **overrides)
+        from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
+        from wsss_keras.backbones.vit.vit_weights import resolve_arch
+
+        registry.family(arch)  # an unknown arch is named with the list of known ones
+        return ViTEncoder(**resolve_arch(arch, **overrides, name=name))
     except (TypeError, ValueError) as error:
         raise recipe_error(recipe, f"[model] / [{table}] backbone: {error}") from None
 
@@ -78,7 +91,7 @@ def train_cam_network(recipe, data_dir, out_dir, weights=None, steps=None, echo=
     import keras
 
     from wsss_keras.data.dataset import open_dataset
-    from wsss_keras.methods.amr import ResNetCam
+    from wsss_keras.methods.amr import CamNetwork
     from wsss_keras.pipelines.train import fit_steps, make_optimizer
 
     settings = section(recipe, "cam_network")
@@ -87,7 +100,7 @@ def train_cam_network(recipe, data_dir, out_dir, weights=None, steps=None, echo=
     dataset = open_dataset(data_dir, settings.get("split", "train"))
     loader = classification_loader(recipe, "cam_network", dataset, cutout_default=3)
     try:
-        model = ResNetCam(
+        model = CamNetwork(
             build_backbone(recipe, "cam_network", weights, name="cam_backbone"), dataset.num_classes - 1, class_names=dataset.class_names,
             recipe=saved_recipe(recipe),
         )
