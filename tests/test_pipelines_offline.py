@@ -272,6 +272,24 @@ def test_predict_writes_the_argmax_of_the_logits_and_overlays(setup, tmp_path, s
         assert overlay.shape == image.shape
 
 
+def test_predict_with_crf_refines_the_argmax(setup, tmp_path):
+    args = ("predict", setup["model"], "--data", setup["root"], "--out", tmp_path / "crf", "--scales", "1.0", "--no-flip", "--crf", "deeplab")
+    try:
+        import pydensecrf.densecrf  # noqa: F401  (the optional `crf` extra)
+    except ImportError:
+        assert_one_line_error(invoke(*args), "wsss-keras[crf]")
+        return
+    assert_ok(invoke(*args))
+    assert_ok(invoke("predict", setup["model"], "--data", setup["root"], "--out", tmp_path / "plain", "--scales", "1.0", "--no-flip"))
+    val = VocDataset(setup["root"], "val")
+    plain = [read_label_map(str(tmp_path / "plain" / f"{name}.png")) for name in val.names]
+    refined = [read_label_map(str(tmp_path / "crf" / f"{name}.png")) for name in val.names]
+    assert all(r.shape == p.shape and r.max() < val.num_classes for r, p in zip(refined, plain))
+    # The CRF smooths the random 1x1-conv labels: fewer label changes between neighbouring pixels.
+    edges = lambda m: (m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum()  # noqa: E731
+    assert sum(map(edges, refined)) < sum(map(edges, plain))
+
+
 def test_predict_on_an_image_folder_resumes_and_skips_overlays(setup, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -102,8 +102,9 @@ def pseudo_labels(root, split, labels_from, cls_labels, instances, class_names, 
 @click.option("--scales", default="1.0,1.25,1.5", callback=parse_scales, help="Test scales; the logits are maxed over scales (ToCo).")
 @click.option("--flip/--no-flip", default=True, help="Add the mirrored view's logits at each scale.")
 @click.option("--overlay/--no-overlay", default=True, help="Also write each image blended with its label colours.")
+@click.option("--crf", type=click.Choice(["none", "toco", "deeplab"]), default="none", help="Refine with a dense CRF: ToCo's MS+CRF settings or deeplab-pytorch's (the crf extra).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs exist (default: skip them).")
-def predict(model_path, root, image_dir, split, labels_from, cls_labels, instances, class_names, out, scales, flip, overlay, overwrite):
+def predict(model_path, root, image_dir, split, labels_from, cls_labels, instances, class_names, out, scales, flip, overlay, crf, overwrite):
     """Segment images with a trained model's segmentation head.
 
     Writes OUT/<name>.png (VOC palette) and, unless --no-overlay, OUT/overlays/<name>.jpg.
@@ -119,7 +120,10 @@ def predict(model_path, root, image_dir, split, labels_from, cls_labels, instanc
     else:
         images = ImageFolder(image_dir)
     model = load_model(model_path)
-    count = predict_folder(model, images, out, scales, flip, overlay, progress_printer("predict"), overwrite, model_name=model_path)
+    count = predict_folder(
+        model, images, out, scales, flip, overlay, progress_printer("predict"), overwrite, model_name=model_path,
+        crf=None if crf == "none" else crf,
+    )
     click.echo(summary(count, len(images), "label maps" + (" and overlays" if overlay else ""), out))
 
 

@@ -15,6 +15,9 @@ INSTALL_HINT = "pip install 'wsss-keras[crf]'"
 TOCO_CAM_CRF = {"iterations": 10, "pos_xy": 3, "pos_w": 3, "bi_xy": 36, "bi_rgb": 3, "bi_w": 4}
 # ToCo tools/infer_seg_voc.py: "MS+CRF" segmentation.
 TOCO_SEG_CRF = {"iterations": 10, "pos_xy": 1, "pos_w": 1, "bi_xy": 121, "bi_rgb": 5, "bi_w": 4}
+# deeplab-pytorch (configs/voc12.yaml), the CRF after DeepLab-v2 in the IRN-pipeline papers.
+DEEPLAB_CRF = {"iterations": 10, "pos_xy": 1, "pos_w": 3, "bi_xy": 67, "bi_rgb": 3, "bi_w": 4}
+SEGMENTATION_CRFS = {"toco": TOCO_SEG_CRF, "deeplab": DEEPLAB_CRF}
 
 
 def densecrf_module():

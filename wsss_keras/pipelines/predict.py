@@ -3,6 +3,10 @@
 ToCo's protocol (tools/infer_seg_voc.py): at the original resolution, per scale the logits of
 the image plus the un-mirrored logits of its mirror (summed), bilinear to the image size, the
 maximum over scales, then the argmax. ToCo uses scales (1.0, 1.25, 1.5) with flips.
+
+Optionally a dense CRF refines the softmax of the fused logits before the argmax (`crf`:
+"toco", ToCo's "MS+CRF" settings, or "deeplab", deeplab-pytorch's, which the IRN-pipeline
+papers use after DeepLab-v2; needs the `crf` extra).
 """
 
 import os
@@ -60,7 +64,7 @@ def segment_image(model, image, scales=(1.0,), flip=False, runner=None):
 
 
 def predict_folder(model, images, out_dir, scales=(1.0,), flip=False, overlay=True, progress=None, overwrite=False,
-                   model_name="the model"):
+                   model_name="the model", crf=None):
     """Write the predicted label map of each image to `out_dir/<name>.png` (VOC palette).
 
     Args:
@@ -72,11 +76,20 @@ def predict_folder(model, images, out_dir, scales=(1.0,), flip=False, overlay=Tr
         progress: optional callable(done, total).
         overwrite: redo images whose outputs exist (default: skip them).
         model_name: how errors name the model (e.g. its file).
+        crf: None, or the CRF settings to refine with: "toco", "deeplab" or a dict of
+            `dense_crf` arguments.
 
     Returns:
         the number of images predicted (skipped ones not counted).
     """
     scales = check_scales(scales)
+    if crf is not None:
+        from wsss_keras.ops.crf import SEGMENTATION_CRFS, densecrf_module
+
+        if isinstance(crf, str) and crf not in SEGMENTATION_CRFS:
+            raise WSSSError(f"crf {crf!r}: choose one of {', '.join(SEGMENTATION_CRFS)} (or none).")
+        crf = SEGMENTATION_CRFS[crf] if isinstance(crf, str) else dict(crf)
+        densecrf_module()  # fail before any work when pydensecrf is missing
     if isinstance(images, (str, os.PathLike)):
         images = ImageFolder(os.fspath(images))
     is_dataset = hasattr(images, "num_classes")
@@ -100,6 +113,11 @@ def predict_folder(model, images, out_dir, scales=(1.0,), flip=False, overlay=Tr
             ) from None
         if is_dataset:
             check_class_count(logits.shape[-1] - 1, images, "segmentation logits (less background)")
+        if crf is not None:
+            from wsss_keras.ops.crf import dense_crf
+
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            logits = dense_crf(image, probs / probs.sum(-1, keepdims=True), **crf)
         label_map = logits.argmax(-1).astype(np.uint8)
         write_label_map(paths[0], label_map)
         if overlay:

@@ -186,7 +186,7 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         written = predict_folder(
             saved(predictor), dataset, os.path.join(out_dir, "predictions"), scales=settings.get("scales", (1.0,)),
             flip=settings.get("flip", False), overlay=settings.get("overlay", True), progress=progress("predict"),
-            overwrite=overwrite,
+            overwrite=overwrite, model_name=predictor, crf=settings.get("crf"),
         )
         echo(f"[predict] {written} predicted with {predictor} ({dataset.description})")
     if "evaluate" in stages:

@@ -59,7 +59,7 @@ SECTIONS = {
     },
     "cams": {"split", "scales", "flip", "resize"},
     "pseudo_labels": {"split", "mode", "high", "low", "down_scale", "power", "background", "radius", "beta", "exp_times"},
-    "predict": {"split", "scales", "flip", "overlay"},
+    "predict": {"split", "scales", "flip", "overlay", "crf"},
     "evaluate": {"cam_thresholds"},
     "segmentation": {
         "arch", "weights", "backbone", "msc_scales", "loss_resolution", "init_backbone", "split", "steps",
