@@ -21,9 +21,8 @@ import numpy as np
 
 from wsss_keras.data.imageio import IGNORE_INDEX, write_label_map
 from wsss_keras.errors import DataError, WSSSError
-from wsss_keras.evaluation.cams import load_cams
 from wsss_keras.pipelines.cams import run_per_image
-from wsss_keras.pipelines.pseudo_labels import present_cam_stack
+from wsss_keras.pipelines.pseudo_labels import image_and_present_cams
 
 IRN_LABEL_CRF = {"iterations": 10, "pos_xy": 3, "pos_w": 3, "bi_xy": 50, "bi_rgb": 5, "bi_w": 10}
 LABEL_PROBABILITY = 0.7
@@ -92,19 +91,7 @@ def make_ir_labels(dataset, cam_dir, out_dir, fg_threshold=0.60, bg_threshold=0.
         densecrf_module()  # fail before any work when pydensecrf is missing
 
     def work(index, paths):
-        name = dataset.names[index]
-        cam_path = os.path.join(cam_dir, f"{name}.npz")
-        if not os.path.isfile(cam_path):
-            raise DataError(f"{cam_path}: no CAM file for image {name}; run `wsss cams` on the same split first.")
-        cams, classes = load_cams(cam_path)
-        image = dataset.load_image(index)
-        if cams.shape[:2] != image.shape[:2]:
-            raise DataError(
-                f"{cam_path}: CAMs are {cams.shape[1]}x{cams.shape[0]} but image {name} is "
-                f"{image.shape[1]}x{image.shape[0]}; recompute the CAMs with `wsss cams` on this dataset."
-            )
-        present = np.flatnonzero(dataset.labels[index]) + 1
-        stack = present_cam_stack(cams, classes, present, cam_path, name)
+        image, present, stack = image_and_present_cams(dataset, index, cam_dir)
         write_label_map(paths[0], confident_labels(image, stack, present, fg_threshold, bg_threshold, crf, crf_options))
 
     return run_per_image(

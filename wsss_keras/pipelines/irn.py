@@ -68,9 +68,7 @@ def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=Non
     import keras
 
     from wsss_keras.data.dataset import open_dataset
-    from wsss_keras.data.loader import SegmentationLoader
-    from wsss_keras.data.transforms import TrainTransform
-    from wsss_keras.pipelines.segmentation import init_backbone_from
+    from wsss_keras.pipelines.segmentation import init_backbone_from, label_map_loader
     from wsss_keras.pipelines.train import fit_steps, make_optimizer
 
     settings = section(recipe, "irn")
@@ -80,22 +78,14 @@ def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=Non
     label_dir = label_dir or os.path.join(out_dir, "ir_labels")
     dataset = open_dataset(data_dir, settings.get("split", section(recipe, "ir_labels").get("split", "train")))
     dataset = dataset.with_label_maps_from(label_dir, "IR labels", made_by="the IR-label stage (wsss irn labels)")
-    transform = TrainTransform(
-        crop_size=int(settings.get("crop_size", 512)), scale_range=tuple(settings.get("scale_range", (0.5, 1.5))),
-        jitter=None,
-    )
-    batch_size = int(settings.get("batch_size", 16))
-    loader = SegmentationLoader(
-        dataset, batch_size, transform, shuffle=True, seed=seed, with_label_maps=True, drop_remainder=True,
-        workers=int(settings.get("workers", 1)),
-    )
+    loader = label_map_loader(settings, dataset, seed, crop_size=512, batch_size=16)
     model = build_irn(recipe, dataset, weights)
     if not weights:
         init_backbone_from(recipe, "irn", settings.get("init_backbone"), out_dir, model.backbone, echo, stage="train-irn")
     model.compile(optimizer=make_optimizer(recipe, "irn", steps, model, defaults=IRN_DEFAULTS))
     return fit_steps(
         model, loader, steps, out_dir, IRN_FILE, recipe, stage="train-irn", echo=echo,
-        summary={"batch_size": batch_size, "images": len(dataset), "labels": label_dir},
+        summary={"batch_size": loader.batch_size, "images": len(dataset), "labels": label_dir},
     )
 
 
@@ -125,11 +115,10 @@ def walk_pseudo_labels(irn, dataset, cam_dir, out_dir, power=1.5, background=0.2
 
     from wsss_keras.data.imageio import write_label_map
     from wsss_keras.data.transforms import normalize
-    from wsss_keras.evaluation.cams import load_cams
     from wsss_keras.ops.affinity import walk_to_labels
     from wsss_keras.pipelines.cams import run_per_image
     from wsss_keras.pipelines.inference import BoundaryMaps, RandomWalk
-    from wsss_keras.pipelines.pseudo_labels import present_cam_stack
+    from wsss_keras.pipelines.pseudo_labels import image_and_present_cams
 
     if not os.path.isdir(cam_dir):
         raise DataError(f"{cam_dir}: CAM folder not found; write it with `wsss cams`.")
@@ -137,17 +126,10 @@ def walk_pseudo_labels(irn, dataset, cam_dir, out_dir, power=1.5, background=0.2
     walker = RandomWalk(power, radius, beta, exp_times)
 
     def work(index, paths):
-        name = dataset.names[index]
-        cam_path = os.path.join(cam_dir, f"{name}.npz")
-        if not os.path.isfile(cam_path):
-            raise DataError(f"{cam_path}: no CAM file for image {name}; run `wsss cams` on the same split first.")
-        image = dataset.load_image(index)
+        image, present, stack = image_and_present_cams(dataset, index, cam_dir)
         height, width = image.shape[:2]
         boundary = boundaries.predict_on_batch(normalize(image, irn.image_mean, irn.image_std)[None])
         boundary = ops.convert_to_numpy(boundary)[0]
-        cams, classes = load_cams(cam_path)
-        present = np.flatnonzero(dataset.labels[index]) + 1
-        stack = present_cam_stack(cams, classes, present, cam_path, name)
         if len(present):
             propagated = walker.predict_on_batch((strided_cams(stack, boundary.shape)[None], boundary[None]))
             label_map = walk_to_labels(ops.convert_to_numpy(propagated)[0], present, (height, width), background)

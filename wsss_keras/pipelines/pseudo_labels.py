@@ -34,6 +34,27 @@ def present_cam_stack(cams, classes, present, cam_path, name):
     return cams[..., [position[int(c)] for c in present]]
 
 
+def image_and_present_cams(dataset, index, cam_dir):
+    """(image, present classes (1-based), their (H, W, k) CAMs) of image `index`, checked.
+
+    Every stage that reads CAM files (pseudo-labels, IR labels, the random walk) starts here:
+    a missing file, a CAM of another size or a missing class is a `DataError` naming the file.
+    """
+    name = dataset.names[index]
+    cam_path = os.path.join(cam_dir, f"{name}.npz")
+    if not os.path.isfile(cam_path):
+        raise DataError(f"{cam_path}: no CAM file for image {name}; run `wsss cams` on the same split first.")
+    cams, classes = load_cams(cam_path)
+    image = dataset.load_image(index)
+    if cams.shape[:2] != image.shape[:2]:
+        raise DataError(
+            f"{cam_path}: CAMs are {cams.shape[1]}x{cams.shape[0]} but image {name} is "
+            f"{image.shape[1]}x{image.shape[0]}; recompute the CAMs with `wsss cams` on this dataset."
+        )
+    present = np.flatnonzero(dataset.labels[index]) + 1
+    return image, present, present_cam_stack(cams, classes, present, cam_path, name)
+
+
 def combine_high_low(label_high, label_low):
     """ToCo's rule: the high label where it is a class, 0 where both are background, else 255."""
     label_map = np.where(label_high == 0, IGNORE_INDEX, label_high)
@@ -107,17 +128,7 @@ def make_pseudo_labels(dataset, cam_dir, out_dir, mode="par", high=0.7, low=0.25
         refiner = PseudoLabelRefiner(high, low, down_scale, **(par_options or {}))
 
     def work(index, paths):
-        name = dataset.names[index]
-        cam_path = os.path.join(cam_dir, f"{name}.npz")
-        cams, classes = load_cams(cam_path)
-        image = dataset.load_image(index)
-        if cams.shape[:2] != image.shape[:2]:
-            raise DataError(
-                f"{cam_path}: CAMs are {cams.shape[1]}x{cams.shape[0]} but image {name} is "
-                f"{image.shape[1]}x{image.shape[0]}; recompute the CAMs with `wsss cams` on this dataset."
-            )
-        present = np.flatnonzero(dataset.labels[index]) + 1
-        present_cams = present_cam_stack(cams, classes, present, cam_path, name)
+        image, present, present_cams = image_and_present_cams(dataset, index, cam_dir)
         if mode == "crf":
             label_map = crf_pseudo_label(image, present_cams, present, high, low, crf_options)
         else:

@@ -59,6 +59,28 @@ def copy_backbone(source_model, target_backbone, source_file, table="segmentatio
         variable.assign(value)
 
 
+def label_map_loader(settings, dataset, seed, crop_size, batch_size):
+    """The loader of a stage that trains on label maps (DeepLab, IRNet): random rescale
+    (`scale_range`, default 0.5-1.5), flip, crop (labels padded with 255), no colour jitter.
+
+    Args:
+        settings: the stage's recipe table (`crop_size`, `scale_range`, `batch_size`, `workers`).
+        dataset: a dataset view whose label maps are the training targets.
+        crop_size, batch_size: defaults for the table's keys.
+    """
+    from wsss_keras.data.loader import SegmentationLoader
+    from wsss_keras.data.transforms import TrainTransform
+
+    transform = TrainTransform(
+        crop_size=int(settings.get("crop_size", crop_size)), scale_range=tuple(settings.get("scale_range", (0.5, 1.5))),
+        jitter=None,
+    )
+    return SegmentationLoader(
+        dataset, int(settings.get("batch_size", batch_size)), transform, shuffle=True, seed=seed, with_label_maps=True,
+        drop_remainder=True, workers=int(settings.get("workers", 1)),
+    )
+
+
 def init_backbone_from(recipe, table, start_from, out_dir, backbone, echo=print, stage="train-seg"):
     """Copy the backbone of the run folder's `<start_from>.keras` into `backbone` (no-op for None).
 
@@ -90,8 +112,6 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     import keras
 
     from wsss_keras.data.dataset import open_dataset
-    from wsss_keras.data.loader import SegmentationLoader
-    from wsss_keras.data.transforms import TrainTransform
     from wsss_keras.pipelines.train import fit_steps, make_optimizer
 
     settings = section(recipe, "segmentation")
@@ -101,20 +121,12 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     label_dir = label_dir or os.path.join(out_dir, "pseudo_labels")
     dataset = open_dataset(data_dir, settings.get("split", section(recipe, "pseudo_labels").get("split", "train")))
     dataset = dataset.with_label_maps_from(label_dir, "pseudo-labels", made_by="the pseudo-label stage (wsss irn walk)")
-    transform = TrainTransform(
-        crop_size=int(settings.get("crop_size", 321)), scale_range=tuple(settings.get("scale_range", (0.5, 1.5))),
-        jitter=None,
-    )
-    batch_size = int(settings.get("batch_size", 10))
-    loader = SegmentationLoader(
-        dataset, batch_size, transform, shuffle=True, seed=seed, with_label_maps=True, drop_remainder=True,
-        workers=int(settings.get("workers", 1)),
-    )
+    loader = label_map_loader(settings, dataset, seed, crop_size=321, batch_size=10)
     model = build_segmenter(recipe, dataset, weights)
     if not (weights or settings.get("weights")):
         init_backbone_from(recipe, "segmentation", settings.get("init_backbone"), out_dir, model.backbone, echo)
     model.compile(optimizer=make_optimizer(recipe, "segmentation", steps, model, defaults=SEGMENTATION_DEFAULTS))
     return fit_steps(
         model, loader, steps, out_dir, SEGMENTER_FILE, recipe, stage="train-seg", echo=echo,
-        summary={"batch_size": batch_size, "images": len(dataset), "labels": label_dir},
+        summary={"batch_size": loader.batch_size, "images": len(dataset), "labels": label_dir},
     )
