@@ -313,6 +313,10 @@ class CamNetwork(keras.Model, WSSSModel):
         """Raw class maps (B, h, w, C) at the backbone's output stride, before ReLU."""
         return self.classifier(dense_features(self.backbone, images, training=False))
 
+    def cam_branches(self):
+        """[(raw-maps function, classifier kernel (channels, C), weight)] for AdvCAM."""
+        return [(self.cam_maps, self.classifier.kernel[0, 0], 1.0)]
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         return multilabel_soft_margin_loss(_labels(y), y_pred)
 
@@ -438,23 +442,24 @@ class AMR(keras.Model, WSSSModel):
             for block in blocks:
                 amm = self._new_amm(block.filters * 4, f"compensation_amm_{stage}_{block.index}", trainable=stage > 1)
                 hooks[(stage, block.index, "residual")] = lambda x, context, amm=amm: amm(x)
-        # The reference detaches stage 1's output: the stem, stage 1 and its AMMs never learn.
+        self.amm_hooks = BottleneckHooks(hooks)
+        # The reference detaches stage 1's output in training: the stem, stage 1 and its AMMs
+        # never learn. (Its CAM pass does not, so AdvCAM's input gradients flow through.)
         last = len(self.compensation.stages[0]) - 1
-        hooks[(1, last, "output")] = lambda x, context: ops.stop_gradient(x)
+        self.training_hooks = BottleneckHooks({**hooks, (1, last, "output"): lambda x, context: ops.stop_gradient(x)})
         for layer in [self.compensation.stem_conv, self.compensation.stem_bn] + self.compensation.stages[0]:
             layer.trainable = False
-        self.amm_hooks = BottleneckHooks(hooks)
 
     def _add_token_amms(self):
         """One AMM per transformer block, gating its attention branch on the patch grid."""
         self.amms = []
         for index in range(self.compensation.num_layers):
             self._new_amm(self.compensation.hidden_dim, f"compensation_amm_block{index}")
-        self.amm_hooks = None
+        self.amm_hooks = self.training_hooks = None
 
-    def _hooks_for(self, images):
+    def _hooks_for(self, images, training=None):
         if self.amm_hooks is not None:
-            return self.amm_hooks
+            return self.training_hooks if training else self.amm_hooks
         return TokenGridAMM(self.amms, self.compensation.num_class_tokens, self.compensation.patch_grid(images))
 
     @property
@@ -468,7 +473,7 @@ class AMR(keras.Model, WSSSModel):
         return self.spotlight.classifier(features)
 
     def _compensation_maps(self, images, training=None):
-        features = dense_features(self.compensation, images, training=training, hooks=self._hooks_for(images))
+        features = dense_features(self.compensation, images, training=training, hooks=self._hooks_for(images, training))
         return self.classifier(features)
 
     def call(self, images, training=None):
@@ -487,6 +492,15 @@ class AMR(keras.Model, WSSSModel):
     def branch_cam_maps(self, images):
         """Raw class maps (spotlight, compensation), each (B, h, w, C), before ReLU."""
         return self._spotlight_maps(images), self._compensation_maps(images, training=False)
+
+    def cam_branches(self):
+        """[(raw-maps function, classifier kernel (channels, C), weight)] per branch, for AdvCAM."""
+        spotlight_weight, compensation_weight = self.cam_branch_weights
+        return [
+            # The spotlight's own maps: `_spotlight_maps` detaches the features, for training.
+            (self.spotlight.cam_maps, self.spotlight.classifier.kernel[0, 0], spotlight_weight),
+            (lambda images: self._compensation_maps(images, training=False), self.classifier.kernel[0, 0], compensation_weight),
+        ]
 
     def cam_maps(self, images):
         """The fused CAM of one forward pass: each branch's ReLU'd maps divided by their

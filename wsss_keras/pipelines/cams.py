@@ -71,7 +71,8 @@ def check_class_count(channels, dataset, what):
         )
 
 
-def compute_cams(model, dataset, out_dir, scales=(1.0, 0.5, 1.5), flip=True, resize=None, progress=None, overwrite=False):
+def compute_cams(model, dataset, out_dir, scales=(1.0, 0.5, 1.5), flip=True, resize=None, progress=None, overwrite=False,
+                 adversarial=None):
     """Write the CAMs of every image of `dataset` to `out_dir/<image id>.npz`.
 
     Per image: normalise with the model's mean and std, optionally resize to `resize` x `resize`
@@ -87,6 +88,9 @@ def compute_cams(model, dataset, out_dir, scales=(1.0, 0.5, 1.5), flip=True, res
         resize: None, or the square side the image is resized to before the views.
         progress: optional callable(done, total).
         overwrite: recompute images whose file exists (default: skip them, so runs resume).
+        adversarial: None (plain CAMs), or True / a dict of `ADVCAM_DEFAULTS` overrides for
+            AdvCAM's anti-adversarial climbing per present class (`methods.advcam`; the views
+            always include the mirror; very expensive).
 
     Returns:
         the number of images computed (skipped ones not counted).
@@ -103,8 +107,25 @@ def compute_cams(model, dataset, out_dir, scales=(1.0, 0.5, 1.5), flip=True, res
         raise WSSSError(f"resize {resize}: give a positive side in pixels, or none.")
 
     runner = MultiScaleCams(model, scales, flip)
+    if adversarial:
+        from wsss_keras.methods.advcam import adversarial_cams
+
+        if not hasattr(model, "cam_branches"):
+            raise WSSSError(f"AdvCAM needs a CAM network with a linear head (AMR, CamNetwork); {type(model).__name__} has none.")
+        options = dict(adversarial) if isinstance(adversarial, dict) else {}
 
     def work(index, paths):
+        if adversarial:
+            image = dataset.load_image(index)
+            inputs = ops.convert_to_tensor(normalize(image, model.image_mean, model.image_std))
+            if resize:
+                inputs = resize_bilinear(inputs[None], (int(resize), int(resize)))[0]
+            classes = np.flatnonzero(dataset.labels[index])
+            cams = adversarial_cams(model, inputs, classes, scales=scales, **options)
+            cams = ops.convert_to_numpy(resize_bilinear(ops.convert_to_tensor(cams)[None], image.shape[:2]))[0]
+            save_cams(paths[0], np.clip(cams, 0.0, 1.0), classes + 1)
+            return
+
         image = dataset.load_image(index)
         height, width = image.shape[:2]
         inputs = ops.convert_to_tensor(normalize(image, model.image_mean, model.image_std)[None])

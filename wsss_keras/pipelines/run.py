@@ -134,6 +134,7 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         written = compute_cams(
             saved(MODEL_FILE), dataset, os.path.join(out_dir, "cams"), scales=settings.get("scales", (1.0, 0.5, 1.5)),
             flip=settings.get("flip", True), resize=settings.get("resize"), progress=progress("cams"), overwrite=overwrite,
+            adversarial=settings.get("adversarial"),
         )
         echo(f"[cams] {written} computed, {len(dataset) - written} already there ({dataset.description})")
     if "ir_labels" in stages:

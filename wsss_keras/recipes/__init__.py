@@ -57,7 +57,7 @@ SECTIONS = {
         "scale_range", "optimizer", "learning_rate", "warmup_steps", "power", "momentum", "weight_decay",
         "lr_multipliers", "seed", "workers",
     },
-    "cams": {"split", "scales", "flip", "resize"},
+    "cams": {"split", "scales", "flip", "resize", "adversarial"},
     "pseudo_labels": {"split", "mode", "high", "low", "down_scale", "power", "background", "radius", "beta", "exp_times"},
     "predict": {"split", "scales", "flip", "overlay", "crf"},
     "evaluate": {"cam_thresholds"},
