@@ -55,3 +55,23 @@ def test_paper_recipe_without_weights_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["train", "toco_voc", "--data", data, "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert "--weights" in result.output and "Traceback" not in result.output
+
+
+def test_amr_recipes_run_the_irn_pipeline_stages(tmp_path):
+    from wsss_keras.pipelines.amr import AMR_KNOBS
+    from wsss_keras.pipelines.run import METHOD_STAGES, method_stages
+
+    for name in ("amr_voc", "amr_coco", "amr_synthetic_cpu"):
+        recipe = load_recipe(name)
+        assert method_stages(recipe) == METHOD_STAGES["amr"]
+        assert recipe["pseudo_labels"]["mode"] == "random_walk"
+        assert set(recipe.get("amr", {})) <= set(AMR_KNOBS) | {"backbone", "init_compensation"}
+    coco = load_recipe("amr_coco")
+    assert coco["train"]["split"] == "train2014" and coco["ir_labels"]["fg_threshold"] == 0.60  # from amr_voc
+    assert method_stages(load_recipe("toco_voc")) == ("train", "cams", "pseudo_labels", "predict", "evaluate")
+
+    root = tiny_synthetic(tmp_path / "data", n_train=2, n_val=1, size=32)
+    result = CliRunner().invoke(cli, ["run", "amr_synthetic_cpu", "--data", root, "--out", str(tmp_path / "o"), "--stages", "train,walk"])
+    assert result.exit_code == 2 and "['walk']" in result.output and "train_irn" in result.output
+    info = CliRunner().invoke(cli, ["info"])
+    assert info.exit_code == 0 and "stages (amr)" in info.output and "amr_synthetic_cpu" in info.output

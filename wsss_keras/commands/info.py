@@ -1,4 +1,4 @@
-"""`wsss info`: versions, backend and devices."""
+"""`wsss info`: versions, backend and devices, shipped recipes and the stages of each method."""
 
 import platform
 from importlib import metadata
@@ -26,14 +26,21 @@ def _devices(keras):
 
 @click.command()
 def info():
-    """Print package versions, the Keras backend of this run and its devices."""
+    """Print package versions, the Keras backend of this run and its devices, the shipped
+    recipes and the stages `wsss run` runs for each method."""
     import keras
+
+    from wsss_keras.pipelines.run import METHOD_STAGES
+    from wsss_keras.recipes import available
 
     click.echo(f"python                   {platform.python_version()} ({platform.machine()}, {platform.system()})")
     for package in PACKAGES:
         click.echo(f"{package:<24} {_version(package)}")
     click.echo(f"backend                  {keras.backend.backend()}")
     click.echo(f"devices                  {', '.join(_devices(keras))}")
+    click.echo(f"recipes                  {', '.join(available())}")
+    for method, stages in METHOD_STAGES.items():
+        click.echo(f"{'stages (' + method + ')':<24} {', '.join(stages)}")
 
 
 def register(cli):

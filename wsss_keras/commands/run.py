@@ -38,7 +38,7 @@ def register(cli):
     @cli.command("run")
     @_recipe_argument
     @_common_options
-    @click.option("--stages", default=None, help="Comma list of the stages to run, in order [default: all of the method's; see `wsss info`].")
+    @click.option("--stages", default=None, help="Comma list of the stages to run, in order [default: all of the method's; `wsss info` lists them].")
     @click.option("--overwrite", is_flag=True, help="Redo stages whose outputs already exist (default: skip them, so runs resume).")
     def run_command(recipe, data_dir, out_dir, weights, steps, stages, overwrite):
         """Run RECIPE end to end: train, CAMs, pseudo-labels, predictions, evaluation.
