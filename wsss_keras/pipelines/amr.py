@@ -135,7 +135,7 @@ def train_amr(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     if not os.path.isfile(spotlight_file):
         raise recipe_error(
             recipe, f"AMR's spotlight branch is the stage-A CAM network, and {spotlight_file} does not exist; "
-            "run the train_cam stage first (`wsss run RECIPE --stages train_cam,train ...`).",
+            "train it first with `wsss train-cam` on the same --out (`wsss run` does both).",
         )
     dataset = open_dataset(data_dir, settings.get("split", "train"))
     loader = classification_loader(recipe, "train", dataset)
