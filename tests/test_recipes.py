@@ -75,3 +75,11 @@ def test_amr_recipes_run_the_irn_pipeline_stages(tmp_path):
     assert result.exit_code == 2 and "['walk']" in result.output and "train_irn" in result.output
     info = CliRunner().invoke(cli, ["info"])
     assert info.exit_code == 0 and "stages (amr)" in info.output and "amr_synthetic_cpu" in info.output
+
+
+def test_amr_stage_b_without_stage_a_names_the_missing_network(tmp_path):
+    from wsss_keras.pipelines.run import run_recipe
+
+    root = tiny_synthetic(tmp_path / "data", n_train=2, n_val=1, size=32)
+    with pytest.raises(RecipeError, match=r"amr_synthetic_cpu.toml: .*cam_network.keras does not exist.*wsss train-cam"):
+        run_recipe(load_recipe("amr_synthetic_cpu"), root, str(tmp_path / "run"), stages=("train",), echo=lambda line: None)
