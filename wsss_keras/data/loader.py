@@ -30,6 +30,9 @@ class SegmentationLoader(keras.utils.PyDataset):
         seed: seed of the order and the augmentation.
         with_label_maps: also return the pixel labels (needs them on disk).
         drop_remainder: drop the last incomplete batch (training on several devices wants it).
+        item_maps: optional callable(index) -> {name: (H, W) int array} of per-pixel maps
+            aligned with the image (SSC's superpixels); they are passed to the transform as
+            `maps=` and it must return them, transformed, in its extras.
         workers, use_multiprocessing, max_queue_size: as in `keras.utils.PyDataset`.
 
     Example:
@@ -49,6 +52,7 @@ class SegmentationLoader(keras.utils.PyDataset):
         seed=0,
         with_label_maps=False,
         drop_remainder=False,
+        item_maps=None,
         workers=1,
         use_multiprocessing=False,
         max_queue_size=10,
@@ -66,6 +70,7 @@ class SegmentationLoader(keras.utils.PyDataset):
         self.transform = transform or EvalTransform()
         self.shuffle, self.seed = shuffle, seed
         self.with_label_maps, self.drop_remainder = with_label_maps, drop_remainder
+        self.item_maps = item_maps
         self.epoch = 0
         self._order = self._make_order()
 
@@ -92,7 +97,10 @@ class SegmentationLoader(keras.utils.PyDataset):
             index = int(self._order[position])
             image, label_map = self.dataset.load_item(index, with_label_map=self.with_label_maps)
             rng = np.random.default_rng([self.seed, self.epoch, position])
-            image, label_map, box, *extra = self.transform(rng, image, label_map)
+            if self.item_maps is None:
+                image, label_map, box, *extra = self.transform(rng, image, label_map)
+            else:
+                image, label_map, box, *extra = self.transform(rng, image, label_map, maps=self.item_maps(index))
             extras.append(extra[0] if extra else {})
             images.append(image)
             label_maps.append(label_map)
@@ -110,7 +118,8 @@ class SegmentationLoader(keras.utils.PyDataset):
             "indices": np.asarray(indices, np.int32),
         }
         for key in extras[0]:
-            targets[key] = np.stack([extra[key] for extra in extras]).astype(np.float32)
+            stacked = np.stack([extra[key] for extra in extras])
+            targets[key] = stacked.astype(np.int32 if np.issubdtype(stacked.dtype, np.integer) else np.float32)
         if self.with_label_maps:
             targets["label_maps"] = np.stack(label_maps).astype(np.int32)
         return np.stack(images).astype(np.float32), targets

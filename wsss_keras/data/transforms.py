@@ -291,6 +291,10 @@ class CamTrainTransform:
     padding, i.e. the mean colour, where the image is smaller; 255 in a label map), then
     `cutout_count` cutout squares of side `cutout_size` (AMR's stage A: 3 x 128; 0 for AMR's
     stage B and IRN). Returns (image, label_map, box) like `TrainTransform`.
+
+    `maps`, a dict of integer maps aligned with the image (SSC's superpixels), go through the
+    same resize (nearest), flip and crop (padded with 0, SSC's padding superpixel); they are
+    then returned as a fourth item, the extras dict.
     """
 
     crop_size: int = 512
@@ -301,13 +305,30 @@ class CamTrainTransform:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
 
-    def __call__(self, rng, image, label_map=None):
+    def __call__(self, rng, image, label_map=None, maps=None):
+        maps = dict(maps or {})
+        for name, values in maps.items():
+            if values.shape[:2] != image.shape[:2]:
+                raise ValueError(f"the {name} map is {values.shape[:2]}, its image {image.shape[:2]}; they must match.")
         if self.long_side:
+            original = image.shape[:2]
             image, label_map = random_resize_long(rng, image, label_map, self.long_side)
+            if image.shape[:2] != original:
+                size = (image.shape[1], image.shape[0])
+                maps = {name: cv2.resize(values, size, interpolation=cv2.INTER_NEAREST) for name, values in maps.items()}
         image = normalize(image, self.mean, self.std)
         if self.flip:
-            image, label_map, _ = random_flip(rng, image, label_map)
+            image, label_map, flipped = random_flip(rng, image, label_map)
+            if flipped:
+                maps = {name: values[:, ::-1] for name, values in maps.items()}
+        crop_rng_state = rng.bit_generator.state
         image, label_map, box = random_crop(rng, image, label_map, self.crop_size)
+        for name, values in maps.items():
+            # Replay the crop's random draws so every map gets the image's window.
+            rng.bit_generator.state = crop_rng_state
+            maps[name] = random_crop(rng, values[..., None].astype(np.float32), None, self.crop_size)[0][..., 0].astype(np.int32)
         if self.cutout_count:
             image = cutout(rng, image, self.cutout_count, self.cutout_size)
+        if maps:
+            return image, label_map, box, maps
         return image, label_map, box
