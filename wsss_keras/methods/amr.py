@@ -52,19 +52,10 @@ from keras import ops
 from wsss_keras.backbones.resnet.backbone import BottleneckHooks
 from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_keras.methods.base import WSSSModel
+from wsss_keras.methods.initializers import torch_bias_uniform, torch_uniform
 from wsss_keras.ops.losses import multilabel_soft_margin_loss
 
 CPS_MODES = ("per_image", "code")
-
-
-def torch_uniform(fan_in):
-    """PyTorch's default Linear/Conv initialisation: U(±1/sqrt(fan_in)) (kaiming_uniform, a=√5)."""
-    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def torch_bias_uniform(fan_in):
-    limit = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-limit, limit)
 
 
 def gaussian_projection(values):

@@ -174,3 +174,85 @@ class GroupedSGD(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="wsss_keras")
+class GroupedSGDWithAdam(GroupedSGD):
+    """`GroupedSGD` for most variables, and Adam, with its own rate, for the variables whose
+    path contains one of `adam_paths`: two optimisers in one, as SSC trains its CAM network
+    with IRN's PolyOptimizer and its reconstruction decoder with Adam (spec methods/ssc.md §3.1).
+
+    The Adam group is torch.optim.Adam's update (bias-corrected moments, epsilon added to
+    sqrt(v̂)), no weight decay, at `adam_learning_rate` (a rate or a schedule of the step).
+
+    Args:
+        learning_rate, lr_multipliers, momentum, weight_decay, weight_decay_multipliers,
+            nesterov: `GroupedSGD`'s, for the SGD group.
+        adam_paths: variable-path substrings of the Adam group.
+        adam_learning_rate: the Adam group's rate or schedule (SSC: 5e-4, poly 0.9).
+        adam_beta_1, adam_beta_2, adam_epsilon: Adam's (SSC: 0.5, 0.999, 1e-8).
+
+    Example:
+    >>> optimizer = GroupedSGDWithAdam(0.1, lr_multipliers={"ssc_classifier": 10.0}, weight_decay=1e-4,
+    ...                                adam_paths=("reconstruction_decoder/",), adam_learning_rate=5e-4)
+    """
+
+    def __init__(self, learning_rate=0.01, adam_paths=(), adam_learning_rate=1e-3, adam_beta_1=0.5, adam_beta_2=0.999,
+                 adam_epsilon=1e-8, **kwargs):
+        kwargs.setdefault("name", "grouped_sgd_with_adam")
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.adam_paths = tuple(adam_paths)
+        if isinstance(adam_learning_rate, dict):
+            adam_learning_rate = keras.saving.deserialize_keras_object(adam_learning_rate)
+        self.adam_learning_rate = adam_learning_rate
+        self.adam_beta_1, self.adam_beta_2, self.adam_epsilon = float(adam_beta_1), float(adam_beta_2), float(adam_epsilon)
+        self._adam_moments = {}
+
+    def in_adam_group(self, variable):
+        path = getattr(variable, "path", variable.name)
+        return any(key in path for key in self.adam_paths)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        for variable in var_list:
+            if self.in_adam_group(variable):
+                self._adam_moments[self._get_variable_index(variable)] = (
+                    self.add_variable_from_reference(variable, "adam_m"),
+                    self.add_variable_from_reference(variable, "adam_v"),
+                )
+
+    def _adam_rate(self):
+        rate = self.adam_learning_rate
+        return rate(self.iterations) if callable(rate) else rate
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        if index not in self._adam_moments:
+            return super().update_step(gradient, variable, learning_rate)
+        first, second = self._adam_moments[index]
+        gradient = ops.cast(gradient, variable.dtype)
+        step = ops.cast(self.iterations + 1, variable.dtype)
+        new_first = first * self.adam_beta_1 + (1.0 - self.adam_beta_1) * gradient
+        new_second = second * self.adam_beta_2 + (1.0 - self.adam_beta_2) * ops.square(gradient)
+        self.assign(first, new_first)
+        self.assign(second, new_second)
+        corrected_first = new_first / (1.0 - ops.power(self.adam_beta_1, step))
+        corrected_second = new_second / (1.0 - ops.power(self.adam_beta_2, step))
+        rate = ops.cast(self._adam_rate(), variable.dtype)
+        self.assign_sub(variable, rate * corrected_first / (ops.sqrt(corrected_second) + self.adam_epsilon))
+
+    def get_config(self):
+        config = super().get_config()
+        rate = self.adam_learning_rate
+        config.update(
+            {
+                "adam_paths": list(self.adam_paths),
+                "adam_learning_rate": keras.saving.serialize_keras_object(rate) if callable(rate) else float(rate),
+                "adam_beta_1": self.adam_beta_1,
+                "adam_beta_2": self.adam_beta_2,
+                "adam_epsilon": self.adam_epsilon,
+            }
+        )
+        return config
