@@ -14,20 +14,16 @@ CAM mIoU is on train at each run's best background threshold; pseudo-label mIoU 
 the random walk.
 """
 
-import argparse
 import copy
 import os
 import shutil
 import sys
-import tempfile
 import time
+
+from quality_common import compare, scores
 
 RECIPE = "amr_synthetic_cpu"
 REFINE = ("cams", "ir_labels", "train_irn", "pseudo_labels", "evaluate")
-
-
-def scores(metrics):
-    return {"cam": 100 * metrics["cams"]["miou"], "pseudo": 100 * metrics["pseudo_labels"]["miou"]}
 
 
 def run_arms(data, root, seed):
@@ -58,45 +54,8 @@ def run_arms(data, root, seed):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--data", default=None, help="synthetic data folder (default: generate the quickstart's)")
-    parser.add_argument("--keep", default=None, help="keep the run folders here")
-    args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
-
-    seeds = [int(seed) for seed in args.seeds.split(",")]
-    rows = {"plain": [], "amr": []}
-    with tempfile.TemporaryDirectory() as scratch:
-        root = args.keep or scratch
-        data = args.data
-        if data is None:
-            from wsss_keras.pipelines.quickstart import QUICKSTART_DATA, ensure_synthetic_data
-
-            data = os.path.join(root, "data")
-            ensure_synthetic_data(data, QUICKSTART_DATA, echo=print)
-        for seed in seeds:
-            results = run_arms(data, root, seed)
-            for arm, result in results.items():
-                rows[arm].append(result)
-                took = f"  ({result['seconds']:.0f} s)" if "seconds" in result else ""
-                print(f"{arm:<8} seed {seed}: CAM {result['cam']:.1f}  pseudo {result['pseudo']:.1f}{took}", flush=True)
-
-    import keras
-
-    print(f"\n{RECIPE}, synthetic data, backend {keras.backend.backend()}, seeds {seeds}; mIoU mean ± std (per seed)")
-    print("| network | CAM (train) | pseudo-labels after IRN (train) |")
-    print("|---|---|---|")
     labels = {"plain": "plain CAM network, stage A + B steps", "amr": "AMR (spotlight + compensation)"}
-    for arm, label in labels.items():
-
-        def cell(key):
-            values = np.array([row[key] for row in rows[arm]])
-            return f"{values.mean():.1f} ± {values.std():.1f} ({'/'.join(f'{v:.1f}' for v in values)})"
-
-        print(f"| {label} | {cell('cam')} | {cell('pseudo')} |")
-    return 0
+    return compare(__doc__.splitlines()[0], RECIPE, labels, run_arms)
 
 
 if __name__ == "__main__":

@@ -83,3 +83,43 @@ def test_amr_stage_b_without_stage_a_names_the_missing_network(tmp_path):
     root = tiny_synthetic(tmp_path / "data", n_train=2, n_val=1, size=32)
     with pytest.raises(RecipeError, match=r"amr_synthetic_cpu.toml: .*cam_network.keras does not exist.*wsss train-cam"):
         run_recipe(load_recipe("amr_synthetic_cpu"), root, str(tmp_path / "run"), stages=("train",), echo=lambda line: None)
+
+
+def test_ssc_recipes_run_superpixels_then_the_irn_pipeline(tmp_path):
+    from wsss_keras.pipelines.run import METHOD_STAGES, method_stages
+    from wsss_keras.pipelines.ssc import SSC_KNOBS
+
+    extra = {"backbone", "loss_network_weights", "random_loss_network", "self_modulation_start", "self_modulation_start_fraction",
+             "decoder_learning_rate", "decoder_beta_1", "decoder_beta_2"}
+    for name in ("ssc_voc", "ssc_synthetic_cpu"):
+        recipe = load_recipe(name)
+        assert method_stages(recipe) == METHOD_STAGES["ssc"]
+        assert set(recipe["ssc"]) <= set(SSC_KNOBS) | extra
+    voc = load_recipe("ssc_voc")
+    assert voc["train"]["batch_size"] == 6 and voc["train"]["steps"] == 17630 and voc["ssc"]["drs_delta"] == 0.55
+    assert voc["ir_labels"]["bg_threshold"] == 0.10 and voc["pseudo_labels"]["power"] == 1.0
+    info = CliRunner().invoke(cli, ["info"])
+    assert info.exit_code == 0 and "stages (ssc)" in info.output and "ssc_synthetic_cpu" in info.output
+
+
+def test_ssc_without_its_vgg_weights_says_which_key_to_set(tmp_path):
+    from wsss_keras.pipelines.run import run_recipe
+
+    root = tiny_synthetic(tmp_path / "data", n_train=2, n_val=1, size=32)
+    recipe = load_recipe("ssc_synthetic_cpu")
+    recipe["ssc"]["random_loss_network"] = False
+    with pytest.raises(RecipeError, match=r"ssc_synthetic_cpu.toml: .*loss_network_weights.*vgg19-dcbb9e9d.pth"):
+        run_recipe(recipe, root, str(tmp_path / "run"), stages=("superpixels", "train"), echo=lambda line: None)
+    recipe["ssc"]["loss_network_weights"] = str(tmp_path / "missing_vgg19.pth")
+    with pytest.raises(RecipeError, match="missing_vgg19.pth.*no such file"):
+        run_recipe(recipe, root, str(tmp_path / "run"), stages=("train",), echo=lambda line: None)
+
+
+def test_ssc_training_without_superpixels_names_the_command(tmp_path):
+    from wsss_keras.pipelines.run import run_recipe
+
+    root = tiny_synthetic(tmp_path / "data", n_train=2, n_val=1, size=32)
+    with pytest.raises(Exception, match=r"superpixels.*wsss superpixels"):
+        run_recipe(load_recipe("ssc_synthetic_cpu"), root, str(tmp_path / "run"), stages=("train",), echo=lambda line: None)
+    result = CliRunner().invoke(cli, ["superpixels", root, "--out", str(tmp_path / "sp"), "--segments", "8"])
+    assert result.exit_code == 0 and "2 computed" in result.output

@@ -1,9 +1,9 @@
-"""`wsss irn labels|train|walk`, `wsss train-cam` and `wsss train-seg`: single stages of the
-multi-stage pipeline, each reading and writing files in a run folder (see `wsss run`)."""
+"""`wsss superpixels`, `wsss irn labels|train|walk`, `wsss train-cam` and `wsss train-seg`: single
+stages of the multi-stage pipeline, each reading and writing files in a run folder (see `wsss run`)."""
 
 import click
 
-from wsss_keras.commands.options import ErrorReportingGroup, progress_printer
+from wsss_keras.commands.options import ErrorReportingGroup, dataset_options, open_dataset_from_options, progress_printer
 from wsss_keras.commands.run import _common_options, _recipe_argument
 
 
@@ -65,8 +65,33 @@ def irn_walk(recipe, data_dir, out_dir, overwrite):
     _run_stage("pseudo_labels", recipe, data_dir, out_dir, overwrite=overwrite)
 
 
+@click.command("superpixels")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@dataset_options
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Cache folder: <id>.png per image (SSC's RGB id encoding) and superpixels.json.")
+@click.option("--segments", default=200, show_default=True, type=click.IntRange(min=2), help="SLIC's target number of superpixels per image.")
+@click.option("--compactness", default=10.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True), help="SLIC's colour/space trade-off (higher: squarer).")
+@click.option("--sigma", default=1.0, show_default=True, type=click.FloatRange(min=0.0), help="Gaussian smoothing before SLIC.")
+@click.option("--overwrite", is_flag=True, help="Recompute every image (default: skip those already in OUT, so runs resume).")
+def superpixels(root, split, labels_from, cls_labels, instances, class_names, out_dir, segments, compactness, sigma, overwrite):
+    """SLIC superpixels (scikit-image) of every image of ROOT's split, cached in OUT for SSC and SSR.
+
+    A recipe's run computes them itself ([superpixels]); name this folder there (`folder`) to
+    share one cache between runs.
+    """
+    from wsss_keras.ops.superpixels import compute_superpixels
+
+    dataset = open_dataset_from_options(root, split, labels_from, cls_labels, instances, class_names)
+    written = compute_superpixels(
+        dataset, out_dir, n_segments=segments, compactness=compactness, sigma=sigma,
+        progress=progress_printer("superpixels"), overwrite=overwrite,
+    )
+    click.echo(f"{written} computed, {len(dataset) - written} already there ({dataset.description}) -> {out_dir}")
+
+
 def register(cli):
     cli.add_command(irn)
+    cli.add_command(superpixels)
 
     @cli.command("train-cam")
     @_recipe_argument

@@ -3,11 +3,12 @@
 Every stage writes files and is skipped when they are there already, so an interrupted run
 resumes where it stopped (per-image stages skip the images done). Which stages run depends on
 the method (`METHOD_STAGES`): ToCo trains one model that gives CAMs and segmentation; AMR
-(and the other IRN-pipeline methods) trains a CAM network, refines its CAMs with IRN, and ends
-with a separate segmentation network.
+trains a CAM network, refines its CAMs with IRN, and ends with a separate segmentation network;
+SSC does the same after computing superpixels, without AMR's stage-A network.
 
 | stage | writes |
 |---|---|
+| superpixels | `superpixels/<id>.png`: SLIC superpixels of the training split (SSC; `[superpixels]`) |
 | train_cam | `cam_network.keras`: the plain CAM network (AMR's stage A, its spotlight branch) |
 | train | `model.keras`, `train_log.csv`: the method's model |
 | cams | `cams/<id>.npz` for the `[cams]` split (train by default, as the papers score seeds) |
@@ -25,10 +26,11 @@ import os
 from wsss_keras.pipelines.train import MODEL_FILE
 from wsss_keras.recipes import recipe_error, section
 
-STAGES = ("train_cam", "train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg", "predict", "evaluate")
+STAGES = ("superpixels", "train_cam", "train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg", "predict", "evaluate")
 METHOD_STAGES = {
     "toco": ("train", "cams", "pseudo_labels", "predict", "evaluate"),
-    "amr": STAGES,
+    "amr": STAGES[1:],
+    "ssc": tuple(stage for stage in STAGES if stage != "train_cam"),
 }
 
 
@@ -116,6 +118,10 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         return open_dataset(data_dir, section(recipe, table).get("split", fallback))
 
     cam_split = section(recipe, "cams").get("split", "train")
+    if "superpixels" in stages:
+        from wsss_keras.pipelines.ssc import make_superpixels
+
+        make_superpixels(recipe, data_dir, out_dir, progress=progress("superpixels"), overwrite=overwrite, echo=echo)
     if "train_cam" in stages:
         from wsss_keras.pipelines.amr import CAM_NETWORK_FILE, train_cam_network
 

@@ -126,6 +126,10 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         from wsss_keras.pipelines.amr import train_amr
 
         return train_amr(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
+    if recipe["recipe"]["method"] == "ssc":
+        from wsss_keras.pipelines.ssc import train_ssc
+
+        return train_ssc(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
     settings = section(recipe, "train")
     steps = int(steps or settings.get("steps", 20000))
     seed = int(settings.get("seed", 0))
@@ -152,7 +156,7 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     )
 
 
-def make_optimizer(recipe, table, steps, model=None, defaults=None):
+def make_optimizer(recipe, table, steps, model=None, defaults=None, adam_group=None):
     """The optimiser a recipe table asks for, on a poly schedule with linear warm-up.
 
     Keys of the table: `optimizer` ("adamw", ToCo's PolyWarmupAdamW; or "sgd", IRN's
@@ -166,6 +170,9 @@ def make_optimizer(recipe, table, steps, model=None, defaults=None):
         model: the model to train; its own parameter groups (`lr_multipliers`, and for SGD
             `weight_decay_multipliers`), when it has them, come before the table's.
         defaults: fallback values for keys the table leaves out.
+        adam_group: for SGD, an optional second group trained with Adam (SSC's decoder): a dict
+            with `paths` (variable-path substrings) and `learning_rate`, `beta_1`, `beta_2`,
+            `epsilon`, `power` (its own poly schedule over the same steps).
     """
     from wsss_keras.training.schedules import PolyWarmup
 
@@ -181,12 +188,20 @@ def make_optimizer(recipe, table, steps, model=None, defaults=None):
 
         return GroupedAdamW(schedule, lr_multipliers=multipliers, weight_decay=float(settings.get("weight_decay", 0.01)))
     if kind == "sgd":
-        from wsss_keras.training.optimizers import GroupedSGD
+        from wsss_keras.training.optimizers import GroupedSGD, GroupedSGDWithAdam
 
-        return GroupedSGD(
-            schedule, lr_multipliers=multipliers, momentum=float(settings.get("momentum", 0.0)),
+        options = dict(
+            lr_multipliers=multipliers, momentum=float(settings.get("momentum", 0.0)),
             weight_decay=float(settings.get("weight_decay", 1e-4)),
             weight_decay_multipliers=dict(getattr(model, "weight_decay_multipliers", None) or {}),
+        )
+        if not adam_group:
+            return GroupedSGD(schedule, **options)
+        adam_schedule = PolyWarmup(float(adam_group["learning_rate"]), 0, steps, power=float(adam_group.get("power", 0.9)))
+        return GroupedSGDWithAdam(
+            schedule, adam_paths=tuple(adam_group["paths"]), adam_learning_rate=adam_schedule,
+            adam_beta_1=float(adam_group.get("beta_1", 0.5)), adam_beta_2=float(adam_group.get("beta_2", 0.999)),
+            adam_epsilon=float(adam_group.get("epsilon", 1e-8)), **options,
         )
     raise recipe_error(recipe, f"[{table}] optimizer = {kind!r}; choose \"adamw\" or \"sgd\".")
 

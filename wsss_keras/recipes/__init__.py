@@ -15,6 +15,8 @@ errors that name the file and the key):
   pseudo-labels (`wsss_keras.pipelines.segmentation`).
 - AMR (`wsss_keras.pipelines.amr`): `[cam_network]` (stage A, the plain CAM network),
   `[amr]` (the method's knobs; `[train]` holds stage B's schedule).
+- SSC (`wsss_keras.pipelines.ssc`): `[superpixels]` (SLIC parameters or a ready folder) and
+  `[ssc]` (DRS, reconstruction and self-modulation knobs; `[train]` holds the schedule).
 - The IRN stages (`wsss_keras.pipelines.ir_labels`, `wsss_keras.pipelines.irn`):
   `[ir_labels]` (confident-label thresholds, CRF) and `[irn]` (IRNet and its training); the
   random walk's settings are in `[pseudo_labels]` with `mode = "random_walk"`.
@@ -28,7 +30,7 @@ import tomllib
 
 from wsss_keras.errors import RecipeError
 
-METHODS = ("toco", "amr")
+METHODS = ("toco", "amr", "ssc")
 SECTIONS = {
     "recipe": {"name", "method", "description", "notes", "extends"},
     "model": {
@@ -50,6 +52,13 @@ SECTIONS = {
     "amr": {
         "cps_mode", "cls_weight_spotlight", "cls_weight_compensation", "cps_weight", "amm_reduction",
         "cam_branch_weights", "backbone", "init_compensation",
+    },
+    "superpixels": {"folder", "n_segments", "compactness", "sigma"},
+    "ssc": {
+        "backbone", "drs_delta", "drs_layer4", "drs_stage2", "frozen_stages", "reconstruction_weight", "decoder_widths",
+        "perceptual_weights", "loss_network_width", "loss_network_weights", "random_loss_network",
+        "self_modulation_weight", "self_modulation_start", "self_modulation_start_fraction", "self_modulation_threshold",
+        "erosion_size", "self_modulation_stride", "decoder_learning_rate", "decoder_beta_1", "decoder_beta_2",
     },
     "ir_labels": {"split", "fg_threshold", "bg_threshold", "crf"},
     "irn": {
