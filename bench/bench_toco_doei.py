@@ -11,12 +11,13 @@ same way on train. DOEI's settings are reconstructed defaults (methods/doei.md 2
 paper's.
 """
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
+
+from quality_common import argument_parser, synthetic_data
 
 
 def run_method(recipe_name, data, out, seed, steps):
@@ -37,11 +38,8 @@ def run_method(recipe_name, data, out, seed, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
+    parser = argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="override the recipes' steps")
-    parser.add_argument("--data", default=None, help="synthetic data folder (default: generate the quickstart's)")
-    parser.add_argument("--keep", default=None, help="keep the run folders here")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -52,12 +50,7 @@ def main():
     seeds = [int(seed) for seed in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or scratch
-        data = args.data
-        if data is None:
-            from wsss_keras.pipelines.quickstart import QUICKSTART_DATA, ensure_synthetic_data
-
-            data = os.path.join(root, "data")
-            ensure_synthetic_data(data, QUICKSTART_DATA, echo=print)
+        data = synthetic_data(root, args.data)
         results = {"toco": [], "toco_doei": [], "cnn": []}
         for seed in seeds:
             for method in ("toco", "toco_doei"):

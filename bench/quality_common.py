@@ -14,12 +14,24 @@ def scores(metrics):
     return {"cam": 100 * metrics["cams"]["miou"], "pseudo": 100 * metrics["pseudo_labels"]["miou"]}
 
 
-def parse_args(description):
+def argument_parser(description):
+    """--seeds, --data and --keep, the options every quality bench takes."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--data", default=None, help="synthetic data folder (default: generate the quickstart's)")
     parser.add_argument("--keep", default=None, help="keep the run folders here")
-    return parser.parse_args()
+    return parser
+
+
+def synthetic_data(root, data=None):
+    """`data`, or the quickstart's synthetic dataset generated under `root`."""
+    if data is not None:
+        return data
+    from wsss_keras.pipelines.quickstart import QUICKSTART_DATA, ensure_synthetic_data
+
+    data = os.path.join(root, "data")
+    ensure_synthetic_data(data, QUICKSTART_DATA, echo=print)
+    return data
 
 
 def compare(description, recipe_name, labels, run_arms):
@@ -28,17 +40,12 @@ def compare(description, recipe_name, labels, run_arms):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    args = parse_args(description)
+    args = argument_parser(description).parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     rows = {arm: [] for arm in labels}
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or scratch
-        data = args.data
-        if data is None:
-            from wsss_keras.pipelines.quickstart import QUICKSTART_DATA, ensure_synthetic_data
-
-            data = os.path.join(root, "data")
-            ensure_synthetic_data(data, QUICKSTART_DATA, echo=print)
+        data = synthetic_data(root, args.data)
         for seed in seeds:
             for arm, result in run_arms(data, root, seed).items():
                 rows[arm].append(result)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from helpers import tiny_synthetic
+from helpers import tiny_irn_stages, tiny_synthetic
 from wsss_keras.data import VocDataset
 from wsss_keras.data.imageio import read_label_map
 from wsss_keras.pipelines.model_io import load_model
@@ -37,36 +37,12 @@ batch_size = 2
 crop_size = 32
 long_side = [28, 40]
 
-[cams]
-scales = [1.0, 0.5]
-
-[ir_labels]
-crf = false
-
-[irn]
-init_backbone = "model"
-backbone = { block_counts = [1, 1, 1, 1], base_width = 8, output_stride = 8 }
-radius = 3
-batch_size = 2
-crop_size = 32
-
-[pseudo_labels]
-mode = "random_walk"
-radius = 2
-exp_times = 3
-
-[segmentation]
-arch = "resnet50"
-backbone = { block_counts = [1, 1, 1, 1], base_width = 8 }
-init_backbone = "model"
-msc_scales = []
-batch_size = 2
-crop_size = 32
 """
 
 
+
 def test_every_ssc_stage_runs_one_step_and_resumes(tmp_path):
-    (tmp_path / "tiny_ssc.toml").write_text(TINY_SSC)
+    (tmp_path / "tiny_ssc.toml").write_text(TINY_SSC + tiny_irn_stages("model"))
     recipe = load_recipe(str(tmp_path / "tiny_ssc.toml"))
     data = tiny_synthetic(tmp_path / "data", n_train=4, n_val=2, size=32)
     run = tmp_path / "run"
