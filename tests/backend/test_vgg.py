@@ -70,12 +70,16 @@ def test_files_that_do_not_fit_are_refused_whole(tmp_path):
     before = [w.copy() for w in model.get_weights()]
     wrong = str(tmp_path / "wrong.pth")
     save_torch_vgg(wrong, lambda state: state.__setitem__("features.7.weight", torch.zeros(128, 64, 5, 5)))
-    with pytest.raises(CheckpointError, match=r"wrong.pth.*features\.7\.weight is \(128, 64, 5, 5\).*block2_conv2"):
+    with pytest.raises(CheckpointError, match=r"wrong.pth.*features\.7\.weight \(block2_conv2\) is \(128, 64, 5, 5\), model needs \(128, 128, 3, 3\)"):
         load_torchvision_vgg19(model, wrong)
     missing = str(tmp_path / "missing.pth")
     save_torch_vgg(missing, lambda state: state.pop("features.28.bias"))
-    with pytest.raises(CheckpointError, match=r"features\.28\.weight/bias \(block5_conv1\) missing"):
+    with pytest.raises(CheckpointError, match=r"features\.28\.bias \(block5_conv1\) is missing, model needs \(512,\)"):
         load_torchvision_vgg19(model, missing)
+    bias = str(tmp_path / "bias.pth")  # the last tensor checked: nothing before it may be assigned
+    save_torch_vgg(bias, lambda state: state.__setitem__("features.28.bias", torch.zeros(7)))
+    with pytest.raises(CheckpointError, match=r"bias.pth.*features\.28\.bias \(block5_conv1\) is \(7,\), model needs \(512,\)"):
+        load_torchvision_vgg19(model, bias)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     narrow = vgg19_features(0.5)
     with pytest.raises(CheckpointError, match="loss_network_width = 1.0"):
@@ -87,3 +91,24 @@ def test_narrow_network_runs():
     assert [network.get_layer(name).filters for name in ("block1_conv1", "block3_conv2", "block5_conv1")] == [16, 64, 128]
     outputs = network(np.zeros((2, 32, 32, 3), "float32"))
     assert [tuple(f.shape) for f in outputs] == [(2, 32, 32, 16), (2, 16, 16, 32), (2, 8, 8, 64), (2, 4, 4, 128), (2, 2, 2, 128)]
+
+
+def test_truncated_network_needs_only_its_own_layers(tmp_path):
+    path = str(tmp_path / "first_blocks.pth")
+    features = save_torch_vgg(path, lambda state: [state.pop(key) for key in list(state) if key.startswith("features.") and int(key.split(".")[1]) > 10])
+    model = vgg19_features(last_layer="block3_conv1")
+    assert model.layers[-1].name == "block3_conv1"
+    load_torchvision_vgg19(model, path)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.get_layer("block3_conv1").kernel), features[10].weight.detach().numpy().transpose(2, 3, 1, 0)
+    )
+    with pytest.raises(CheckpointError, match=r"features\.19\.weight \(block4_conv1\) is missing"):
+        load_torchvision_vgg19(vgg19_features(last_layer="block4_conv1"), path)
+
+
+def test_last_layer_that_is_not_perceptual_is_appended():
+    network = vgg19_features(0.25, last_layer="block2_conv2")  # the narrow test's shapes: no new JAX compiles
+    assert [layer.name for layer in network.layers[1:]] == ["block1_conv1", "block1_conv2", "block1_pool", "block2_conv1", "block2_conv2"]
+    assert [tuple(f.shape) for f in network(np.zeros((1, 16, 16, 3), "float32"))] == [(1, 16, 16, 16), (1, 8, 8, 32), (1, 8, 8, 32)]
+    with pytest.raises(ValueError, match="block6_conv1"):
+        vgg19_features(last_layer="block6_conv1")
