@@ -43,9 +43,9 @@ def register(cli):
     def run_command(recipe, data_dir, out_dir, weights, steps, stages, overwrite):
         """Run RECIPE end to end: train, CAMs, pseudo-labels, predictions, evaluation.
 
-        The multi-stage methods (AMR) add their stages: the CAM network, IR labels, IRNet, the
-        random walk and the segmentation network. Each stage writes files into OUT and is
-        skipped when they are there already.
+        The multi-stage methods add their stages: superpixels (SSC), the CAM network (AMR), IR
+        labels, IRNet, the random walk and the segmentation network. Each stage writes files into
+        OUT and is skipped when they are there already.
         """
         from wsss_keras.pipelines.run import STAGES, method_stages, run_recipe
         from wsss_keras.recipes import load_recipe
