@@ -33,6 +33,9 @@ class SegmentationLoader(keras.utils.PyDataset):
         item_maps: optional callable(index) -> {name: (H, W) int array} of per-pixel maps
             aligned with the image (SSC's superpixels); they are passed to the transform as
             `maps=` and it must return them, transformed, in its extras.
+        item_extras: optional callable(index, rng) -> {name: array} of per-item targets that
+            no transform touches (the tiny CLIP's captions); `rng` is the item's own stream,
+            apart from the transform's.
         workers, use_multiprocessing, max_queue_size: as in `keras.utils.PyDataset`.
 
     Example:
@@ -53,6 +56,7 @@ class SegmentationLoader(keras.utils.PyDataset):
         with_label_maps=False,
         drop_remainder=False,
         item_maps=None,
+        item_extras=None,
         workers=1,
         use_multiprocessing=False,
         max_queue_size=10,
@@ -71,6 +75,7 @@ class SegmentationLoader(keras.utils.PyDataset):
         self.shuffle, self.seed = shuffle, seed
         self.with_label_maps, self.drop_remainder = with_label_maps, drop_remainder
         self.item_maps = item_maps
+        self.item_extras = item_extras
         self.epoch = 0
         self._order = self._make_order()
 
@@ -101,7 +106,9 @@ class SegmentationLoader(keras.utils.PyDataset):
                 image, label_map, box, *extra = self.transform(rng, image, label_map)
             else:
                 image, label_map, box, *extra = self.transform(rng, image, label_map, maps=self.item_maps(index))
-            extras.append(extra[0] if extra else {})
+            extras.append(dict(extra[0]) if extra else {})
+            if self.item_extras is not None:
+                extras[-1].update(self.item_extras(index, np.random.default_rng([self.seed, self.epoch, position, 1])))
             images.append(image)
             label_maps.append(label_map)
             boxes.append(box)

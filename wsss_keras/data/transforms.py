@@ -295,6 +295,9 @@ class CamTrainTransform:
     `maps`, a dict of integer maps aligned with the image (SSC's superpixels), go through the
     same resize (nearest), flip and crop (padded with 0, SSC's padding superpixel); they are
     then returned as a fourth item, the extras dict.
+
+    `scale_range` (instead of `long_side`) rescales by a random ratio, WeCLIP's random rescale
+    (0.5..2.0).
     """
 
     crop_size: int = 512
@@ -302,6 +305,7 @@ class CamTrainTransform:
     flip: bool = True
     cutout_count: int = 0
     cutout_size: int = 128
+    scale_range: tuple = None
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
 
@@ -310,9 +314,12 @@ class CamTrainTransform:
         for name, values in maps.items():
             if values.shape[:2] != image.shape[:2]:
                 raise ValueError(f"the {name} map is {values.shape[:2]}, its image {image.shape[:2]}; they must match.")
-        if self.long_side:
+        if self.scale_range or self.long_side:
             original = image.shape[:2]
-            image, label_map = random_resize_long(rng, image, label_map, self.long_side)
+            if self.scale_range:
+                image, label_map = random_rescale(rng, image, label_map, self.scale_range)
+            else:
+                image, label_map = random_resize_long(rng, image, label_map, self.long_side)
             if image.shape[:2] != original:
                 size = (image.shape[1], image.shape[0])
                 maps = {name: cv2.resize(values, size, interpolation=cv2.INTER_NEAREST) for name, values in maps.items()}

@@ -10,6 +10,7 @@ every token (WeCLIP) with `proj`.
 import keras
 from keras import ops
 
+from wsss_keras.backbones.conv_stem import ConvStem
 from wsss_keras.backbones.transformer import TransformerBlock
 from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
 
@@ -37,6 +38,10 @@ class CLIPImageEncoder(keras.Model):
             are allowed.
         layer_norm_epsilon: float, 1e-5 in CLIP.
         activation: "quick_gelu" (OpenAI CLIP) or "gelu".
+        stem: optional `ConvStem` config dict in front of the patch embedding (the CPU
+            recipes' tiny CLIP, trained from scratch: without local convolutions its tokens
+            soon carry the whole image and its CAMs go flat). The patch size then counts
+            stem-feature pixels, so the token stride is `patch_size * stem stride`.
         **kwargs: standard model arguments.
 
     Call arguments:
@@ -66,7 +71,7 @@ class CLIPImageEncoder(keras.Model):
 
     def __init__(self, patch_size=16, hidden_dim=768, num_layers=12, num_heads=12, mlp_dim=3072, output_dim=512,
                  pos_embed_grid=14, pos_embed_mode="bilinear", layer_norm_epsilon=1e-5, activation="quick_gelu",
-                 **kwargs):
+                 stem=None, **kwargs):
         kwargs.setdefault("name", "clip_image_encoder")
         super().__init__(**kwargs)
         self.patch_size = int(patch_size)
@@ -79,11 +84,14 @@ class CLIPImageEncoder(keras.Model):
         self.pos_embed_mode = pos_embed_mode
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.activation = activation
+        self.stem_config = dict(stem) if stem else None
+        self.stem = ConvStem(**self.stem_config, name="stem", dtype=self.dtype_policy) if stem else None
         self.vit = ViTEncoder(
             patch_size=self.patch_size, hidden_dim=self.hidden_dim, num_layers=self.num_layers,
             num_heads=self.num_heads, mlp_dim=self.mlp_dim, num_class_tokens=1, pos_embed_grid=pos_embed_grid,
             pos_embed_mode=pos_embed_mode, use_patch_bias=False, pre_norm=True, final_norm=True,
             activation=activation, layer_norm_epsilon=self.layer_norm_epsilon, name="vit", dtype=self.dtype_policy,
+            image_channels=self.stem.output_channels if self.stem is not None else 3,
         )
 
     @property
@@ -94,17 +102,31 @@ class CLIPImageEncoder(keras.Model):
     def ln_post(self):
         return self.vit.norm
 
+    @property
+    def stride(self):
+        """Pixels per token side."""
+        return self.patch_size * (self.stem.stride if self.stem is not None else 1)
+
     def build(self, input_shape=None):
         if self.built:
             return
-        self.vit.build((None, None, None, 3))
+        if self.stem is not None:
+            self.stem.build((None, None, None, 3))
+        self.vit.build((None, None, None, self.vit.image_channels))
         self.proj = self.add_weight(shape=(self.hidden_dim, self.output_dim), initializer="glorot_uniform",
                                     name="proj")
         self.built = True
 
     def patch_grid(self, images_or_shape):
-        """(h, w) patch grid for an image tensor or shape: floor division by the patch size."""
-        return self.vit.patch_grid(images_or_shape)
+        """(h, w) token grid for an image tensor or shape: floor division by the stride."""
+        if self.stem is None:
+            return self.vit.patch_grid(images_or_shape)
+        shape = tuple(images_or_shape) if isinstance(images_or_shape, (tuple, list)) else images_or_shape.shape
+        return shape[1] // self.stride, shape[2] // self.stride
+
+    def embed(self, images):
+        """X⁰: the stem (if any), patch and position embeddings, class token, `ln_pre`."""
+        return self.vit.embed(self.stem(images) if self.stem is not None else images)
 
     def project(self, tokens):
         """`ln_post(tokens) @ proj` for raw residual-stream tokens `(..., hidden_dim)`."""
@@ -112,6 +134,8 @@ class CLIPImageEncoder(keras.Model):
 
     def call(self, images, hook=None, num_blocks=None, return_all_tokens=False, return_attention=False,
              average_attention_heads=True):
+        if self.stem is not None:
+            images = self.stem(images)
         outputs = dict(self.vit(images, hook=hook, num_blocks=num_blocks, return_all_tokens=return_all_tokens,
                                 return_attention=return_attention))
         if return_attention and average_attention_heads:
@@ -124,6 +148,8 @@ class CLIPImageEncoder(keras.Model):
 
     def compute_output_spec(self, images, hook=None, num_blocks=None, return_all_tokens=False,
                             return_attention=False, average_attention_heads=True):
+        if self.stem is not None:
+            images = keras.KerasTensor(self.stem.compute_output_shape(images.shape), dtype=images.dtype)
         outputs = dict(self.vit.compute_output_spec(images, num_blocks=num_blocks,
                                                     return_all_tokens=return_all_tokens,
                                                     return_attention=return_attention))
@@ -141,7 +167,7 @@ class CLIPImageEncoder(keras.Model):
         config.update(patch_size=self.patch_size, hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                       num_heads=self.num_heads, mlp_dim=self.mlp_dim, output_dim=self.output_dim,
                       pos_embed_grid=self.pos_embed_grid, pos_embed_mode=self.pos_embed_mode,
-                      layer_norm_epsilon=self.layer_norm_epsilon, activation=self.activation)
+                      layer_norm_epsilon=self.layer_norm_epsilon, activation=self.activation, stem=self.stem_config)
         return config
 
 
