@@ -65,7 +65,7 @@ def decode_ids(rgb):
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2] + 1
 
 
-def _write_png(path, ids):
+def write_ids_png(path, ids):
     # Write to a temporary name and rename, so an interrupted run never leaves half a file.
     temporary = f"{path}.tmp.png"
     if not cv2.imwrite(temporary, cv2.cvtColor(encode_ids(ids), cv2.COLOR_RGB2BGR)):
@@ -109,7 +109,7 @@ def compute_superpixels(dataset, out_dir, n_segments=200, compactness=10.0, sigm
             largest = max(largest, int(_read_png(path).max()))
         else:
             ids = slic_superpixels(dataset.load_image(index), **settings)
-            _write_png(path, ids)
+            write_ids_png(path, ids)
             largest = max(largest, int(ids.max()) + 1)
             written += 1
         if progress:

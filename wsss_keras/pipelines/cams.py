@@ -100,13 +100,14 @@ def compute_cams(model, dataset, out_dir, scales=(1.0, 0.5, 1.5), flip=True, res
     from wsss_keras.data.transforms import normalize
     from wsss_keras.evaluation.cams import save_cams
     from wsss_keras.ops.cam import resize_bilinear
-    from wsss_keras.pipelines.inference import MultiScaleCams
+    from wsss_keras.pipelines.inference import LabelledMultiScaleCams, MultiScaleCams
 
     scales = check_scales(scales)
     if resize is not None and int(resize) < 1:
         raise WSSSError(f"resize {resize}: give a positive side in pixels, or none.")
 
-    runner = MultiScaleCams(model, scales, flip)
+    labelled = getattr(model, "cams_need_labels", False)
+    runner = LabelledMultiScaleCams(model, scales, flip) if labelled else MultiScaleCams(model, scales, flip)
     if adversarial:
         from wsss_keras.methods.advcam import adversarial_cams
 
@@ -131,7 +132,8 @@ def compute_cams(model, dataset, out_dir, scales=(1.0, 0.5, 1.5), flip=True, res
         inputs = ops.convert_to_tensor(normalize(image, model.image_mean, model.image_std)[None])
         if resize:
             inputs = resize_bilinear(inputs, (int(resize), int(resize)))
-        cams = ops.convert_to_tensor(runner.predict_on_batch(inputs))
+        batch = (inputs, dataset.labels[index][None].astype("float32")) if labelled else inputs
+        cams = ops.convert_to_tensor(runner.predict_on_batch(batch))
         check_class_count(cams.shape[-1], dataset, "CAMs")
         cams = ops.convert_to_numpy(resize_bilinear(cams, (height, width)))[0]
         classes = np.flatnonzero(dataset.labels[index]) + 1

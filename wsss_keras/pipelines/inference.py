@@ -63,6 +63,33 @@ class MultiScaleCams(PerShapeInference):
         return multiscale_cams(self.method.cam_maps, images, self.scales, self.flip)
 
 
+class LabelledMultiScaleCams(PerShapeInference):
+    """`multiscale_cams` of a model whose CAMs depend on the image's labels (WeCLIP/SSR's
+    Grad-CAM softmax runs over the present classes): (images, labels (B, C)) -> (B, H, W, C)."""
+
+    def __init__(self, model, scales=(1.0, 0.5, 1.5), flip=True, **kwargs):
+        super().__init__(**kwargs)
+        self.method, self.scales, self.flip = model, tuple(scales), bool(flip)
+
+    def call(self, inputs):
+        images, labels = inputs
+        return multiscale_cams(lambda views: self.method.cam_maps(views, labels), images, self.scales, self.flip)
+
+
+class OnlinePseudoLabels(PerShapeInference):
+    """A frozen-CLIP method's online pseudo-labels as a model: (images, labels[, regions]) ->
+    (B, H, W) label map (Grad-CAM, affinity propagation, PAR, argmax)."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.method = model
+
+    def call(self, inputs):
+        images, labels, *regions = inputs
+        targets = {"labels": labels, **({"regions": regions[0]} if regions else {})}
+        return self.method.online_pseudo_labels(images, labels, targets)
+
+
 class MultiScaleSegmentation(PerShapeInference):
     """ToCo's segmentation inference: per scale the logits of the image plus the un-mirrored
     logits of its mirror (summed), bilinear to the input size, max over scales."""

@@ -4,17 +4,20 @@ Every stage writes files and is skipped when they are there already, so an inter
 resumes where it stopped (per-image stages skip the images done). Which stages run depends on
 the method (`METHOD_STAGES`): ToCo trains one model that gives CAMs and segmentation; AMR
 trains a CAM network, refines its CAMs with IRN, and ends with a separate segmentation network;
-SSC does the same after computing superpixels, without AMR's stage-A network.
+SSC does the same after computing superpixels, without AMR's stage-A network; WeCLIP and SSR
+train a decoder on a frozen CLIP (the CPU recipes train a tiny CLIP first) whose online
+pseudo-labels are written by the pseudo-labels stage.
 
 | stage | writes |
 |---|---|
-| superpixels | `superpixels/<id>.png`: SLIC superpixels of the training split (SSC; `[superpixels]`) |
+| superpixels | `superpixels/<id>.png`: SLIC superpixels of the training split (SSC, SSR; `[superpixels]`); for SSR also `regions/<id>.png`, their colour clusters |
+| train_clip | `clip.keras`: the tiny CLIP the CPU recipes of WeCLIP and SSR train first (`[clip] source = "train"`) |
 | train_cam | `cam_network.keras`: the plain CAM network (AMR's stage A, its spotlight branch) |
 | train | `model.keras`, `train_log.csv`: the method's model |
 | cams | `cams/<id>.npz` for the `[cams]` split (train by default, as the papers score seeds) |
 | ir_labels | `ir_labels/<id>.png`: confident labels for IRNet (`[ir_labels]`) |
 | train_irn | `irn.keras`: IRNet's boundary branch (`[irn]`) |
-| pseudo_labels | `pseudo_labels/<id>.png` (`[pseudo_labels]`; mode "random_walk" uses `irn.keras`) |
+| pseudo_labels | `pseudo_labels/<id>.png` (`[pseudo_labels]`; mode "random_walk" uses `irn.keras`, "online" the frozen-CLIP methods' own) |
 | train_seg | `segmenter.keras`: DeepLab-v2 on the pseudo-labels (`[segmentation]`) |
 | predict | `predictions/<id>.png` (+ `overlays/`) for the `[predict]` split (val by default), from `segmenter.keras` when the method trains one, else `model.keras` |
 | evaluate | `metrics.json`: CAM mIoU (best background threshold of a sweep), pseudo-label and segmentation mIoU, where ground truth exists |
@@ -26,11 +29,18 @@ import os
 from wsss_keras.pipelines.train import MODEL_FILE
 from wsss_keras.recipes import recipe_error, section
 
-STAGES = ("superpixels", "train_cam", "train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg", "predict", "evaluate")
+STAGES = (
+    "superpixels", "train_clip", "train_cam", "train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg",
+    "predict", "evaluate",
+)
+_IRN_PIPELINE = ("train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg", "predict", "evaluate")
+_SINGLE_STAGE = ("train", "cams", "pseudo_labels", "predict", "evaluate")
 METHOD_STAGES = {
-    "toco": ("train", "cams", "pseudo_labels", "predict", "evaluate"),
-    "amr": STAGES[1:],
-    "ssc": tuple(stage for stage in STAGES if stage != "train_cam"),
+    "toco": _SINGLE_STAGE,
+    "amr": ("train_cam",) + _IRN_PIPELINE,
+    "ssc": ("superpixels",) + _IRN_PIPELINE,
+    "weclip": ("train_clip",) + _SINGLE_STAGE,
+    "ssr": ("superpixels", "train_clip") + _SINGLE_STAGE,
 }
 
 
@@ -122,6 +132,15 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         from wsss_keras.pipelines.ssc import make_superpixels
 
         make_superpixels(recipe, data_dir, out_dir, progress=progress("superpixels"), overwrite=overwrite, echo=echo)
+        if recipe["recipe"]["method"] == "ssr":
+            from wsss_keras.pipelines.ssr import make_regions
+
+            make_regions(recipe, data_dir, out_dir, progress=progress("regions"), overwrite=overwrite, echo=echo)
+    if "train_clip" in stages:
+        from wsss_keras.pipelines.weclip import CLIP_FILE, train_clip
+
+        if not _skip_existing(os.path.join(out_dir, CLIP_FILE), overwrite, "train-clip", echo):
+            train_clip(recipe, data_dir, out_dir, steps=steps, echo=echo)
     if "train_cam" in stages:
         from wsss_keras.pipelines.amr import CAM_NETWORK_FILE, train_cam_network
 
@@ -163,7 +182,19 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         settings = section(recipe, "pseudo_labels")
         dataset = split_of("pseudo_labels", cam_split)
         mode = settings.get("mode", "par")
-        if mode == "random_walk":
+        if mode == "online":
+            from wsss_keras.pipelines.weclip import make_online_pseudo_labels
+
+            regions = None
+            if recipe["recipe"]["method"] == "ssr":
+                from wsss_keras.pipelines.ssr import region_cache
+
+                regions = region_cache(recipe, out_dir)
+            written = make_online_pseudo_labels(
+                saved(MODEL_FILE), dataset, os.path.join(out_dir, "pseudo_labels"), regions=regions,
+                progress=progress("pseudo-labels"), overwrite=overwrite,
+            )
+        elif mode == "random_walk":
             from wsss_keras.pipelines.irn import IRN_FILE, walk_pseudo_labels, walk_settings
 
             written = walk_pseudo_labels(

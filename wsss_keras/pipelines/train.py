@@ -130,6 +130,10 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         from wsss_keras.pipelines.ssc import train_ssc
 
         return train_ssc(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
+    if recipe["recipe"]["method"] in ("weclip", "ssr"):
+        from wsss_keras.pipelines.weclip import train_weclip
+
+        return train_weclip(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
     settings = section(recipe, "train")
     steps = int(steps or settings.get("steps", 20000))
     seed = int(settings.get("seed", 0))
@@ -206,7 +210,7 @@ def make_optimizer(recipe, table, steps, model=None, defaults=None, adam_group=N
     raise recipe_error(recipe, f"[{table}] optimizer = {kind!r}; choose \"adamw\" or \"sgd\".")
 
 
-def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", echo=print, summary=None):
+def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", echo=print, summary=None, callbacks=()):
     """Fit a compiled `model` for `steps` steps of `loader`; save it and its logs into `out_dir`.
 
     Every training stage of every method ends here, so they all print the same progress, stop
@@ -222,6 +226,7 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         recipe: the loaded recipe (its name and path go into messages and the summary).
         stage: the stage's name, the prefix of its messages.
         summary: extra entries for the summary JSON.
+        callbacks: further Keras callbacks (SSR's prototype refresh).
 
     Returns:
         the path of the saved model.
@@ -238,7 +243,7 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     progress = step_progress(steps, echo, every=max(1, steps // 20), stage=stage)
     logger = keras.callbacks.CSVLogger(os.path.join(out_dir, f"{stem}_log.csv"))
     start = time.perf_counter()
-    history = model.fit(loader, epochs=epochs, verbose=0, callbacks=[progress, logger])
+    history = model.fit(loader, epochs=epochs, verbose=0, callbacks=[progress, logger, *callbacks])
     seconds = time.perf_counter() - start
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):

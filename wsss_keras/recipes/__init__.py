@@ -17,6 +17,10 @@ errors that name the file and the key):
   `[amr]` (the method's knobs; `[train]` holds stage B's schedule).
 - SSC (`wsss_keras.pipelines.ssc`): `[superpixels]` (SLIC parameters or a ready folder) and
   `[ssc]` (DRS, reconstruction and self-modulation knobs; `[train]` holds the schedule).
+- WeCLIP and SSR (`wsss_keras.pipelines.weclip`, `wsss_keras.pipelines.ssr`): `[clip]` (the
+  frozen CLIP: local pretrained weights and tokenizer, or a tiny one trained here; prompts),
+  `[weclip]` / `[ssr]` (the method's knobs), `[dino]` (SSR's DINO ViT-S/16), `[model]`'s
+  decoder size, `[superpixels]` (SSR's SLIC and colour clusters).
 - The IRN stages (`wsss_keras.pipelines.ir_labels`, `wsss_keras.pipelines.irn`):
   `[ir_labels]` (confident-label thresholds, CRF) and `[irn]` (IRNet and its training); the
   random walk's settings are in `[pseudo_labels]` with `mode = "random_walk"`.
@@ -30,12 +34,12 @@ import tomllib
 
 from wsss_keras.errors import RecipeError
 
-METHODS = ("toco", "amr", "ssc")
+METHODS = ("toco", "amr", "ssc", "weclip", "ssr")
 SECTIONS = {
     "recipe": {"name", "method", "description", "notes", "extends"},
     "model": {
         "arch", "backbone", "weights", "encoder", "stem", "aux_layer", "decoder_channels", "decoder_dilation",
-        "projection", "pooling",
+        "projection", "pooling", "decoder_width", "decoder_layers", "decoder_heads",
     },
     "doei": None,  # checked by the DOEI constructor
     "losses": None,  # checked by the method
@@ -53,7 +57,15 @@ SECTIONS = {
         "cps_mode", "cls_weight_spotlight", "cls_weight_compensation", "cps_weight", "amm_reduction",
         "cam_branch_weights", "backbone", "init_compensation",
     },
-    "superpixels": {"folder", "n_segments", "compactness", "sigma"},
+    "superpixels": {"folder", "n_segments", "compactness", "sigma", "colour_clusters", "position_weight", "regions_folder"},
+    "clip": {
+        "source", "arch", "weights", "tokenizer", "templates", "class_prompts", "background", "image", "text",
+        "context_length", "caption_template", "caption_weight", "prompt_weight", "token_weight", "steps", "batch_size", "crop_size",
+        "scale_range", "optimizer", "learning_rate", "warmup_steps", "power", "weight_decay", "seed", "workers",
+    },
+    "weclip": None,  # checked by wsss_keras.methods.weclip.weclip_options
+    "ssr": None,  # checked by the SSR constructor
+    "dino": {"arch", "weights"},
     "ssc": {
         "backbone", "drs_delta", "drs_layer4", "drs_stage2", "frozen_stages", "reconstruction_weight", "decoder_widths",
         "perceptual_weights", "loss_network_width", "loss_network_weights", "random_loss_network",
