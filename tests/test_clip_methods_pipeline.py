@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from helpers import tiny_synthetic
+from torchscript_archive import save_torchscript
 from wsss_keras.data import VocDataset
 from wsss_keras.data.imageio import read_label_map
 from wsss_keras.errors import RecipeError
@@ -108,20 +109,7 @@ def write_random_checkpoints(folder):
     state = {name: 0.05 * torch.randn(shape, generator=generator) for name, shape in clip_shapes(TINY_CLIP_ARCH).items()}
     state["logit_scale"] = torch.tensor(float(np.log(100.0)))
 
-    class Archive(torch.nn.Module):
-        def forward(self, x):
-            return x
-
-    root = Archive()
-    for name, value in state.items():
-        *parents, leaf = name.split(".")
-        module = root
-        for part in parents:
-            if not hasattr(module, part):
-                module.add_module(part, torch.nn.Module())
-            module = getattr(module, part)
-        module.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=False))
-    torch.jit.script(root).save(str(folder / "ViT-B-16.pt"))
+    save_torchscript(state, folder / "ViT-B-16.pt")
     with gzip.open(folder / "bpe_simple_vocab_16e6.txt.gz", "wt", encoding="utf-8") as handle:
         handle.write("#version: 0.2\nc a\n")
     encoder = ViTEncoder(**resolve_arch(dict(TINY_DINO_ARCH)))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import keras
 from keras import ops
 
+from torchscript_archive import save_torchscript
 from wsss_keras.backbones.checkpoint import CheckpointError
 from wsss_keras.backbones.clip import ARCHS, CLIP, CLIPTokenizer, embed_class_prompts, load_pretrained
 from wsss_keras.backbones.clip import clip_prompts
@@ -156,34 +157,12 @@ def test_bilinear_position_resize_matches_weclip(hf_clip):
         embeddings.interpolate_pos_encoding = original
 
 
-class _ScriptRoot(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-def _save_torchscript(state, path):
-    """A TorchScript archive whose state_dict has the given names, like OpenAI's released .pt files."""
-    root = _ScriptRoot()
-    for name, value in state.items():
-        *parents, leaf = name.split(".")
-        module = root
-        for part in parents:
-            if not hasattr(module, part):
-                module.add_module(part, torch.nn.Module())
-            module = getattr(module, part)
-        if value.is_floating_point():
-            module.register_parameter(leaf, torch.nn.Parameter(value.clone(), requires_grad=False))
-        else:
-            module.register_buffer(leaf, value.clone())
-    torch.jit.script(root).save(str(path))
-
-
 @pytest.mark.parametrize("archive", ["state_dict", "torchscript"])
 def test_openai_state_dict_parity(hf_clip, tmp_path, archive):
     model, folder = hf_clip
     path = tmp_path / "ViT-B-16.pt"
     if archive == "torchscript":
-        _save_torchscript(_openai_state(folder), path)
+        save_torchscript(_openai_state(folder), path)
     else:
         torch.save(_openai_state(folder), path)
     clip = load_pretrained(str(path), ARCH)

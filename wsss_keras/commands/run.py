@@ -44,8 +44,10 @@ def register(cli):
         """Run RECIPE end to end: train, CAMs, pseudo-labels, predictions, evaluation.
 
         The multi-stage methods add their stages: superpixels (SSC), the CAM network (AMR), IR
-        labels, IRNet, the random walk and the segmentation network. Each stage writes files into
-        OUT and is skipped when they are there already.
+        labels, IRNet, the random walk and the segmentation network. WeCLIP and SSR's CPU recipes
+        first train a tiny CLIP (train_clip), SSR computes superpixels and their colour regions,
+        and their pseudo-labels are the methods' online ones. Each stage writes files into OUT and
+        is skipped when they are there already.
         """
         from wsss_keras.pipelines.run import STAGES, method_stages, run_recipe
         from wsss_keras.recipes import load_recipe

@@ -16,7 +16,11 @@ tower) on the synthetic training images with captions made from their image-leve
   tokens, scaled, in a multi-label soft-margin loss. It asks some token of each present class,
   and no token of an absent one, to match the class's prompt, which keeps class evidence
   local; without it a tower trained from scratch spreads the evidence over every token and
-  its Grad-CAMs do not localise.
+  its Grad-CAMs do not localise;
+- residual drop (`residual_drop`): during this training only, the last block's residual input
+  is dropped for that share of the images, so the block's attention branch alone must carry
+  the class evidence. WeCLIP's Grad-CAM differentiates exactly that branch (the residual is a
+  constant there); a tower that routes its evidence around it gives flat Grad-CAMs.
 
 Nothing here is a published method; it only stands in for OpenAI's weights on the CPU.
 """
@@ -79,7 +83,8 @@ class CaptionCLIP(keras.Model):
     (2, 16, 8)
     """
 
-    def __init__(self, clip, prompt_ids, caption_weight=1.0, prompt_weight=1.0, token_weight=0.0, **kwargs):
+    def __init__(self, clip, prompt_ids, caption_weight=1.0, prompt_weight=1.0, token_weight=0.0, residual_drop=0.0,
+                 seed=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(clip, dict):
             clip = keras.saving.deserialize_keras_object(clip)
@@ -88,6 +93,11 @@ class CaptionCLIP(keras.Model):
         self.prompt_ids = np.asarray(prompt_ids, "int32")
         self.caption_weight, self.prompt_weight = float(caption_weight), float(prompt_weight)
         self.token_weight = float(token_weight)
+        self.residual_drop = float(residual_drop)
+        if not 0.0 <= self.residual_drop < 1.0:
+            raise ValueError(f"residual_drop={residual_drop}: give a share in [0, 1).")
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("caption", "prompt", "token")}
         self.built = True
 
@@ -96,7 +106,18 @@ class CaptionCLIP(keras.Model):
 
     def call(self, images, training=None):
         """Projected patch tokens `(B, N, E)`; their mean is the image embedding."""
-        return self.clip.image_encoder(images)["projected_tokens"][:, 1:]
+        encoder = self.clip.image_encoder
+        if not (training and self.residual_drop):
+            return encoder(images)["projected_tokens"][:, 1:]
+        tokens = encoder.embed(images)
+        for index, block in enumerate(encoder.blocks[:-1]):
+            tokens, _ = block(tokens, block_index=index)
+        block = encoder.blocks[-1]
+        branch, _ = block.attend(block.norm1(tokens))
+        keep = keras.random.uniform((ops.shape(tokens)[0], 1, 1), seed=self.seed_generator) >= self.residual_drop
+        mid = ops.where(keep, tokens, 0.0) + branch
+        out = mid + block.mlp(block.norm2(mid))
+        return encoder.project(out)[:, 1:]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         tokens = y_pred if y_pred is not None else self(x, training=True)
@@ -130,7 +151,7 @@ class CaptionCLIP(keras.Model):
         config = super().get_config()
         config.update(clip=keras.saving.serialize_keras_object(self.clip), prompt_ids=self.prompt_ids.tolist(),
                       caption_weight=self.caption_weight, prompt_weight=self.prompt_weight,
-                      token_weight=self.token_weight)
+                      token_weight=self.token_weight, residual_drop=self.residual_drop, seed=self.seed)
         return config
 
     @classmethod

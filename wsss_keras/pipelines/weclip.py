@@ -85,7 +85,8 @@ def train_clip(recipe, data_dir, out_dir, steps=None, echo=print):
         clip = CLIP(image=dict(settings.get("image", {})), text=text)
         model = CaptionCLIP(clip, tokenizer([PROMPT_TEMPLATE.format(name) for name in names]),
                             caption_weight=settings.get("caption_weight", 1.0), prompt_weight=settings.get("prompt_weight", 1.0),
-                            token_weight=settings.get("token_weight", 0.0))
+                            token_weight=settings.get("token_weight", 0.0), residual_drop=settings.get("residual_drop", 0.0),
+                            seed=seed)
     except (TypeError, ValueError) as error:
         raise recipe_error(recipe, f"[clip] {error}") from None
     transform = CamTrainTransform(crop_size=int(settings.get("crop_size", 96)),

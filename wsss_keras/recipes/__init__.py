@@ -60,7 +60,7 @@ SECTIONS = {
     "superpixels": {"folder", "n_segments", "compactness", "sigma", "colour_clusters", "position_weight", "regions_folder"},
     "clip": {
         "source", "arch", "weights", "tokenizer", "templates", "class_prompts", "background", "image", "text",
-        "context_length", "caption_template", "caption_weight", "prompt_weight", "token_weight", "steps", "batch_size", "crop_size",
+        "context_length", "caption_template", "caption_weight", "prompt_weight", "token_weight", "residual_drop", "steps", "batch_size", "crop_size",
         "scale_range", "optimizer", "learning_rate", "warmup_steps", "power", "weight_decay", "seed", "workers",
     },
     "weclip": None,  # checked by wsss_keras.methods.weclip.weclip_options

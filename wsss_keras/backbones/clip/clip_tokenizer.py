@@ -55,6 +55,27 @@ def clean_text(text):
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
+def pack_token_ids(texts, encode, start_id, end_id, context_length, truncate=False):
+    """`[SOT] + encode(text) + [EOT]` per text, zero-padded: int32 `(len(texts), context_length)`.
+
+    A text longer than the context is an error, or with `truncate` is cut so that its last kept
+    token becomes EOT (OpenAI's `tokenize(truncate=True)`).
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    result = np.zeros((len(texts), context_length), dtype=np.int32)
+    for row, text in enumerate(texts):
+        ids = [start_id] + encode(text) + [end_id]
+        if len(ids) > context_length:
+            if not truncate:
+                raise ValueError(f"Prompt {text!r} has {len(ids)} tokens, more than the context length "
+                                 f"{context_length}; shorten it or pass truncate=True.")
+            ids = ids[:context_length]
+            ids[-1] = end_id
+        result[row, : len(ids)] = ids
+    return result
+
+
 class CLIPTokenizer:
     """Tokenize prompts into CLIP token ids, `(batch, context_length)` int32.
 
@@ -125,16 +146,4 @@ class CLIPTokenizer:
             truncate: cut texts that are too long (the last kept token becomes EOT) instead
                 of raising.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        result = np.zeros((len(texts), self.context_length), dtype=np.int32)
-        for row, text in enumerate(texts):
-            ids = [self.start_id] + self.encode(text) + [self.end_id]
-            if len(ids) > self.context_length:
-                if not truncate:
-                    raise ValueError(f"Prompt {text!r} has {len(ids)} tokens, more than the context length "
-                                     f"{self.context_length}; shorten it or pass truncate=True.")
-                ids = ids[: self.context_length]
-                ids[-1] = self.end_id
-            result[row, : len(ids)] = ids
-        return result
+        return pack_token_ids(texts, self.encode, self.start_id, self.end_id, self.context_length, truncate)

@@ -9,9 +9,7 @@ tower pools at `argmax(ids)` as with OpenAI's vocabulary.
 
 import re
 
-import numpy as np
-
-from wsss_keras.backbones.clip.clip_tokenizer import clean_text
+from wsss_keras.backbones.clip.clip_tokenizer import clean_text, pack_token_ids
 
 _WORD = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]")
 
@@ -63,15 +61,7 @@ class WordTokenizer:
 
     def __call__(self, texts):
         """Token ids `(len(texts), context_length)` int32."""
-        if isinstance(texts, str):
-            texts = [texts]
-        result = np.zeros((len(texts), self.context_length), dtype=np.int32)
-        for row, text in enumerate(texts):
-            ids = [self.start_id] + self.encode(text) + [self.end_id]
-            if len(ids) > self.context_length:
-                raise ValueError(f"{text!r} has {len(ids)} tokens, more than the context length {self.context_length}.")
-            result[row, : len(ids)] = ids
-        return result
+        return pack_token_ids(texts, self.encode, self.start_id, self.end_id, self.context_length)
 
     def get_config(self):
         return {"words": list(self.words), "context_length": self.context_length}
