@@ -192,7 +192,7 @@ def test_caption_clip_trains_and_captions_name_the_classes():
     keras.utils.set_random_seed(0)
     clip = CLIP(image=IMAGE, text=dict(vocabulary_size=tokenizer.vocabulary_size, context_length=16, hidden_dim=16,
                                        num_layers=1, num_heads=2, mlp_dim=32, output_dim=WIDTH))
-    model = CaptionCLIP(clip, tokenizer([f"a photo of a {n}." for n in names]), token_weight=1.0)
+    model = CaptionCLIP(clip, tokenizer([f"a photo of a {n}." for n in names]), token_weight=1.0, residual_drop=0.5, seed=0)
     images, labels, _ = batch()
     captions = tokenizer([caption_for([names[c] for c in np.flatnonzero(row)]) for row in labels])
     model.compile(optimizer=keras.optimizers.AdamW(1e-2))
