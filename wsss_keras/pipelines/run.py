@@ -115,6 +115,10 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
     from wsss_keras.pipelines.segmentation import SEGMENTER_FILE
 
     stages = method_stages(recipe) if stages is None else tuple(stages)
+    online = section(recipe, "pseudo_labels").get("mode") == "online"
+    if online and recipe["recipe"]["method"] not in ("weclip", "ssr"):
+        # Checked before any stage runs, so a long run does not fail at its fourth stage.
+        raise recipe_error(recipe, "[pseudo_labels] mode = \"online\" is WeCLIP's and SSR's; choose \"par\" or \"random_walk\".")
     os.makedirs(out_dir, exist_ok=True)
     progress = progress or (lambda label: None)
     loaded = {}
