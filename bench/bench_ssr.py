@@ -17,36 +17,28 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 from quality_common import argument_parser, synthetic_data
 
 ARMS = (("weclip", "WeCLIP host"), ("ssr", "SSR (CMPA + SGC, no DINO)"), ("cnn", "plain CNN CAM, same time"))
 
 
-def seconds(out, stem):
-    with open(os.path.join(out, f"{stem}_summary.json"), encoding="utf-8") as handle:
+def clip_seconds(clip_dir):
+    with open(os.path.join(clip_dir, "clip_summary.json"), encoding="utf-8") as handle:
         return json.load(handle)["train_seconds"]
 
 
 def run_arm(method, data, root, seed, steps, clip_dir):
-    from wsss_keras.pipelines.run import run_recipe
-    from wsss_keras.pipelines.weclip import CLIP_FILE, CLIP_WORDS_FILE
-    from wsss_keras.recipes import load_recipe
+    """`bench_toco_doei.run_method` on a copy of the seed's tiny CLIP (so `train_clip` skips)."""
+    from bench_toco_doei import run_method
 
-    recipe = load_recipe(f"{method}_synthetic_cpu")
-    recipe["train"]["seed"] = seed
+    from wsss_keras.pipelines.weclip import CLIP_FILE, CLIP_WORDS_FILE
+
     out = os.path.join(root, f"{method}_seed{seed}")
     os.makedirs(out, exist_ok=True)
     for name in (CLIP_FILE, CLIP_WORDS_FILE):
         shutil.copy(os.path.join(clip_dir, name), out)
-    start = time.perf_counter()
-    metrics = run_recipe(recipe, data, out, steps=steps, echo=lambda line: None)
-    return {
-        "cam": 100 * metrics["cams"]["miou"], "pseudo": 100 * metrics["pseudo_labels"]["miou"],
-        "seg": 100 * metrics["segmentation"]["miou"], "train_s": seconds(out, "train"),
-        "total_s": time.perf_counter() - start,
-    }
+    return run_method(f"{method}_synthetic_cpu", data, out, seed, steps)
 
 
 def main():
@@ -73,7 +65,7 @@ def main():
             recipe["clip"]["seed"] = seed
             if not os.path.isfile(os.path.join(clip_dir, "clip.keras")):
                 train_clip(recipe, data, clip_dir, steps=args.steps, echo=lambda line: None)
-            clip_s = seconds(clip_dir, "clip")
+            clip_s = clip_seconds(clip_dir)
             for arm in ("weclip", "ssr"):
                 result = run_arm(arm, data, root, seed, args.steps, clip_dir)
                 results[arm].append(result)

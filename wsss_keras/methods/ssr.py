@@ -34,7 +34,7 @@ from wsss_keras.methods.weclip import WECLIP_DEFAULTS, WeCLIP, _unit, freeze
 from wsss_keras.ops.cam import resize_bilinear
 from wsss_keras.ops.prototypes import masked_average_pool, prototype_contrastive_loss
 from wsss_keras.ops.region_masks import correction_mask, pixel_to_token_mask, target_region_mask
-from wsss_keras.ops.token_affinity import box_token_mask, fuse_attention, sinkhorn_transition
+from wsss_keras.ops.token_affinity import box_token_mask, fuse_attention
 
 _PACKAGE = "wsss_keras"
 
@@ -153,7 +153,7 @@ class SSR(WeCLIP):
         if dino is not None:
             dino.build((None, None, None, 3))
             freeze(dino)
-            if dino.patch_size * 1 != self.image_encoder.stride:
+            if dino.patch_size != self.image_encoder.stride:
                 raise ValueError(f"DINO's patch {dino.patch_size} must equal the CLIP's token stride {self.image_encoder.stride}.")
         self.dino = dino
         hidden, dim = int(self.options["projection_hidden"]), int(self.options["projection_dim"])
@@ -222,13 +222,12 @@ class SSR(WeCLIP):
         outputs = self.dino(images, return_attention=True)
         return ops.stop_gradient(ops.mean(outputs["attention"][-1], axis=1)[:, 1:, 1:])
 
-    def transition(self, images, attention):
-        layers = attention[-int(self.options["affinity_layers"]):]
-        clip = fuse_attention([a[:, 1:, 1:] for a in layers])
-        if self.dino is not None:
-            dino = self.dino_attention(images)
-            clip = fuse_attention([clip, dino], [float(self.options["clip_weight"]), float(self.options["dino_weight"])])
-        return sinkhorn_transition(clip, int(self.options["sinkhorn_iterations"]))
+    def affinity_attention(self, images, attention):
+        clip = super().affinity_attention(images, attention)
+        if self.dino is None:
+            return clip
+        weights = [float(self.options["clip_weight"]), float(self.options["dino_weight"])]
+        return fuse_attention([clip, self.dino_attention(images)], weights)
 
     def propagation_masks(self, token_cams, labels, targets):
         boxes = box_token_mask(token_cams, float(self.options["box_threshold"]))

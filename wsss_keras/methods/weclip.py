@@ -260,10 +260,6 @@ class WeCLIP(keras.Model, WSSSModel):
         self.built = True
 
     @property
-    def stride(self):
-        return self.image_encoder.stride
-
-    @property
     def lr_multipliers(self):
         """WeCLIP puts every trained parameter in its 10x group (spec §3.2)."""
         return {"weclip_decoder/": 10.0}
@@ -373,11 +369,15 @@ class WeCLIP(keras.Model, WSSSModel):
         return ops.reshape(cams, (ops.shape(cams)[0], grid[0], grid[1], self.num_classes))
 
     # Affinity and pseudo-labels ----------------------------------------------------------------
-    def transition(self, images, attention):
-        """Sinkhorn-normalised `(B, N, N)` transition from the last `affinity_layers` maps."""
+    def affinity_attention(self, images, attention):
+        """The patch-to-patch attention `(B, N, N)` the affinity starts from: the mean of the
+        last `affinity_layers` maps (SSR mixes DINO's in)."""
         layers = attention[-int(self.options["affinity_layers"]):]
-        maps = [a[:, 1:, 1:] for a in layers]
-        return sinkhorn_transition(fuse_attention(maps, [1.0] * len(maps)), int(self.options["sinkhorn_iterations"]))
+        return fuse_attention([a[:, 1:, 1:] for a in layers])
+
+    def transition(self, images, attention):
+        """Sinkhorn-normalised `(B, N, N)` transition from `affinity_attention`."""
+        return sinkhorn_transition(self.affinity_attention(images, attention), int(self.options["sinkhorn_iterations"]))
 
     def propagation_masks(self, token_cams, labels, targets):
         """Token masks `(B, h, w, C)` of the tokens each class may gather from (WeCLIP: boxes)."""

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from keras import ops
 
+from wsss_keras.ops.superpixels import batch_segment_ids
+
 RATIO_FORMULAS = ("within", "share")
 MASK_MODES = ("superpixel", "superpixel_and_box", "superpixel_or_box")
 FALLBACKS = ("box", "ones", "none")
@@ -166,9 +168,7 @@ def target_region_mask(cams, regions, num_regions, high=0.4, ratio=0.5, formula=
     if not str(cams.dtype).startswith(("float", "bfloat")):
         cams = ops.cast(cams, "float32")
     batch, height, width, channels = ops.shape(cams)
-    regions = ops.cast(regions, "int32")
-    offsets = ops.arange(batch, dtype="int32")[:, None, None] * num_regions
-    flat_ids = ops.reshape(regions + offsets, (-1,))
+    flat_ids = batch_segment_ids(regions, num_regions)
     flat_cams = ops.reshape(cams, (-1, channels))
     strong = flat_cams * ops.cast(flat_cams >= high, cams.dtype)
     total = batch * num_regions

@@ -179,6 +179,15 @@ class SuperpixelCache:
         return ids
 
 
+def batch_segment_ids(segment_ids, num_segments):
+    """(B, H, W) per-image ids -> flat (B·H·W,) ids offset by b·num_segments, so that one
+    `segment_sum` with `B·num_segments` segments serves the whole batch (row b·S + s of its
+    result is image b's segment s, and `take(rows, flat_ids)` puts them back on the pixels)."""
+    segment_ids = ops.cast(segment_ids, "int32")
+    offsets = ops.arange(ops.shape(segment_ids)[0], dtype="int32")[:, None, None] * num_segments
+    return ops.reshape(segment_ids + offsets, (-1,))
+
+
 def superpixel_average(values, segment_ids, num_segments):
     """Replace every pixel's value by the mean of its superpixel, per image and channel.
 
@@ -201,9 +210,7 @@ def superpixel_average(values, segment_ids, num_segments):
     """
     values = ops.convert_to_tensor(values)
     batch, height, width, channels = ops.shape(values)
-    segment_ids = ops.cast(segment_ids, "int32")
-    offsets = ops.arange(batch, dtype="int32")[:, None, None] * num_segments
-    flat_ids = ops.reshape(segment_ids + offsets, (-1,))
+    flat_ids = batch_segment_ids(segment_ids, num_segments)
     flat_values = ops.reshape(values, (-1, channels))
     total = batch * num_segments
     sums = ops.segment_sum(flat_values, flat_ids, num_segments=total)
