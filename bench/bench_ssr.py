@@ -1,7 +1,7 @@
 """WeCLIP (the host) vs SSR on the synthetic data, same tiny CLIP, budget and seeds; and the
 plain CNN CAM network trained for as long as the CLIP and SSR's decoder together.
 
-    python bench/bench_ssr.py [--seeds 0,1,2] [--steps N] [--data DIR] [--keep DIR]
+    python bench/bench_ssr.py [--seeds 0,1,2] [--arms weclip,ssr,cnn] [--steps N] [--data DIR] [--keep DIR]
 
 Per seed, the tiny CLIP of the CPU recipes is trained once (`train_clip`, seed = the seed) and
 both arms run on a copy of it through `run_recipe` (`weclip_synthetic_cpu`,
@@ -9,7 +9,8 @@ both arms run on a copy of it through `run_recipe` (`weclip_synthetic_cpu`,
 each run's best background threshold; pseudo-labels are the online ones on train (affinity,
 PAR); segmentation is the decoder on val. The CNN baseline (`bench_cam_baseline`) is scored the
 same way on train. SSR's reconstructed parts run at the spec's defaults (methods/ssr.md), not
-the paper's unpublished values.
+the paper's unpublished values, except where `ssr_synthetic_cpu` says otherwise; the arm
+`ssr_aligned` is that recipe with Grad-CAM in CMPA's aligned space, the spec's default.
 """
 
 import json
@@ -18,9 +19,15 @@ import shutil
 import sys
 import tempfile
 
-from quality_common import argument_parser, synthetic_data
+from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, print_table, synthetic_data
 
-ARMS = (("weclip", "WeCLIP host"), ("ssr", "SSR (CMPA + SGC, no DINO)"), ("cnn", "plain CNN CAM, same time"))
+# arm: (table label, recipe, recipe overrides); "cnn" is the plain CNN CAM network.
+ARMS = {
+    "weclip": ("WeCLIP host", "weclip_synthetic_cpu", None),
+    "ssr": ("SSR (CMPA + SGC, no DINO; Grad-CAM in CLIP space)", "ssr_synthetic_cpu", None),
+    "ssr_aligned": ("SSR, Grad-CAM in CMPA's aligned space", "ssr_synthetic_cpu", {"ssr": {"cam_space": "aligned"}}),
+    "cnn": ("plain CNN CAM, CLIP + SSR training time", None, None),
+}
 
 
 def clip_seconds(clip_dir):
@@ -28,26 +35,33 @@ def clip_seconds(clip_dir):
         return json.load(handle)["train_seconds"]
 
 
-def run_arm(method, data, root, seed, steps, clip_dir):
+def run_arm(arm, data, root, seed, steps, clip_dir):
     """`bench_toco_doei.run_method` on a copy of the seed's tiny CLIP (so `train_clip` skips)."""
     from bench_toco_doei import run_method
 
     from wsss_keras.pipelines.weclip import CLIP_FILE, CLIP_WORDS_FILE
 
-    out = os.path.join(root, f"{method}_seed{seed}")
+    _, recipe_name, overrides = ARMS[arm]
+    out = os.path.join(root, f"{arm}_seed{seed}")
     os.makedirs(out, exist_ok=True)
     for name in (CLIP_FILE, CLIP_WORDS_FILE):
         shutil.copy(os.path.join(clip_dir, name), out)
-    return run_method(f"{method}_synthetic_cpu", data, out, seed, steps)
+    return run_method(recipe_name, data, out, seed, steps, overrides)
 
 
 def main():
     parser = argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--arms", default="weclip,ssr,cnn", help=f"comma-separated, of {','.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=None, help="override the recipes' steps")
     args = parser.parse_args()
+    arms = [arm for arm in args.arms.split(",") if arm]
+    arms = [arm for arm in arms if arm != "cnn"] + ["cnn"] * ("cnn" in arms)  # cnn needs ssr's time
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
+    if "cnn" in arms and "ssr" not in arms:
+        parser.error("--arms: the cnn arm trains for the ssr arm's time; add ssr")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
-
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_cam_baseline import train_and_score
 
@@ -55,7 +69,7 @@ def main():
     from wsss_keras.recipes import load_recipe
 
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    results = {arm: [] for arm, _ in ARMS}
+    results = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or scratch
         data = synthetic_data(root, args.data)
@@ -66,30 +80,23 @@ def main():
             if not os.path.isfile(os.path.join(clip_dir, "clip.keras")):
                 train_clip(recipe, data, clip_dir, steps=args.steps, echo=lambda line: None)
             clip_s = clip_seconds(clip_dir)
-            for arm in ("weclip", "ssr"):
+            for arm in arms:
+                if arm == "cnn":
+                    budget = (clip_s + results["ssr"][-1]["train_s"]) / 60
+                    cnn = train_and_score(data, seed, budget, crop_size=112, batch_size=16, split="train")
+                    results[arm].append({"cam": 100 * cnn["scores"].miou})
+                    print(f"{arm:<11} seed {seed}: CAM {100 * cnn['scores'].miou:.1f}  (train {60 * budget:.0f} s, "
+                          f"{cnn['epochs']} epochs)", flush=True)
+                    continue
                 result = run_arm(arm, data, root, seed, args.steps, clip_dir)
                 results[arm].append(result)
-                print(f"{arm:<7} seed {seed}: CAM {result['cam']:.1f}  pseudo {result['pseudo']:.1f}  seg {result['seg']:.1f}  "
+                print(f"{arm:<11} seed {seed}: CAM {result['cam']:.1f}  pseudo {result['pseudo']:.1f}  seg {result['seg']:.1f}  "
                       f"(CLIP {clip_s:.0f} s + train {result['train_s']:.0f} s; all stages {result['total_s']:.0f} s)", flush=True)
-            budget = (clip_s + results["ssr"][-1]["train_s"]) / 60
-            cnn = train_and_score(data, seed, budget, crop_size=112, batch_size=16, split="train")
-            results["cnn"].append({"cam": 100 * cnn["scores"].miou})
-            print(f"{'cnn':<7} seed {seed}: CAM {100 * cnn['scores'].miou:.1f}  (train {60 * budget:.0f} s, {cnn['epochs']} epochs)", flush=True)
 
     import keras
 
-    print(f"\nsynthetic data, backend {keras.backend.backend()}, seeds {seeds}; mIoU mean ± std (per seed)")
-    print("| method | CAM (train) | pseudo-labels (train) | segmentation (val) |")
-    print("|---|---|---|---|")
-    for arm, label in ARMS:
-
-        def cell(key):
-            values = np.array([row[key] for row in results[arm] if key in row])
-            if not len(values):
-                return "-"
-            return f"{values.mean():.1f} ± {values.std():.1f} ({' / '.join(f'{v:.1f}' for v in values)})"
-
-        print(f"| {label} | {cell('cam')} | {cell('pseudo')} | {cell('seg')} |")
+    labels = {arm: ARMS[arm][0] for arm in arms}
+    print_table(f"synthetic data, backend {keras.backend.backend()}, seeds {seeds}", SINGLE_STAGE_COLUMNS, labels, results)
     return 0
 
 

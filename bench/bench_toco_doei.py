@@ -17,15 +17,19 @@ import sys
 import tempfile
 import time
 
-from quality_common import argument_parser, synthetic_data
+from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, print_table, synthetic_data
 
 
-def run_method(recipe_name, data, out, seed, steps):
+def run_method(recipe_name, data, out, seed, steps, overrides=None):
+    """Run the recipe from nothing into `out` with its seed replaced (and `overrides`:
+    {section: {key: value}}); returns the mIoUs in percent and the times."""
     from wsss_keras.pipelines.run import run_recipe
     from wsss_keras.recipes import load_recipe
 
     recipe = load_recipe(recipe_name)
     recipe["train"]["seed"] = seed
+    for section, values in (overrides or {}).items():
+        recipe.setdefault(section, {}).update(values)
     start = time.perf_counter()
     metrics = run_recipe(recipe, data, out, steps=steps, echo=lambda line: None)
     with open(os.path.join(out, "train_summary.json"), encoding="utf-8") as handle:
@@ -42,8 +46,6 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="override the recipes' steps")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
-
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_cam_baseline import train_and_score
 
@@ -66,17 +68,8 @@ def main():
 
     import keras
 
-    print(f"\nsynthetic data, backend {keras.backend.backend()}, seeds {seeds}; mIoU mean ± std")
-    print("| method | CAM (train) | pseudo-labels (train) | segmentation (val) |")
-    print("|---|---|---|---|")
-    for method, label in (("toco", "ToCo"), ("toco_doei", "ToCo + DOEI (reconstructed)"), ("cnn", "plain CNN CAM, same time")):
-        rows = results[method]
-
-        def cell(key):
-            values = np.array([row[key] for row in rows if key in row])
-            return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else "-"
-
-        print(f"| {label} | {cell('cam')} | {cell('pseudo')} | {cell('seg')} |")
+    labels = {"toco": "ToCo", "toco_doei": "ToCo + DOEI (reconstructed)", "cnn": "plain CNN CAM, same time"}
+    print_table(f"synthetic data, backend {keras.backend.backend()}, seeds {seeds}", SINGLE_STAGE_COLUMNS, labels, results)
     return 0
 
 

@@ -1,12 +1,16 @@
 """What the method-vs-baseline quality benches share: the synthetic data, seeds, the table.
 
-Each bench (bench_amr.py, bench_ssc.py) runs its arms per seed through `run_recipe` and hands
-`compare` a function seed -> {arm: {"cam": mIoU, "pseudo": mIoU, "seconds": s}}.
+bench_amr.py and bench_ssc.py run their arms per seed through `run_recipe` and hand `compare` a
+function seed -> {arm: {"cam": mIoU, "pseudo": mIoU, "seconds": s}}; the single-stage benches
+(bench_toco_doei.py, bench_ssr.py) print their own per-seed lines and share `print_table`.
 """
 
 import argparse
 import os
 import tempfile
+
+# The single-stage methods' figures: CAM and online pseudo-labels on train, the decoder on val.
+SINGLE_STAGE_COLUMNS = (("cam", "CAM (train)"), ("pseudo", "pseudo-labels (train)"), ("seg", "segmentation (val)"))
 
 
 def scores(metrics):
@@ -38,8 +42,6 @@ def compare(description, recipe_name, labels, run_arms):
     """Run `run_arms(data, root, seed)` for every seed and print per-seed lines and a Markdown
     table of mean ± std per arm (`labels`: {arm: row label}, in table order)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
-
     args = argument_parser(description).parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     rows = {arm: [] for arm in labels}
@@ -54,14 +56,29 @@ def compare(description, recipe_name, labels, run_arms):
 
     import keras
 
-    print(f"\n{recipe_name}, synthetic data, backend {keras.backend.backend()}, seeds {seeds}; mIoU mean ± std (per seed)")
-    print("| network | CAM (train) | pseudo-labels after IRN (train) |")
-    print("|---|---|---|")
-    for arm, label in labels.items():
-
-        def cell(key):
-            values = np.array([row[key] for row in rows[arm]])
-            return f"{values.mean():.1f} ± {values.std():.1f} ({'/'.join(f'{v:.1f}' for v in values)})"
-
-        print(f"| {label} | {cell('cam')} | {cell('pseudo')} |")
+    title = f"{recipe_name}, synthetic data, backend {keras.backend.backend()}, seeds {seeds}"
+    print_table(title, (("cam", "CAM (train)"), ("pseudo", "pseudo-labels after IRN (train)")),
+                labels, rows, first="network")
     return 0
+
+
+def print_table(title, columns, labels, rows, first="method"):
+    """Print `title` and a Markdown table of mean ± std (per-seed values) per arm.
+
+    Args:
+        columns: ((key, header), ...) of the figures each row of `rows[arm]` may hold.
+        labels: {arm: row label}, in table order.
+        rows: {arm: [per-seed dicts]}; a figure an arm lacks shows as "-".
+    """
+    import numpy as np
+
+    print(f"\n{title}; mIoU mean ± std (per seed)")
+    print("| " + " | ".join([first] + [header for _, header in columns]) + " |")
+    print("|" + "---|" * (len(columns) + 1))
+    for arm, label in labels.items():
+        cells = []
+        for key, _ in columns:
+            values = np.array([row[key] for row in rows[arm] if key in row])
+            cells.append(f"{values.mean():.1f} ± {values.std():.1f} ({' / '.join(f'{v:.1f}' for v in values)})"
+                         if len(values) else "-")
+        print(f"| {label} | " + " | ".join(cells) + " |")
