@@ -34,9 +34,9 @@ def cli(backend):
 
 
 def _register_commands():
-    from wsss_keras.commands import data, evaluate, info, quickstart, weights
+    from wsss_keras.commands import data, evaluate, export, info, quickstart, weights
 
-    for module in (info, data, evaluate, quickstart, weights):
+    for module in (info, data, evaluate, quickstart, weights, export):
         module.register(cli)
     from wsss_keras.commands import infer, run, stages
 

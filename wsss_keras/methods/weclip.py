@@ -233,7 +233,7 @@ class WeCLIP(keras.Model, WSSSModel):
         self.num_background = int(background.shape[0])
         self.options = weclip_options(options, self.default_options(), self.options_section)
         self.decoder_width, self.decoder_layers, self.decoder_heads = int(decoder_width), int(decoder_layers), int(decoder_heads)
-        self.image_encoder.build(None)
+        self.image_encoder.build((None, None, None, 3))
         freeze(self.image_encoder)
         self.text_features = self.add_weight(shape=text_features.shape, initializer="zeros", trainable=False,
                                              name="text_features")

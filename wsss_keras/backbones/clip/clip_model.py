@@ -317,7 +317,7 @@ class CLIP(keras.Model):
     def build(self, input_shape=None):
         if self.built:
             return
-        self.image_encoder.build(None)
+        self.image_encoder.build((None, None, None, 3))
         self.text_encoder.build(None)
         self.logit_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(4.605170185988092),
                                            name="logit_scale")

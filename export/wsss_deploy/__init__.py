@@ -1,0 +1,7 @@
+"""wsss-keras's deployment runtime: runs exported models with no Keras or TensorFlow installed.
+
+- `wsss_deploy.litert_runner`: segment images with a `.tflite` and its `manifest.json`
+  (`python -m wsss_deploy.litert_runner`), for edge devices.
+
+Needs numpy, Pillow and ai-edge-litert (`pip install "wsss-keras[edge]"` or just those three).
+"""

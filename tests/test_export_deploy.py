@@ -1,0 +1,107 @@
+"""`wsss export` from the command line, and the exported artifacts run where Keras is not: the
+ONNX model under plain onnxruntime, the `.tflite` under `wsss_deploy.litert_runner`, each in a
+subprocess that must not import Keras or TensorFlow."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from helpers import tiny_synthetic
+from wsss_keras.cli import cli
+
+DEPLOY_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export")
+# Run the checks with only the deployment package on the path first, as on a device.
+NO_KERAS = textwrap.dedent("""
+    import sys
+    loaded = sorted(name for name in ("keras", "tensorflow", "jax", "torch", "wsss_keras") if name in sys.modules)
+    assert not loaded, f"imported {loaded}"
+    print("no keras")
+""")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny DeepLab-v2 saved as .keras and exported to ONNX and TFLite through the CLI."""
+    import keras
+
+    from wsss_keras.methods.segmenter import build_deeplab_v2
+
+    root = tmp_path_factory.mktemp("export")
+    data = tiny_synthetic(root / "data", n_train=8, n_val=2, size=48)
+    keras.utils.set_random_seed(0)
+    model = build_deeplab_v2(7, backbone_kwargs={"block_counts": (1, 1, 1, 1), "base_width": 8},
+                             class_names=["background"] + [f"c{i}" for i in range(6)])
+    model(np.zeros((1, 48, 48, 3), "float32"))
+    model.save(root / "model.keras")
+    result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--format", "onnx", "--format", "tflite",
+                                      "--input-size", "48", "48", "--samples", data, "--out", str(root / "out")])
+    assert result.exit_code == 0, result.output
+    assert "[check] onnx fp32: label agreement 100.000 %" in result.output
+    return root, data
+
+
+def run_python(code, cwd):
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["PYTHONPATH"] = DEPLOY_ROOT
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_onnx_runs_under_plain_onnxruntime(exported):
+    root, data = exported
+    image = os.path.join(data, "JPEGImages", sorted(os.listdir(os.path.join(data, "JPEGImages")))[0])
+    code = textwrap.dedent(f"""
+        import json, numpy as np, onnxruntime
+        from PIL import Image
+        manifest = json.load(open({str(root / "out" / "onnx_fp32" / "manifest.json")!r}))
+        session = onnxruntime.InferenceSession({str(root / "out" / "onnx_fp32" / "model.onnx")!r})
+        image = np.asarray(Image.open({image!r}).convert("RGB"))[None]
+        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {{"image": image}})))
+        assert outputs["labels"].shape == image.shape[:3] and outputs["labels"].dtype == np.uint8
+        assert outputs["logits"].shape[-1] == len(manifest["classes"]) == 7
+        assert (outputs["logits"].argmax(-1) == outputs["labels"]).all()
+    """) + NO_KERAS
+    result = run_python(code, str(root))
+    assert result.returncode == 0 and "no keras" in result.stdout, result.stderr[-3000:]
+
+
+def test_litert_runner_writes_label_pngs_without_keras(exported):
+    root, data = exported
+    images = sorted(os.listdir(os.path.join(data, "JPEGImages")))[:2]
+    paths = [os.path.join(data, "JPEGImages", name) for name in images]
+    model = str(root / "out" / "tflite_fp32" / "model.tflite")
+    code = textwrap.dedent(f"""
+        from wsss_deploy.litert_runner import main
+        assert main([{model!r}, *{paths!r}, "--out", "masks", "--repeat", "2"]) == 0
+    """) + NO_KERAS
+    result = run_python(code, str(root))
+    assert result.returncode == 0 and "no keras" in result.stdout, result.stderr[-3000:]
+    assert "ms median" in result.stdout
+    with open(root / "out" / "tflite_fp32" / "manifest.json", encoding="utf-8") as handle:
+        palette = json.load(handle)["palette"]
+    for name in images:
+        mask = Image.open(root / "masks" / (os.path.splitext(name)[0] + ".png"))
+        assert mask.mode == "P" and mask.size == Image.open(os.path.join(data, "JPEGImages", name)).size
+        assert np.asarray(mask.getpalette()[:6]).reshape(2, 3).tolist() == palette[:2]
+
+
+def test_runner_and_cli_refuse_bad_input(exported, tmp_path):
+    root, _ = exported
+    result = run_python(textwrap.dedent(f"""
+        from wsss_deploy.litert_runner import main
+        main([{str(tmp_path / "missing.tflite")!r}, "x.jpg"])
+    """), str(root))
+    assert result.returncode == 2 and "manifest" in result.stderr
+    not_a_model = tmp_path / "notes.keras"
+    not_a_model.write_text("hello")
+    result = CliRunner().invoke(cli, ["export", str(not_a_model), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "notes.keras" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--precision", "int8", "--format", "tflite",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "--calibration" in result.output

@@ -1,0 +1,608 @@
+"""`wsss export`: a trained model as a SavedModel, ONNX or TFLite (LiteRT) artifact, with a
+manifest and a self-check.
+
+The exported graph is inference only and needs no Python around it: it takes uint8 RGB images
+`(B, H, W, 3)` of any size, resizes them to the network's input size (or not, `dynamic`),
+normalises them as the model was trained, runs the segmentation head (or the CAM head) and
+resizes the result back to the image. Outputs, by `output`:
+
+- "logits" (default): `logits` `(B, H, W, C + 1)` float32, background first, and `labels`
+  `(B, H, W)` uint8, their argmax;
+- "labels": `labels` only, the lean graph for devices;
+- "cams": `cams` `(B, H, W, C)` in [0, 1], ReLU'd and max-normalised per class (CAM networks).
+
+Export runs on the TensorFlow backend (Keras 3.15 exports ONNX and LiteRT only there); from
+JAX or PyTorch, `export_model` runs itself in a TensorFlow subprocess on the same `.keras` file.
+Every artifact gets a `manifest.json` beside it and is checked against the Keras model on
+sample images: label agreement and, with logits, the largest logit difference; the export
+fails (`ExportCheckError`) under the thresholds of `AGREEMENT` / `FP32_LOGIT_TOLERANCE`.
+"""
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from wsss_keras.errors import DataError, ModelError, WSSSError
+
+FORMATS = ("saved_model", "onnx", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8")
+OUTPUTS = ("logits", "labels", "cams")
+ARTIFACT_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
+MANIFEST_FILE = "manifest.json"
+# The self-check's pass marks: the share of pixels whose label matches the Keras model's ...
+AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.98}
+# ... and, for float32 artifacts with logits, the largest absolute logit difference.
+FP32_LOGIT_TOLERANCE = 1e-3
+DEFAULT_OPSET = 17
+DEFAULT_INPUT_SIZE = 448
+SAMPLE_COUNT = 8
+CALIBRATION_LIMIT = 100
+
+
+class ExportError(WSSSError):
+    """The model cannot be exported as asked."""
+
+
+class ExportCheckError(ExportError):
+    """The artifact was written but its outputs part from the Keras model's."""
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_input_size(model):
+    """The network input size the model was trained for: the recipe's CAM resize, else its
+    training crop, else 448."""
+    recipe = getattr(model, "recipe", {}) or {}
+    for section, key in (("cams", "resize"), ("train", "crop_size")):
+        value = (recipe.get(section) or {}).get(key)
+        if value:
+            return (int(value), int(value))
+    return (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
+
+
+def deployment_graph(model, input_size, output="logits", dynamic=False):
+    """The inference graph of `model` as a `keras.Model` on uint8 images, built and traced once.
+
+    Args:
+        model: a trained `WSSSModel`.
+        input_size: (height, width) the images are resized to inside the graph.
+        output: "logits", "labels" or "cams" (see the module docstring).
+        dynamic: run the network at each image's own size instead.
+
+    Raises:
+        ExportError: the model has no head for `output`.
+    """
+    import keras
+
+    from wsss_keras.export_graph import ImageToSegmentation
+
+    if output not in OUTPUTS:
+        raise ExportError(f"output {output!r}: choose one of {', '.join(OUTPUTS)}.")
+    if output == "cams" and getattr(model, "cams_need_labels", False):
+        raise ExportError(
+            f"{type(model).__name__}'s CAMs are Grad-CAMs that need the image labels and gradients at inference; "
+            "they cannot be exported. Export its segmentation head instead (--output logits or labels)."
+        )
+    graph = ImageToSegmentation(model, input_size, output, dynamic)
+    probe = np.zeros((1,) + tuple(input_size) + (3,), np.uint8)
+    try:
+        outputs = graph(keras.ops.convert_to_tensor(probe))
+    except NotImplementedError:
+        if output == "cams":
+            raise ExportError(f"{type(model).__name__} has no CAM head; export --output logits or labels.") from None
+        raise ExportError(
+            f"{type(model).__name__} has no segmentation head: export the segmentation network trained on its "
+            "pseudo-labels (the run's segmentation/model.keras), or this model's CAMs with --output cams."
+        ) from None
+    # Label count with background, from the graph itself (methods count num_classes differently).
+    graph.label_count = int(outputs["cams"].shape[-1]) + 1 if output == "cams" else None
+    if output != "cams":
+        head = graph.method.segment_logits(keras.ops.zeros((1,) + tuple(input_size) + (3,)))
+        graph.label_count = int(head.shape[-1])
+    return graph
+
+
+def sample_images(folder=None, size=(128, 128), count=SAMPLE_COUNT, seed=0):
+    """Up to `count` uint8 RGB images of `folder` (a folder of .jpg/.png), resized to `size`;
+    without a folder, synthetic scenes drawn with the synthetic dataset's generator."""
+    import cv2
+
+    if folder is None:
+        from wsss_keras.data.synthetic import CATALOG, render_sample
+
+        rng = np.random.default_rng(seed)
+        images = [render_sample(rng, max(size), CATALOG[:6])[0] for _ in range(count)]
+    else:
+        from wsss_keras.pipelines.predict import ImageFolder
+
+        found = ImageFolder(folder)
+        picks = np.linspace(0, len(found) - 1, min(count, len(found))).round().astype(int)
+        images = [found.load_image(int(index)) for index in picks]
+    return np.stack([cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for image in images])
+
+
+# Writing ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _no_default_signatures():
+    """Keras's SavedModel writing (under all three formats) traces a `serving_default` for every
+    Keras Model it meets, from the shapes that model was built with; our sub-models (encoders,
+    heads) are built from configs without input shapes, so that tracing fails. The export's own
+    endpoint is the only signature wanted, so the default ones are switched off meanwhile."""
+    from keras.src.backend.tensorflow.layer import TFLayer
+
+    original = TFLayer.__dict__["_default_save_signature"]
+    TFLayer._default_save_signature = property(lambda self: None)
+    try:
+        yield
+    finally:
+        TFLayer._default_save_signature = original
+
+
+def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFAULT_OPSET):
+    """Export `graph` into `out_dir` as `fmt`: yields (artifact path, notes). Every format
+    yields once, except int8, which yields again with more layers kept in float each time
+    (`int8_flatbuffers`) for as long as the caller asks, so the self-check can choose."""
+    import keras
+
+    path = os.path.join(out_dir, ARTIFACT_NAMES[fmt])
+    spec = keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name="image")
+    with _no_default_signatures():
+        if fmt == "saved_model":
+            graph.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
+            yield path, {}
+            return
+        if fmt == "onnx":
+            graph.export(path, format="onnx", input_signature=[spec], opset_version=int(opset), verbose=False)
+            yield path, {"opset": int(opset)}
+            return
+        import tempfile
+
+        # Keras's LiteRT exporter converts through a SavedModel too; doing that step here lets
+        # int8 choose which layers to keep in float.
+        with tempfile.TemporaryDirectory() as scratch:
+            saved = os.path.join(scratch, "saved_model")
+            graph.export(saved, format="tf_saved_model", input_signature=[spec], verbose=False)
+            if precision != "int8":
+                flatbuffers = [(litert_converter(saved, precision).convert(), {})]
+            else:
+                flatbuffers = int8_flatbuffers(saved, calibration)
+            for flatbuffer, notes in flatbuffers:
+                with open(path, "wb") as handle:
+                    handle.write(flatbuffer)
+                yield path, notes
+
+
+def litert_converter(saved_model, precision, calibration=None):
+    """A TFLite converter of a SavedModel's "serve" signature: builtin ops only (a model that
+    needs TensorFlow's Flex ops would not run on plain LiteRT); fp16 stores float16 weights;
+    int8 quantises weights and activations, calibrated on `calibration` (uint8 images)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serve"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative_dataset(calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter
+
+
+def _representative_dataset(images):
+    def generate():
+        for image in images:
+            yield [image[None]]
+
+    return generate
+
+
+# Divisions always stay float in int8 models: normalisations (x / max(‖x‖, ε), G / ΣG) divide
+# by values that quantise to zero on some inputs, and LiteRT's int8 DIV then refuses to run.
+INT8_FLOAT_OPS = ("DIV",)
+# Then, if the self-check asks, these shares of the layers that quantise worst stay float too.
+INT8_FLOAT_SHARES = (0.1, 0.25, 0.5)
+
+
+def int8_flatbuffers(saved_model, calibration):
+    """Yield (int8 `.tflite` bytes, notes): first with only `INT8_FLOAT_OPS` in float, then with
+    the worst-quantised layers in float as well (TensorFlow's selective quantisation: layers
+    ranked by the quantisation debugger's RMSE in quantisation steps on the calibration
+    images), by the shares of `INT8_FLOAT_SHARES`."""
+    import tensorflow as tf
+
+    def debugger(nodes=()):
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(INT8_FLOAT_OPS),
+                                                                denylisted_nodes=list(nodes))
+        return tf.lite.experimental.QuantizationDebugger(
+            converter=litert_converter(saved_model, "int8", calibration),
+            debug_dataset=_representative_dataset(calibration[:20]), debug_options=options)
+
+    first = debugger()
+    yield first.get_nondebug_quantized_model(), {"float_ops": list(INT8_FLOAT_OPS), "float_layers": 0}
+    ranked = worst_quantised_layers(first)
+    for share in INT8_FLOAT_SHARES:
+        nodes = ranked[: max(1, int(round(share * len(ranked))))]
+        yield debugger(nodes).get_nondebug_quantized_model(), {
+            "float_ops": list(INT8_FLOAT_OPS), "float_layers": len(nodes), "float_layer_share": share,
+            "layers": len(ranked)}
+
+
+def worst_quantised_layers(debugger):
+    """Tensor names of the quantised layers, worst first by RMSE in quantisation steps (the
+    measure TensorFlow's selective-quantisation guide uses)."""
+    import csv
+    import io
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # layers without statistics
+        debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    scored = []
+    for row in csv.DictReader(io.StringIO(dump.getvalue())):
+        try:
+            error = float(row["mean_squared_error"]) ** 0.5 / float(row["scale"])
+        except (ValueError, ZeroDivisionError):
+            continue
+        if error == error:  # not NaN
+            scored.append((error, row["tensor_name"]))
+    return [name for _, name in sorted(scored, reverse=True)]
+
+
+def run_artifact(path, fmt, images):
+    """The artifact's outputs {name: array} for each uint8 image of `images` (a list of
+    (H, W, 3) arrays, sizes may differ), run one at a time: a list of dicts."""
+    results = []
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        names = [output.name for output in session.get_outputs()]
+        for image in images:
+            results.append(dict(zip(names, session.run(None, {input_name: image[None]}))))
+    elif fmt == "tflite":
+        from wsss_deploy.litert_runner import LiteRTSegmenter
+
+        runner = LiteRTSegmenter(path)
+        results = [runner.run(image[None]) for image in images]
+    else:
+        import tensorflow as tf
+
+        serve = tf.saved_model.load(path).signatures["serve"]
+        for image in images:
+            results.append({key: value.numpy() for key, value in serve(tf.constant(image[None])).items()})
+    return results
+
+
+# Checking -----------------------------------------------------------------------------------
+def compare_outputs(reference, exported):
+    """Label agreement (share of pixels) and the largest logit (or CAM) difference of two lists
+    of output dicts; None where the outputs lack that kind."""
+    agree = total = 0
+    largest = None
+    for ref, out in zip(reference, exported):
+        if "labels" in ref:
+            agree += int(np.sum(np.asarray(ref["labels"]) == np.asarray(out["labels"])))
+            total += int(np.asarray(ref["labels"]).size)
+        for key in ("logits", "cams"):
+            if key in ref:
+                difference = float(np.max(np.abs(np.asarray(ref[key], np.float32) - np.asarray(out[key], np.float32))))
+                largest = difference if largest is None else max(largest, difference)
+    return (agree / total if total else None), largest
+
+
+def evaluation_miou(run, dataset, limit):
+    """mIoU (%) of `run(image) -> label map` on up to `limit` images of `dataset`."""
+    from wsss_keras.evaluation.metrics import ConfusionMatrix
+
+    matrix = ConfusionMatrix(dataset.num_classes + 1)
+    picks = np.linspace(0, len(dataset) - 1, min(limit, len(dataset))).round().astype(int)
+    for index in sorted(set(picks.tolist())):
+        matrix.update(run(dataset.load_image(int(index))), dataset.load_label_map(int(index)))
+    return 100.0 * matrix.scores().miou
+
+
+def self_check(graph, path, fmt, precision, images, eval_dataset=None, eval_limit=50, echo=print, min_agreement=None):
+    """Run the artifact and the Keras graph on `images`; returns the check's record (also for
+    the manifest) with "passed" and, when it failed, "message". `min_agreement` replaces the
+    label-agreement bar of `AGREEMENT[precision]`."""
+    bar = AGREEMENT[precision] if min_agreement is None else float(min_agreement)
+    import keras
+
+    def keras_outputs(image):
+        return {key: keras.ops.convert_to_numpy(value) for key, value in graph(image[None]).items()}
+
+    reference = [keras_outputs(image) for image in images]
+    exported = run_artifact(path, fmt, images)
+    agreement, largest = compare_outputs(reference, exported)
+    record = {"images": len(images), "label_agreement": agreement, "max_abs_difference": largest,
+              "threshold_agreement": bar}
+    failures = []
+    if agreement is not None and agreement < bar:
+        failures.append(f"labels agree on {100 * agreement:.2f} % of pixels, under {100 * bar:.1f} %")
+    if precision == "fp32" and largest is not None:
+        record["threshold_difference"] = FP32_LOGIT_TOLERANCE
+        if largest > FP32_LOGIT_TOLERANCE:
+            failures.append(f"outputs differ by up to {largest:.2e}, over {FP32_LOGIT_TOLERANCE:g}")
+    if eval_dataset is not None and "labels" in reference[0]:
+        record["miou_keras"] = evaluation_miou(lambda image: keras_outputs(image)["labels"][0], eval_dataset, eval_limit)
+        record["miou_artifact"] = evaluation_miou(lambda image: run_artifact(path, fmt, [image])[0]["labels"][0],
+                                                  eval_dataset, eval_limit)
+    agreement_text = "-" if agreement is None else f"{100 * agreement:.3f} %"
+    largest_text = "-" if largest is None else f"{largest:.2e}"
+    line = f"[check] {fmt} {precision}: label agreement {agreement_text}, max abs output difference {largest_text}"
+    if "miou_keras" in record:
+        line += f", mIoU Keras {record['miou_keras']:.1f} / artifact {record['miou_artifact']:.1f}"
+    echo(line + f" on {len(images)} images")
+    record["passed"] = not failures
+    if failures:
+        record["message"] = "; ".join(failures)
+    return record
+
+
+# Manifest -----------------------------------------------------------------------------------
+def _versions(fmt):
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["wsss-keras", "keras", "tensorflow"] + {"onnx": ["tf2onnx", "onnx", "onnxruntime"],
+                                                      "tflite": ["ai-edge-litert"]}.get(fmt, [])
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def class_names(model, label_count):
+    """The model's class names (background first), or numbered ones when it has none."""
+    names = list(model.class_names or [])
+    if len(names) != label_count:
+        names = ["background"] + [f"class {index}" for index in range(1, label_count)]
+    return names
+
+
+def output_descriptions(label_count, output):
+    classes = label_count - 1
+    labels = {"name": "labels", "dtype": "uint8", "shape": [None, None, None],
+              "meaning": "class index per pixel (0 = background), at the input image's size"}
+    if output == "labels":
+        return [labels]
+    if output == "cams":
+        return [{"name": "cams", "dtype": "float32", "shape": [None, None, None, classes],
+                 "meaning": "class activation maps of the foreground classes, ReLU'd and divided by their maximum, at the input image's size"}]
+    logits = {"name": "logits", "dtype": "float32", "shape": [None, None, None, label_count],
+              "meaning": "segmentation logits, background first, at the input image's size (softmax for probabilities)"}
+    return [logits, labels]
+
+
+def build_manifest(graph, source, artifact, fmt, precision, input_size, output, dynamic, opset, check):
+    from wsss_keras.data.imageio import voc_palette
+
+    model = graph.method
+    recipe = getattr(model, "recipe", {}) or {}
+    names = class_names(model, graph.label_count)
+    digest_path = os.path.join(artifact, "saved_model.pb") if os.path.isdir(artifact) else artifact
+    size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(artifact) for f in files) \
+        if os.path.isdir(artifact) else os.path.getsize(artifact)
+    return {
+        "manifest_version": 1,
+        "model": {
+            "name": (recipe.get("recipe") or {}).get("name") or os.path.splitext(os.path.basename(source))[0],
+            "method": (recipe.get("recipe") or {}).get("method") or type(model).__name__.lower(),
+            "class": type(model).__name__,
+            "source": os.path.abspath(source),
+            "source_sha256": file_sha256(source),
+        },
+        "artifact": {"file": os.path.basename(artifact), "format": fmt, "precision": precision, "bytes": size,
+                     "sha256": file_sha256(digest_path), **({"opset": int(opset)} if fmt == "onnx" else {}),
+                     **({"signature": "serve"} if fmt == "saved_model" else {})},
+        "classes": names,
+        "palette": voc_palette(len(names)).tolist(),
+        "input": {"name": "image", "dtype": "uint8", "shape": [None, None, None, 3], "layout": "NHWC", "channels": "RGB",
+                  "network_size": None if dynamic else list(input_size),
+                  "resize": "none: the network runs at the image's size" if dynamic else
+                            "inside the graph: bilinear to network_size, outputs bilinear back to the image's size"},
+        "normalization": {"inside_graph": True, "formula": "(x / 255 - mean) / std",
+                          "mean": list(model.image_mean), "std": list(model.image_std)},
+        "output": output,
+        "outputs": output_descriptions(graph.label_count, output),
+        "check": check,
+        "versions": _versions(fmt),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# The command --------------------------------------------------------------------------------
+def check_request(formats, precisions):
+    """The (format, precision) pairs to export; raises ExportError on impossible pairs."""
+    formats, precisions = list(formats), list(precisions or ["fp32"])
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ExportError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}.")
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ExportError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    reduced = [p for p in precisions if p != "fp32"]
+    if reduced and "tflite" not in formats:
+        raise ExportError(f"precision {reduced[0]} is a TFLite precision; add --format tflite or use fp32 "
+                          "(SavedModel and ONNX export float32).")
+    return [(fmt, precision) for fmt in formats for precision in (precisions if fmt == "tflite" else ["fp32"])]
+
+
+def image_folder(folder, what):
+    """A folder of images, or a dataset root whose JPEGImages holds them; checked to hold images."""
+    if folder is None:
+        return None
+    from wsss_keras.pipelines.predict import ImageFolder
+
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: {what} folder not found; give a folder of .jpg/.png images (or a VOC root).")
+    images = os.path.join(folder, "JPEGImages")
+    folder = images if os.path.isdir(images) else folder
+    try:
+        ImageFolder(folder)
+    except DataError as error:
+        raise DataError(f"{error} (the {what} images; give a folder of .jpg/.png images or a VOC root)") from None
+    return folder
+
+
+def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input_size=None, dynamic=False,
+                 output="logits", calibration=None, samples=None, eval_data=None, eval_split="val", eval_limit=50,
+                 opset=DEFAULT_OPSET, min_agreement=None, echo=print):
+    """Export a trained `.keras` model; returns the manifests written.
+
+    Args:
+        model_path: the trained model file.
+        out: output folder; with one artifact it lands there, with several each gets
+            `out/<format>_<precision>/`; a `manifest.json` sits beside each.
+        formats: of "saved_model", "onnx", "tflite".
+        precisions: TFLite precisions ("fp32", "fp16", "int8"); the other formats are float32.
+        input_size: (height, width) the network runs at; default `default_input_size`.
+        dynamic: run the network at each image's own size (models whose code supports it).
+        output: "logits" (logits and labels), "labels" or "cams".
+        calibration: folder of images (or a VOC root) for int8 calibration (needed for int8)
+            and the self-check's samples.
+        samples: folder of images for the self-check (default: the calibration images, else
+            synthetic scenes).
+        eval_data: a labelled dataset root (VOC layout); fp16 and int8 checks then also report
+            the mIoU of the Keras graph and of the artifact on `eval_split`.
+        opset: the ONNX opset.
+        min_agreement: the share of pixels whose labels must agree for fp16 and int8
+            artifacts, instead of `AGREEMENT`'s (float32 keeps its bar and logit tolerance).
+
+    Raises:
+        ModelError: not a trained model. ExportError: the model cannot be exported as asked.
+        ExportCheckError: an artifact's outputs part from the Keras model's (artifact and
+        manifest are kept for inspection).
+    """
+    from wsss_keras.backend import current_backend
+
+    pairs = check_request(formats, precisions)
+    if output not in OUTPUTS:
+        raise ExportError(f"output {output!r}: choose one of {', '.join(OUTPUTS)}.")
+    if any(precision == "int8" for _, precision in pairs) and calibration is None:
+        raise ExportError("int8 needs calibration images: pass --calibration DIR (a folder of images like the ones the model will see).")
+    calibration, samples = image_folder(calibration, "calibration"), image_folder(samples, "sample")
+    if current_backend() != "tensorflow":
+        return _export_in_subprocess(dict(
+            model_path=os.fspath(model_path), out=os.fspath(out), formats=list(formats), precisions=list(precisions),
+            input_size=None if input_size is None else list(input_size), dynamic=dynamic, output=output,
+            calibration=calibration, samples=samples, eval_data=eval_data, eval_split=eval_split,
+            eval_limit=eval_limit, opset=opset, min_agreement=min_agreement), echo)
+    from wsss_keras.pipelines.model_io import load_model
+
+    model = load_model(model_path)
+    input_size = tuple(input_size) if input_size else default_input_size(model)
+    graph = deployment_graph(model, input_size, output, dynamic)
+    calibration_images = None if calibration is None else sample_images(calibration, input_size, CALIBRATION_LIMIT)
+    check_images = list(sample_images(samples or calibration, input_size))
+    check_images.append(np.ascontiguousarray(check_images[0][: input_size[0] * 3 // 4, : input_size[1] * 5 // 8]))  # another size
+    eval_dataset = None
+    if eval_data is not None:
+        from wsss_keras.data import open_dataset
+
+        eval_dataset = open_dataset(eval_data, eval_split)
+    manifests, failures = [], []
+    for fmt, precision in pairs:
+        folder = out if len(pairs) == 1 else os.path.join(out, f"{fmt}_{precision}")
+        os.makedirs(folder, exist_ok=True)
+        echo(f"[export] {fmt} {precision} -> {folder}")
+        target = os.path.join(folder, ARTIFACT_NAMES[fmt])
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset)
+        while True:
+            try:
+                path, notes = next(attempts)
+            except StopIteration:
+                break
+            except Exception as error:
+                raise ExportError(f"{model_path}: {fmt} {precision} export failed ({type(error).__name__}: "
+                                  f"{_first_lines(error)}); the graph uses an op this format lacks.") from None
+            if notes.get("float_layers"):
+                echo(f"[export] int8: keeping the {notes['float_layers']} worst-quantised of {notes['layers']} layers in float")
+            check = self_check(graph, path, fmt, precision, check_images,
+                               eval_dataset if precision != "fp32" else None, eval_limit, echo,
+                               None if precision == "fp32" else min_agreement)
+            check.update(notes)
+            if check["passed"]:
+                break
+        attempts.close()
+        manifest = build_manifest(graph, os.fspath(model_path), path, fmt, precision, input_size, output, dynamic, opset, check)
+        with open(os.path.join(folder, MANIFEST_FILE), "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=2)
+        manifests.append(manifest)
+        if not check["passed"]:
+            failures.append(f"{fmt} {precision}: {check['message']}")
+    if failures:
+        raise ExportCheckError("self-check failed: " + "; ".join(failures) + f" (artifacts and manifests kept in {out}).")
+    return manifests
+
+
+def _first_lines(error, count=3):
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:count])[:600]
+
+
+def _export_in_subprocess(arguments, echo):
+    """`export_model` in a fresh process on the TensorFlow backend (Keras exports from there);
+    its lines are echoed, its errors re-raised here with their message."""
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    echo("[export] the model is exported from TensorFlow: running in a TensorFlow subprocess")
+    process = subprocess.run([sys.executable, "-m", "wsss_keras.export", json.dumps(arguments)], env=env,
+                             capture_output=True, text=True)
+    for line in process.stdout.splitlines():
+        if line.startswith("["):
+            echo(line)
+    if process.returncode != 0:
+        lines = [line for line in process.stderr.splitlines() if line.strip()]
+        marked = [line for line in lines if line.startswith(_ERROR_MARK)]
+        if not marked:
+            raise ExportError("export subprocess failed:\n" + "\n".join(lines[-20:]))
+        kind, message = marked[-1][len(_ERROR_MARK):].split(": ", 1)
+        raise _ERROR_KINDS.get(kind, ExportError)(message)
+    out, pairs = arguments["out"], check_request(arguments["formats"], arguments["precisions"])
+    folders = [out] if len(pairs) == 1 else [os.path.join(out, f"{fmt}_{precision}") for fmt, precision in pairs]
+    manifests = []
+    for folder in folders:
+        with open(os.path.join(folder, MANIFEST_FILE), encoding="utf-8") as handle:
+            manifests.append(json.load(handle))
+    return manifests
+
+
+_ERROR_MARK = "wsss-export-error: "
+_ERROR_KINDS = {kind.__name__: kind for kind in (ExportError, ExportCheckError, ModelError, DataError, WSSSError)}
+
+
+def _main(argv):
+    """The subprocess's entry: `python -m wsss_keras.export '<export_model arguments as JSON>'`."""
+    try:
+        export_model(**json.loads(argv[1]), echo=lambda line: print(line, flush=True))
+    except WSSSError as error:
+        print(f"{_ERROR_MARK}{type(error).__name__}: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv))
