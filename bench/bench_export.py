@@ -1,0 +1,163 @@
+"""The quickstart model deployed: latency (batch 1 and 8), size and val mIoU of Keras on each
+backend, ONNX Runtime, and LiteRT float32 / float16 / int8. Prints figures, asserts nothing.
+
+    python bench/bench_export.py [--run DIR] [--repeat 10] [--threads 2]
+
+--run is a `wsss quickstart --out DIR` folder (its model `toco_doei/model.keras`, its data
+`data/`); without it the quickstart runs first into a temporary folder. The artifacts come from
+`wsss export` (ONNX and TFLite fp32/fp16/int8, int8 calibrated on the train images). Every
+runtime gets the same inputs: uint8 images of the network's size for latency (the exported
+graphs resize inside, the Keras arms get the normalised image), and the val images at their own
+size for mIoU (resized to the network's size and the logits back, as the exported graph does).
+Each Keras backend runs in its own process (Keras fixes its backend at import).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+KERAS_ARM = r"""
+import json, sys, time
+import numpy as np
+from keras import ops
+from wsss_keras.data import open_dataset
+from wsss_keras.data.transforms import normalize
+from wsss_keras.evaluation.metrics import ConfusionMatrix
+from wsss_keras.export import default_input_size
+from wsss_keras.ops.cam import resize_bilinear
+from wsss_keras.pipelines.inference import MultiScaleSegmentation
+from wsss_keras.pipelines.model_io import load_model
+
+model_path, data, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = load_model(model_path)
+size = default_input_size(model)
+runner = MultiScaleSegmentation(model)
+rng = np.random.default_rng(0)
+timings = {}
+for batch in (1, 8):
+    images = normalize(rng.integers(0, 256, (batch,) + size + (3,)).astype(np.uint8), model.image_mean, model.image_std)
+    runner.predict_on_batch(images)
+    runner.predict_on_batch(images)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        np.asarray(runner.predict_on_batch(images))
+        times.append(time.perf_counter() - start)
+    timings[batch] = 1000 * float(np.median(times))
+dataset = open_dataset(data, "val")
+matrix = ConfusionMatrix(dataset.num_classes + 1)
+for index in range(len(dataset)):
+    image = dataset.load_image(index)
+    view = ops.convert_to_numpy(resize_bilinear(normalize(image, model.image_mean, model.image_std)[None], size))
+    logits = resize_bilinear(ops.convert_to_tensor(np.asarray(runner.predict_on_batch(view))), image.shape[:2])
+    matrix.update(np.asarray(ops.convert_to_numpy(logits))[0].argmax(-1), dataset.load_label_map(index))
+print("RESULT " + json.dumps({"ms1": timings[1], "ms8": timings[8], "miou": 100 * matrix.scores().miou}))
+"""
+
+
+def keras_arm(backend, model_path, data, repeat):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", KERAS_ARM, model_path, data, str(repeat)], env=env,
+                            capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"Keras on {backend} failed:\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def median_ms(run, images, repeat):
+    run(images)
+    run(images)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run(images)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def artifact_arm(run, size, data, repeat):
+    """Latency and val mIoU of `run(uint8 images) -> {"labels": ...}`."""
+    from wsss_keras.data import open_dataset
+    from wsss_keras.evaluation.metrics import ConfusionMatrix
+
+    rng = np.random.default_rng(0)
+    figures = {f"ms{batch}": median_ms(run, rng.integers(0, 256, (batch,) + size + (3,)).astype(np.uint8), repeat)
+               for batch in (1, 8)}
+    dataset = open_dataset(data, "val")
+    matrix = ConfusionMatrix(dataset.num_classes + 1)
+    for index in range(len(dataset)):
+        matrix.update(np.asarray(run(dataset.load_image(index)[None])["labels"])[0], dataset.load_label_map(index))
+    figures["miou"] = 100 * matrix.scores().miou
+    return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default=None, help="a `wsss quickstart --out DIR` folder (default: run the quickstart)")
+    parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement (median)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="ONNX Runtime and LiteRT threads")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export"))
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = args.run
+        if run_dir is None:
+            from wsss_keras.pipelines.quickstart import run_quickstart
+
+            run_dir = os.path.join(scratch, "quickstart")
+            run_quickstart(run_dir, echo=lambda line: None)
+        model_path, data = os.path.join(run_dir, "toco_doei", "model.keras"), os.path.join(run_dir, "data")
+        out = os.path.join(scratch, "artifacts")
+        export = subprocess.run(
+            [sys.executable, "-m", "wsss_keras.cli", "--backend", "tensorflow", "export", model_path, "--format", "onnx",
+             "--format", "tflite", "--precision", "fp32", "--precision", "fp16", "--precision", "int8",
+             "--calibration", data, "--eval-data", data, "--out", out],
+            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        print(export.stdout.strip())
+        if export.returncode != 0:
+            print(export.stderr[-3000:])
+            return 1
+        with open(os.path.join(out, "onnx_fp32", "manifest.json"), encoding="utf-8") as handle:
+            size = tuple(json.load(handle)["input"]["network_size"])
+        rows = []
+        keras_mb = os.path.getsize(model_path) / 1e6
+        for backend in ("tensorflow", "jax", "torch"):
+            rows.append((f"Keras, {backend}", keras_mb, keras_arm(backend, model_path, data, args.repeat)))
+
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        onnx_path = os.path.join(out, "onnx_fp32", "model.onnx")
+        session = onnxruntime.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        names = [output.name for output in session.get_outputs()]
+
+        def run_onnx(images):
+            return dict(zip(names, session.run(None, {"image": images})))
+
+        rows.append(("ONNX Runtime fp32", os.path.getsize(onnx_path) / 1e6, artifact_arm(run_onnx, size, data, args.repeat)))
+        from wsss_deploy.litert_runner import LiteRTSegmenter
+
+        for precision in ("fp32", "fp16", "int8"):
+            path = os.path.join(out, f"tflite_{precision}", "model.tflite")
+            runner = LiteRTSegmenter(path, threads=args.threads)
+            rows.append((f"LiteRT {precision}", os.path.getsize(path) / 1e6, artifact_arm(runner.run, size, data, args.repeat)))
+
+    print(f"\nquickstart model (ToCo + DOEI), network input {size[0]}x{size[1]}, {args.threads} threads, "
+          f"median of {args.repeat}; mIoU on the synthetic val set")
+    print("| runtime | size (MB) | batch 1 (ms) | batch 8 (ms) | mIoU (val) |")
+    print("|---|---|---|---|---|")
+    for name, megabytes, figures in rows:
+        print(f"| {name} | {megabytes:.2f} | {figures['ms1']:.1f} | {figures['ms8']:.1f} | {figures['miou']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
