@@ -107,6 +107,14 @@ def deployment_graph(model, input_size, output="logits", dynamic=False):
             f"{type(model).__name__} has no segmentation head: export the segmentation network trained on its "
             "pseudo-labels (the run's segmentation/model.keras), or this model's CAMs with --output cams."
         ) from None
+    if dynamic:
+        import tensorflow as tf
+
+        try:
+            tf.function(graph.call).get_concrete_function(tf.TensorSpec((None, None, None, 3), tf.uint8))
+        except Exception as error:
+            raise ExportError(f"{type(model).__name__} cannot run at image sizes unknown until run time "
+                              f"({_first_lines(error)}); export with --input-size H W instead of --dynamic.") from None
     # Label count with background, from the graph itself (methods count num_classes differently).
     graph.label_count = int(outputs["cams"].shape[-1]) + 1 if output == "cams" else None
     if output != "cams":
@@ -537,7 +545,7 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
                 break
             except Exception as error:
                 raise ExportError(f"{model_path}: {fmt} {precision} export failed ({type(error).__name__}: "
-                                  f"{_first_lines(error)}); the graph uses an op this format lacks.") from None
+                                  f"{_first_lines(error)}).") from None
             if notes.get("float_layers"):
                 echo(f"[export] int8: keeping the {notes['float_layers']} worst-quantised of {notes['layers']} layers in float")
             check = self_check(graph, path, fmt, precision, check_images,
@@ -559,7 +567,18 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
 
 
 def _first_lines(error, count=3):
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    """The message of `error` in one line: for TensorFlow's traced-code errors, the raised
+    error's own text rather than the traceback before it."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # Keras colours its messages
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    raised = [index for index, line in enumerate(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    if raised:
+        lines = [re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", line) for line in lines[raised[-1]:]]
+        lines = [line for line in lines if line and not line.startswith("Exception encountered")]
+        cut = next((index for index, line in enumerate(lines) if line.startswith("Arguments received")), len(lines))
+        lines = lines[:cut]
     return " ".join(lines[:count])[:600]
 
 

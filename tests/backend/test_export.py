@@ -107,6 +107,8 @@ def test_cams_of_a_cam_network_and_refusals(calibration, tmp_path):
     ssr.save(ssr_path)
     with pytest.raises(ExportError, match="Grad-CAM"):
         export_model(ssr_path, str(tmp_path / "x"), formats=["onnx"], input_size=size, output="cams", echo=lambda line: None)
+    with pytest.raises(ExportError, match="--input-size"):  # the ViT needs its token grid when traced
+        export_model(path, str(tmp_path / "d"), formats=["onnx"], dynamic=True, echo=lambda line: None)
     not_a_model = tmp_path / "notes.keras"
     not_a_model.write_text("hello")
     with pytest.raises(ModelError, match="notes.keras"):
