@@ -105,3 +105,20 @@ def test_runner_and_cli_refuse_bad_input(exported, tmp_path):
     result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--precision", "int8", "--format", "tflite",
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "--calibration" in result.output
+
+
+def test_labels_only_graph(exported, tmp_path):
+    import onnxruntime
+
+    root, data = exported
+    result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--output", "labels", "--input-size", "48", "48",
+                                      "--samples", data, "--out", str(tmp_path / "labels")])
+    assert result.exit_code == 0, result.output
+    session = onnxruntime.InferenceSession(str(tmp_path / "labels" / "model.onnx"))
+    assert [output.name for output in session.get_outputs()] == ["labels"]
+    labels, = session.run(None, {"image": np.zeros((2, 30, 50, 3), np.uint8)})
+    assert labels.shape == (2, 30, 50) and labels.dtype == np.uint8 and labels.max() < 7
+    with open(tmp_path / "labels" / "manifest.json", encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    assert manifest["output"] == "labels" and manifest["check"]["max_abs_difference"] is None
+    assert manifest["classes"] == ["background"] + [f"c{i}" for i in range(6)]

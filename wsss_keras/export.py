@@ -115,11 +115,10 @@ def deployment_graph(model, input_size, output="logits", dynamic=False):
         except Exception as error:
             raise ExportError(f"{type(model).__name__} cannot run at image sizes unknown until run time "
                               f"({_first_lines(error)}); export with --input-size H W instead of --dynamic.") from None
-    # Label count with background, from the graph itself (methods count num_classes differently).
-    graph.label_count = int(outputs["cams"].shape[-1]) + 1 if output == "cams" else None
-    if output != "cams":
-        head = graph.method.segment_logits(keras.ops.zeros((1,) + tuple(input_size) + (3,)))
-        graph.label_count = int(head.shape[-1])
+    # Labels with background, from the graph's outputs (methods count num_classes differently).
+    if output == "labels":
+        outputs = {"logits": model.segment_logits(keras.ops.zeros((1,) + tuple(input_size) + (3,)))}
+    graph.label_count = int(outputs["cams"].shape[-1]) + 1 if output == "cams" else int(outputs["logits"].shape[-1])
     return graph
 
 
