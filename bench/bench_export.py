@@ -6,9 +6,9 @@ backend, ONNX Runtime, and LiteRT float32 / float16 / int8. Prints figures, asse
 --run is a `wsss quickstart --out DIR` folder (its model `toco_doei/model.keras`, its data
 `data/`); without it the quickstart runs first into a temporary folder. The artifacts come from
 `wsss export` (ONNX and TFLite fp32/fp16/int8, int8 calibrated on the train images). Every
-runtime gets the same inputs: uint8 images of the network's size for latency (the exported
-graphs resize inside, the Keras arms get the normalised image), and the val images at their own
-size for mIoU (resized to the network's size and the logits back, as the exported graph does).
+runtime gets the same inputs: uint8 images of the network's size (the synthetic images' own,
+128) for latency (the exported graphs resize inside, the Keras arms get the normalised image),
+and the val images for mIoU (one view, no flip: the quickstart's predict adds a flip).
 Each Keras backend runs in its own process (Keras fixes its backend at import).
 """
 
@@ -29,14 +29,13 @@ from keras import ops
 from wsss_keras.data import open_dataset
 from wsss_keras.data.transforms import normalize
 from wsss_keras.evaluation.metrics import ConfusionMatrix
-from wsss_keras.export import default_input_size
 from wsss_keras.ops.cam import resize_bilinear
 from wsss_keras.pipelines.inference import MultiScaleSegmentation
 from wsss_keras.pipelines.model_io import load_model
 
-model_path, data, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model_path, data, repeat, side = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 model = load_model(model_path)
-size = default_input_size(model)
+size = (side, side)
 runner = MultiScaleSegmentation(model)
 rng = np.random.default_rng(0)
 timings = {}
@@ -61,9 +60,9 @@ print("RESULT " + json.dumps({"ms1": timings[1], "ms8": timings[8], "miou": 100 
 """
 
 
-def keras_arm(backend, model_path, data, repeat):
+def keras_arm(backend, model_path, data, repeat, side):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", KERAS_ARM, model_path, data, str(repeat)], env=env,
+    result = subprocess.run([sys.executable, "-c", KERAS_ARM, model_path, data, str(repeat), str(side)], env=env,
                             capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -114,22 +113,32 @@ def main():
             run_dir = os.path.join(scratch, "quickstart")
             run_quickstart(run_dir, echo=lambda line: None)
         model_path, data = os.path.join(run_dir, "toco_doei", "model.keras"), os.path.join(run_dir, "data")
+        # The network runs at the synthetic images' own size (the quickstart predicts at it).
+        with open(os.path.join(data, "synthetic.json"), encoding="utf-8") as handle:
+            side = int(json.load(handle)["size"])
         out = os.path.join(scratch, "artifacts")
         export = subprocess.run(
             [sys.executable, "-m", "wsss_keras.cli", "--backend", "tensorflow", "export", model_path, "--format", "onnx",
              "--format", "tflite", "--precision", "fp32", "--precision", "fp16", "--precision", "int8",
-             "--calibration", data, "--eval-data", data, "--out", out],
+             "--calibration", data, "--eval-data", data, "--input-size", str(side), str(side), "--out", out],
             capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        print(export.stdout.strip())
+        print("\n".join(line for line in export.stdout.splitlines() if line.startswith(("[", "wrote"))))
         if export.returncode != 0:
-            print(export.stderr[-3000:])
-            return 1
-        with open(os.path.join(out, "onnx_fp32", "manifest.json"), encoding="utf-8") as handle:
-            size = tuple(json.load(handle)["input"]["network_size"])
+            # A failed self-check keeps its artifact: report it below rather than stop.
+            print(export.stderr.strip().splitlines()[-1])
+        checks = {}
+        for folder in ("onnx_fp32", "tflite_fp32", "tflite_fp16", "tflite_int8"):
+            manifest_path = os.path.join(out, folder, "manifest.json")
+            if not os.path.isfile(manifest_path):
+                print(export.stderr[-3000:])
+                return 1
+            with open(manifest_path, encoding="utf-8") as handle:
+                checks[folder] = json.load(handle)["check"]
+        size = (side, side)
         rows = []
         keras_mb = os.path.getsize(model_path) / 1e6
         for backend in ("tensorflow", "jax", "torch"):
-            rows.append((f"Keras, {backend}", keras_mb, keras_arm(backend, model_path, data, args.repeat)))
+            rows.append((f"Keras, {backend}", keras_mb, keras_arm(backend, model_path, data, args.repeat, side)))
 
         import onnxruntime
 
@@ -142,20 +151,26 @@ def main():
         def run_onnx(images):
             return dict(zip(names, session.run(None, {"image": images})))
 
-        rows.append(("ONNX Runtime fp32", os.path.getsize(onnx_path) / 1e6, artifact_arm(run_onnx, size, data, args.repeat)))
+        rows.append(("ONNX Runtime fp32", os.path.getsize(onnx_path) / 1e6,
+                     {**artifact_arm(run_onnx, size, data, args.repeat), "check": checks["onnx_fp32"]}))
         from wsss_deploy.litert_runner import LiteRTSegmenter
 
         for precision in ("fp32", "fp16", "int8"):
             path = os.path.join(out, f"tflite_{precision}", "model.tflite")
             runner = LiteRTSegmenter(path, threads=args.threads)
-            rows.append((f"LiteRT {precision}", os.path.getsize(path) / 1e6, artifact_arm(runner.run, size, data, args.repeat)))
+            rows.append((f"LiteRT {precision}", os.path.getsize(path) / 1e6,
+                         {**artifact_arm(runner.run, size, data, args.repeat), "check": checks[f"tflite_{precision}"]}))
 
     print(f"\nquickstart model (ToCo + DOEI), network input {size[0]}x{size[1]}, {args.threads} threads, "
           f"median of {args.repeat}; mIoU on the synthetic val set")
-    print("| runtime | size (MB) | batch 1 (ms) | batch 8 (ms) | mIoU (val) |")
-    print("|---|---|---|---|---|")
+    print("| runtime | size (MB) | batch 1 (ms) | batch 8 (ms) | mIoU (val) | self-check: label agreement |")
+    print("|---|---|---|---|---|---|")
     for name, megabytes, figures in rows:
-        print(f"| {name} | {megabytes:.2f} | {figures['ms1']:.1f} | {figures['ms8']:.1f} | {figures['miou']:.1f} |")
+        check = figures.get("check")
+        agreement = "(reference)" if check is None else f"{100 * check['label_agreement']:.2f} %" + (
+            "" if check["passed"] else " (under its mark)") + (
+            f", {check['float_layers']} layers float" if check.get("float_layers") else "")
+        print(f"| {name} | {megabytes:.2f} | {figures['ms1']:.1f} | {figures['ms8']:.1f} | {figures['miou']:.1f} | {agreement} |")
     return 0
 
 

@@ -536,24 +536,12 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
         target = os.path.join(folder, ARTIFACT_NAMES[fmt])
         if os.path.isdir(target):
             shutil.rmtree(target)
-        attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset)
-        while True:
-            try:
-                path, notes = next(attempts)
-            except StopIteration:
-                break
-            except Exception as error:
-                raise ExportError(f"{model_path}: {fmt} {precision} export failed ({type(error).__name__}: "
-                                  f"{_first_lines(error)}).") from None
-            if notes.get("float_layers"):
-                echo(f"[export] int8: keeping the {notes['float_layers']} worst-quantised of {notes['layers']} layers in float")
-            check = self_check(graph, path, fmt, precision, check_images,
-                               eval_dataset if precision != "fp32" else None, eval_limit, echo,
-                               None if precision == "fp32" else min_agreement)
-            check.update(notes)
-            if check["passed"]:
-                break
-        attempts.close()
+        path, check = write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path,
+                                    lambda artifact: self_check(graph, artifact, fmt, precision, check_images,
+                                                                eval_dataset if precision != "fp32" else None,
+                                                                eval_limit, echo,
+                                                                None if precision == "fp32" else min_agreement),
+                                    echo)
         manifest = build_manifest(graph, os.fspath(model_path), path, fmt, precision, input_size, output, dynamic, opset, check)
         with open(os.path.join(folder, MANIFEST_FILE), "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2)
@@ -563,6 +551,36 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
     if failures:
         raise ExportCheckError("self-check failed: " + "; ".join(failures) + f" (artifacts and manifests kept in {out}).")
     return manifests
+
+
+def write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path, check_artifact, echo):
+    """Write one artifact and check it: (path, check record). int8 tries its float fallbacks
+    until one passes, else keeps the attempt whose labels agreed best."""
+    attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset)
+    best = None  # (agreement, flatbuffer bytes, check) of the best failed int8 attempt
+    while True:
+        try:
+            path, notes = next(attempts)
+        except StopIteration:
+            break
+        except Exception as error:
+            raise ExportError(f"{model_path}: {fmt} {precision} export failed ({type(error).__name__}: "
+                              f"{_first_lines(error)}).") from None
+        if notes.get("float_layers"):
+            echo(f"[export] int8: keeping the {notes['float_layers']} worst-quantised of {notes['layers']} layers in float")
+        check = {**check_artifact(path), **notes}
+        if check["passed"]:
+            break
+        if precision == "int8" and (best is None or (check["label_agreement"] or 0) > best[0]):
+            with open(path, "rb") as handle:
+                best = (check["label_agreement"] or 0, handle.read(), check)
+    attempts.close()
+    if not check["passed"] and best is not None and best[2] is not check:
+        with open(path, "wb") as handle:
+            handle.write(best[1])
+        check = best[2]
+        echo(f"[export] int8: keeping the attempt that agreed best ({100 * best[0]:.2f} %)")
+    return path, check
 
 
 def _first_lines(error, count=3):
