@@ -169,7 +169,7 @@ def main():
         check = figures.get("check")
         agreement = "(reference)" if check is None else f"{100 * check['label_agreement']:.2f} %" + (
             "" if check["passed"] else " (under its mark)") + (
-            f", {check['float_layers']} layers float" if check.get("float_layers") else "")
+            f"; float: {', '.join(check['float_ops'])}" if check.get("float_ops") else "")
         print(f"| {name} | {megabytes:.2f} | {figures['ms1']:.1f} | {figures['ms8']:.1f} | {figures['miou']:.1f} | {agreement} |")
     return 0
 
