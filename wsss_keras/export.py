@@ -28,6 +28,7 @@ import subprocess
 import sys
 
 import numpy as np
+from wsss_deploy.manifest import MANIFEST_FILE
 
 from wsss_keras.errors import DataError, ModelError, WSSSError
 
@@ -35,7 +36,6 @@ FORMATS = ("saved_model", "onnx", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUTS = ("logits", "labels", "cams")
 ARTIFACT_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
-MANIFEST_FILE = "manifest.json"
 # The self-check's pass marks: the share of pixels whose label matches the Keras model's ...
 AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.98}
 # ... and, for float32 artifacts with logits, the largest absolute logit difference.
@@ -243,30 +243,23 @@ def int8_flatbuffers(saved_model, calibration):
         yield debugger.get_nondebug_quantized_model(), {"float_ops": list(float_ops)}
 
 
-def run_artifact(path, fmt, images):
-    """The artifact's outputs {name: array} for each uint8 image of `images` (a list of
-    (H, W, 3) arrays, sizes may differ), run one at a time: a list of dicts."""
-    results = []
+def artifact_runner(path, fmt):
+    """A callable uint8 images `(B, H, W, 3)` -> {output name: array}, loading the artifact once."""
     if fmt == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
         names = [output.name for output in session.get_outputs()]
-        for image in images:
-            results.append(dict(zip(names, session.run(None, {input_name: image[None]}))))
-    elif fmt == "tflite":
+        return lambda images: dict(zip(names, session.run(None, {input_name: images})))
+    if fmt == "tflite":
         from wsss_deploy.litert_runner import LiteRTSegmenter
 
-        runner = LiteRTSegmenter(path)
-        results = [runner.run(image[None]) for image in images]
-    else:
-        import tensorflow as tf
+        return LiteRTSegmenter(path).run
+    import tensorflow as tf
 
-        serve = tf.saved_model.load(path).signatures["serve"]
-        for image in images:
-            results.append({key: value.numpy() for key, value in serve(tf.constant(image[None])).items()})
-    return results
+    serve = tf.saved_model.load(path).signatures["serve"]
+    return lambda images: {key: value.numpy() for key, value in serve(tf.constant(images)).items()}
 
 
 # Checking -----------------------------------------------------------------------------------
@@ -308,7 +301,8 @@ def self_check(graph, path, fmt, precision, images, eval_dataset=None, eval_limi
         return {key: keras.ops.convert_to_numpy(value) for key, value in graph(image[None]).items()}
 
     reference = [keras_outputs(image) for image in images]
-    exported = run_artifact(path, fmt, images)
+    run = artifact_runner(path, fmt)
+    exported = [run(image[None]) for image in images]
     agreement, largest = compare_outputs(reference, exported)
     record = {"images": len(images), "label_agreement": agreement, "max_abs_difference": largest,
               "threshold_agreement": bar}
@@ -321,8 +315,7 @@ def self_check(graph, path, fmt, precision, images, eval_dataset=None, eval_limi
             failures.append(f"outputs differ by up to {largest:.2e}, over {FP32_LOGIT_TOLERANCE:g}")
     if eval_dataset is not None and "labels" in reference[0]:
         record["miou_keras"] = evaluation_miou(lambda image: keras_outputs(image)["labels"][0], eval_dataset, eval_limit)
-        record["miou_artifact"] = evaluation_miou(lambda image: run_artifact(path, fmt, [image])[0]["labels"][0],
-                                                  eval_dataset, eval_limit)
+        record["miou_artifact"] = evaluation_miou(lambda image: run(image[None])["labels"][0], eval_dataset, eval_limit)
     agreement_text = "-" if agreement is None else f"{100 * agreement:.3f} %"
     largest_text = "-" if largest is None else f"{largest:.2e}"
     line = f"[check] {fmt} {precision}: label agreement {agreement_text}, max abs output difference {largest_text}"
