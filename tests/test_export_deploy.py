@@ -122,3 +122,28 @@ def test_labels_only_graph(exported, tmp_path):
         manifest = json.load(handle)
     assert manifest["output"] == "labels" and manifest["check"]["max_abs_difference"] is None
     assert manifest["classes"] == ["background"] + [f"c{i}" for i in range(6)]
+
+
+def test_serves_a_wsss_export(exported):
+    """The server on a real `wsss export` folder: masks equal onnxruntime's, manifest served."""
+    import io
+
+    import onnxruntime
+
+    from test_serve import call, running_server
+    from wsss_deploy.serve import ServeSettings
+
+    root, data = exported
+    folder = str(root / "out" / "onnx_fp32")
+    session = onnxruntime.InferenceSession(os.path.join(folder, "model.onnx"))
+    with running_server(ServeSettings(folder)) as url:
+        for name in sorted(os.listdir(os.path.join(data, "JPEGImages")))[:3]:
+            path = os.path.join(data, "JPEGImages", name)
+            with open(path, "rb") as handle:
+                status, _, body = call(f"{url}/v1/segment", handle.read(), {"Content-Type": "image/jpeg"})
+            assert status == 200, body[:300]
+            image = np.asarray(Image.open(path).convert("RGB"))
+            expected = session.run(["labels"], {"image": image[None]})[0][0]
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(body))), expected)
+        model = json.loads(call(f"{url}/v1/model")[2])["manifest"]
+    assert model["classes"] == ["background"] + [f"c{i}" for i in range(6)] and model["artifact"]["format"] == "onnx"

@@ -20,7 +20,6 @@ fails (`ExportCheckError`) under the thresholds of `AGREEMENT` / `FP32_LOGIT_TOL
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ import subprocess
 import sys
 
 import numpy as np
-from wsss_deploy.manifest import MANIFEST_FILE
+from wsss_deploy.manifest import MANIFEST_FILE, file_sha256
 
 from wsss_keras.errors import DataError, ModelError, WSSSError
 
@@ -52,14 +51,6 @@ class ExportError(WSSSError):
 
 class ExportCheckError(ExportError):
     """The artifact was written but its outputs part from the Keras model's."""
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_input_size(model):

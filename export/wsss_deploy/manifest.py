@@ -1,9 +1,19 @@
 """Reading the `manifest.json` that `wsss export` writes beside every artifact."""
 
+import hashlib
 import json
 import os
 
 MANIFEST_FILE = "manifest.json"
+
+
+def file_sha256(path):
+    """The SHA-256 the manifest records for an artifact (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ManifestError(Exception):

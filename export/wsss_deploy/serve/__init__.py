@@ -1,0 +1,54 @@
+"""The ONNX inference server: FastAPI + uvicorn + onnxruntime, no Keras or TensorFlow.
+
+    wsss serve exports/onnx_fp32 [--host 127.0.0.1] [--port 8000] [--workers N]
+    python -m wsss_deploy.serve exports/onnx_fp32 ...      (the same, where wsss_keras is not installed)
+
+Needs `pip install "wsss-keras[serve]"` (fastapi, uvicorn, python-multipart, prometheus-client,
+onnxruntime; `[gpu]` adds onnxruntime-gpu). See `wsss_deploy.serve.app` for the endpoints.
+"""
+
+from wsss_deploy.serve.settings import ServeSettings
+
+__all__ = ["ServeSettings", "create_app", "preflight", "serve"]
+
+
+def create_app(settings, segmenter=None):
+    from wsss_deploy.serve.app import create_app as _create_app
+
+    return _create_app(settings, segmenter)
+
+
+def preflight(settings):
+    """Load and run the model once, before any socket is opened; raises with a message naming the
+    file and the fix when the model, its manifest or a setting is wrong."""
+    from wsss_deploy.onnx_runner import ModelError, OnnxSegmenter
+    from wsss_deploy.serve.app import warm_up
+
+    problems = settings.validate()
+    if problems:
+        raise ValueError("; ".join(problems))
+    segmenter = OnnxSegmenter(settings.model_dir, provider=settings.provider, threads=settings.threads)
+    try:
+        warm_up(segmenter)
+    except Exception as error:  # onnxruntime's own exception types, or a shape the manifest contradicts
+        raise ModelError(f"{segmenter.path}: the model loads but fails on a test image "
+                         f"({str(error).strip()[:300]}); export it again.") from None
+    return segmenter
+
+
+def serve(settings, host="127.0.0.1", port=8000, workers=1, log_level="info"):
+    """Check the model (`preflight`), then run uvicorn with `workers` processes."""
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from wsss_deploy.serve.settings import SETTINGS_ENV
+
+    preflight(settings)
+    os.environ[SETTINGS_ENV] = settings.to_env()
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker is a process; prometheus_client sums their counters through this folder.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wsss-metrics-")
+    uvicorn.run("wsss_deploy.serve.app:app_from_env", factory=True, host=host, port=int(port), workers=int(workers),
+                log_level=log_level, timeout_graceful_shutdown=10)

@@ -1,0 +1,333 @@
+"""The FastAPI application: endpoints, error answers, body limits and metrics.
+
+    POST /v1/segment   an image (raw body or multipart field "image") -> PNG label map, or JSON
+                       with per-class pixel counts (`?rle=true`: COCO RLE per class)
+    POST /v1/cams      an image -> CAMs (.npy, or JSON peaks; `?full=true`: the maps), when the
+                       model was exported with `--output cams`
+    GET  /v1/model     the manifest and the server's limits
+    GET  /healthz      the process is alive
+    GET  /readyz       the model is loaded, warmed up and the batcher runs (503 otherwise)
+    GET  /metrics      Prometheus text format
+    GET  /docs         OpenAPI documentation (/openapi.json)
+"""
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+
+import numpy as np
+
+from wsss_deploy.serve.batching import DynamicBatcher, QueueFull
+from wsss_deploy.serve.decoding import ACCEPTED_CONTENT_TYPES, InputError, check_content_type, decode_image, media_type
+from wsss_deploy.serve.encoding import JSON, NPY, PNG, cams_npy, cams_summary, label_png, label_summary, negotiate
+from wsss_deploy.serve.metrics import ServerMetrics
+from wsss_deploy.serve.settings import ServeSettings
+
+log = logging.getLogger("wsss_deploy.serve")
+
+ENDPOINTS = ("/v1/segment", "/v1/cams", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The image file: as the raw body (Content-Type image/jpeg, image/png, ...), or as the "
+                       "'image' field of a multipart/form-data upload.",
+        "content": {
+            **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in ACCEPTED_CONTENT_TYPES},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "image": {"type": "string", "format": "binary"}}, "required": ["image"]}},
+        },
+    }
+}
+
+
+def error_body(status, code, message):
+    return {"error": {"status": int(status), "code": code, "message": message}}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class GuardAndMeasure:
+    """Pure ASGI middleware: refuses bodies over the limit (by Content-Length at once, and by
+    counting while the body streams in) and records every request's status and latency."""
+
+    def __init__(self, app, metrics, max_body_bytes):
+        self.app, self.metrics, self.max_body_bytes = app, metrics, int(max_body_bytes)
+
+    async def _send_error(self, send, status, code, message):
+        from starlette.responses import JSONResponse
+
+        response = JSONResponse(error_body(status, code, message), status_code=status)
+        await response({"type": "http"}, None, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        endpoint = path if path in ENDPOINTS else "other"
+        start = time.perf_counter()
+        state = {"status": 500, "started": False, "received": 0}
+        too_large = (f"the request body is larger than this server's limit of {self.max_body_bytes} bytes "
+                     "(--max-body-mb); send a smaller (downscaled or compressed) image.")
+
+        async def counting_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_body_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                state["status"], state["started"] = message["status"], True
+            await send(message)
+
+        try:
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                self.metrics.refused.labels(reason="body_too_large").inc()
+                await self._send_error(recording_send, 413, "body_too_large", too_large)
+                return
+            try:
+                await self.app(scope, counting_receive, recording_send)
+            except _BodyTooLarge:
+                self.metrics.refused.labels(reason="body_too_large").inc()
+                if not state["started"]:
+                    await self._send_error(recording_send, 413, "body_too_large", too_large)
+        finally:
+            self.metrics.observe_request(endpoint, state["status"], time.perf_counter() - start)
+
+
+class ServerState:
+    """The model, the batcher and the metrics of one worker."""
+
+    def __init__(self, settings, segmenter=None):
+        self.settings, self.segmenter = settings, segmenter
+        self.metrics = ServerMetrics()
+        self.batcher = None
+        self.ready = False
+
+    def load(self):
+        if self.segmenter is None:
+            from wsss_deploy.onnx_runner import OnnxSegmenter
+
+            self.segmenter = OnnxSegmenter(self.settings.model_dir, provider=self.settings.provider,
+                                           threads=self.settings.threads)
+        warm_up(self.segmenter)
+
+    async def start(self):
+        await asyncio.get_running_loop().run_in_executor(None, self.load)
+        self.batcher = DynamicBatcher(
+            self.segmenter.run, max_batch_size=self.settings.max_batch_size,
+            max_wait_s=self.settings.max_wait_ms / 1000.0, max_queue=self.settings.max_queue,
+            on_batch=self.metrics.observe_batch, on_queue=self.metrics.queue_depth.set,
+        )
+        await self.batcher.start()
+        self.ready = True
+        log.info("serving %s (%s) with %s", self.segmenter.path, self.segmenter.manifest["model"].get("name"),
+                 self.segmenter.providers)
+
+    async def stop(self):
+        self.ready = False
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    @property
+    def outputs(self):
+        return set(self.segmenter.output_names) if self.segmenter is not None else set()
+
+
+def warm_up(segmenter):
+    """One forward pass at the network size: the first request is not slow, and a graph that
+    loads but cannot run is found before the server listens."""
+    height, width = segmenter.network_size or (64, 64)
+    outputs = segmenter.run(np.zeros((1, int(height), int(width), 3), np.uint8))
+    for name, value in outputs.items():
+        if value.shape[:3] != (1, int(height), int(width)):
+            raise RuntimeError(f"{segmenter.path}: output {name!r} has shape {value.shape} for a 1 x {height} x "
+                               f"{width} image; the graph does not follow the manifest. Export it again.")
+
+
+def create_app(settings, segmenter=None):
+    """The FastAPI app serving `settings.model_dir` (or an already loaded `segmenter`).
+
+    Example:
+    >>> app = create_app(ServeSettings("exports/onnx_fp32"))  # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
+
+    problems = settings.validate()
+    if problems:
+        raise ValueError("; ".join(problems))
+    state = ServerState(settings, segmenter)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await state.start()
+        yield
+        await state.stop()
+
+    app = FastAPI(title="wsss-keras segmentation server", lifespan=lifespan,
+                  description="Semantic segmentation with a model exported by `wsss export --format onnx`.")
+    app.state.server = state
+    app.add_middleware(GuardAndMeasure, metrics=state.metrics, max_body_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(InputError)
+    async def input_error(request, error):
+        state.metrics.refused.labels(reason=error.code).inc()
+        return JSONResponse(error_body(error.status, error.code, error.message), status_code=error.status,
+                            headers=error.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "bad_request")
+        return JSONResponse(error_body(error.status_code, code, str(error.detail)), status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, error):
+        where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in error.errors())
+        return JSONResponse(error_body(422, "invalid_parameter", where), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request, error):
+        log.exception("request to %s failed", request.url.path)
+        return JSONResponse(error_body(500, "internal_error", f"the server failed on this request "
+                                       f"({type(error).__name__}: {error}); see the server log."), status_code=500)
+
+    def authorize(request):
+        key = settings.api_key
+        if not key:
+            return
+        given = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if given is None and bearer.lower().startswith("bearer "):
+            given = bearer[7:].strip()
+        if given is None or not hmac.compare_digest(given.encode(), key.encode()):
+            raise InputError(401, "unauthorized", "this server needs an API key: send it in the X-API-Key header "
+                             "(or Authorization: Bearer KEY).", headers={"WWW-Authenticate": "Bearer"})
+
+    async def read_image(request):
+        """The decoded image and conversion notes, from a raw body or a multipart upload."""
+        kind = media_type(request.headers.get("content-type"))
+        if kind == "multipart/form-data":
+            form = await request.form(max_files=1, max_fields=8)
+            try:
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    files = [value for value in form.values() if not isinstance(value, str)]
+                    upload = files[0] if files else None
+                if upload is None:
+                    raise InputError(400, "no_file", "the multipart upload has no file; send the image as the "
+                                     "'image' field (curl -F image=@photo.jpg).")
+                check_content_type(upload.content_type or "application/octet-stream")
+                data = await upload.read()
+            finally:
+                await form.close()
+        else:
+            check_content_type(kind)
+            data = await request.body()
+        return await asyncio.get_running_loop().run_in_executor(None, decode_image, data, settings.max_pixels)
+
+    async def infer(image, output):
+        try:
+            return await state.batcher.submit(image, [output])
+        except QueueFull as full:
+            raise InputError(503, "queue_full", f"the server is at capacity ({settings.max_queue} requests waiting); "
+                             f"retry after {full.retry_after} s.", headers={"Retry-After": str(full.retry_after)})
+
+    def require_output(name, endpoint, hint):
+        if name not in state.outputs:
+            raise InputError(404, "not_exported", f"{endpoint}: this model was exported with --output "
+                             f"{state.segmenter.manifest.get('output')}, which has no {name!r} output; {hint}")
+
+    def notes_headers(image, notes):
+        headers = {"X-Image-Size": f"{image.shape[1]}x{image.shape[0]}"}
+        if notes:
+            headers["X-Input-Conversion"] = "; ".join(notes)
+        return headers
+
+    @app.post("/v1/segment", openapi_extra=_IMAGE_BODY, responses={
+        200: {"content": {PNG: {}, JSON: {}}, "description": "PNG label map (pixel = class index) or JSON summary"}})
+    async def segment(request: Request, format: str | None = None, rle: bool = False):
+        """Segment one image: a palette PNG whose pixel values are class indices (default), or JSON
+        with each present class's pixel count (`Accept: application/json` or `?format=json`;
+        `?rle=true` adds a COCO run-length encoding per class)."""
+        authorize(request)
+        require_output("labels", "/v1/segment", "export with --output logits or labels to segment.")
+        media = negotiate(request.headers.get("accept"), format, [PNG, JSON])
+        if media is None:
+            raise InputError(406, "not_acceptable", "/v1/segment answers image/png or application/json; "
+                             "ask for one in Accept or with ?format=png|json.")
+        image, notes = await read_image(request)
+        labels = (await infer(image, "labels"))["labels"]
+        headers = notes_headers(image, notes)
+        if media == JSON:
+            return JSONResponse(label_summary(labels, state.segmenter.classes, rle=rle), headers=headers)
+        body = await asyncio.get_running_loop().run_in_executor(None, label_png, labels, state.segmenter.palette)
+        return Response(body, media_type=PNG, headers=headers)
+
+    @app.post("/v1/cams", openapi_extra=_IMAGE_BODY, responses={
+        200: {"content": {NPY: {}, JSON: {}}, "description": "float32 (H, W, C) CAMs as .npy, or JSON"}})
+    async def cams(request: Request, format: str | None = None, full: bool = False):
+        """Class activation maps of one image, foreground classes in the manifest's order: a float32
+        (H, W, C) .npy (default), or JSON with each class's peak (`?full=true` adds the maps)."""
+        authorize(request)
+        require_output("cams", "/v1/cams", "export with --output cams to serve CAMs.")
+        media = negotiate(request.headers.get("accept"), format, [NPY, JSON])
+        if media is None:
+            raise InputError(406, "not_acceptable", "/v1/cams answers application/x-npy or application/json; "
+                             "ask for one in Accept or with ?format=npy|json.")
+        image, notes = await read_image(request)
+        maps = (await infer(image, "cams"))["cams"]
+        headers = notes_headers(image, notes)
+        if media == JSON:
+            return JSONResponse(cams_summary(maps, state.segmenter.classes, full=full), headers=headers)
+        return Response(cams_npy(maps), media_type=NPY, headers=headers)
+
+    @app.get("/v1/model")
+    async def model(request: Request):
+        """The exported model's manifest (classes, palette, input, outputs, check figures) and the
+        server's limits."""
+        authorize(request)
+        manifest = dict(state.segmenter.manifest)
+        manifest["model"] = {k: v for k, v in manifest.get("model", {}).items() if k != "source"}
+        limits = {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms,
+                  "max_queue": settings.max_queue, "max_body_bytes": settings.max_body_bytes,
+                  "max_pixels": settings.max_pixels}
+        return {"manifest": manifest, "server": {"providers": state.segmenter.providers, "limits": limits,
+                                                 "endpoints": sorted(e for e in ENDPOINTS if e.startswith("/v1"))}}
+
+    @app.get("/healthz")
+    async def healthz():
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        """Readiness: the model is loaded and warmed up, and the batcher runs."""
+        if state.ready and state.batcher is not None and state.batcher.running:
+            return {"status": "ready", "queue_depth": state.batcher.depth}
+        return JSONResponse(error_body(503, "not_ready", "the model is loading or the server is stopping"),
+                            status_code=503)
+
+    @app.get("/metrics")
+    async def metrics():
+        """Prometheus metrics (text format)."""
+        body, content_type = state.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def app_from_env():
+    """The app for uvicorn worker processes: settings from WSSS_SERVE_SETTINGS (see `serve`)."""
+    return create_app(ServeSettings.from_env())

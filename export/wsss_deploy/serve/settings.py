@@ -1,0 +1,64 @@
+"""The server's settings: one dataclass, passed to worker processes through the environment."""
+
+import dataclasses
+import json
+import os
+
+SETTINGS_ENV = "WSSS_SERVE_SETTINGS"
+API_KEY_ENV = "WSSS_API_KEY"
+
+
+@dataclasses.dataclass
+class ServeSettings:
+    """How `wsss serve` runs.
+
+    Args:
+        model_dir: the export folder holding model.onnx and manifest.json (or the .onnx file).
+        max_batch_size: the most images in one onnxruntime call.
+        max_wait_ms: how long a request may wait for others to fill its batch.
+        max_queue: the most requests waiting per worker; more are answered 503 with Retry-After.
+        max_body_bytes: the largest request body accepted (413 above it).
+        max_pixels: the most pixels a decoded image may have (413 above it; checked before decoding).
+        provider: onnxruntime provider, "auto" (CUDA when onnxruntime-gpu has it), "cpu" or "cuda".
+        threads: onnxruntime intra-op threads per worker (None: onnxruntime's default).
+        api_key: when set, /v1/* requests must carry it in `X-API-Key` (or `Authorization: Bearer`).
+            Given through the WSSS_API_KEY environment variable, so it never shows in `ps`.
+    """
+
+    model_dir: str
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 64
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 4096 * 2048
+    provider: str = "auto"
+    threads: int | None = None
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+
+    def validate(self):
+        """A list of problems, each naming the setting and a fix; empty when all is well."""
+        problems = []
+        for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_pixels"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name.replace('_', '-')} is {getattr(self, name)}; it must be at least 1.")
+        if self.max_wait_ms < 0:
+            problems.append(f"max-wait-ms is {self.max_wait_ms}; it must be 0 or more.")
+        if self.provider not in ("auto", "cpu", "cuda"):
+            problems.append(f"provider is {self.provider!r}; choose auto, cpu or cuda.")
+        if self.threads is not None and int(self.threads) < 1:
+            problems.append(f"threads is {self.threads}; it must be at least 1 (or unset).")
+        return problems
+
+    def to_env(self):
+        """The settings, minus the API key (which travels in WSSS_API_KEY), as a JSON string."""
+        fields = dataclasses.asdict(self)
+        fields.pop("api_key")
+        return json.dumps(fields)
+
+    @classmethod
+    def from_env(cls):
+        text = os.environ.get(SETTINGS_ENV)
+        if not text:
+            raise RuntimeError(f"{SETTINGS_ENV} is not set; start the server with `wsss serve MODEL_DIR` "
+                               "or `python -m wsss_deploy.serve MODEL_DIR`.")
+        return cls(**json.loads(text), api_key=os.environ.get(API_KEY_ENV) or None)

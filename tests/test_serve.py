@@ -1,0 +1,442 @@
+"""The ONNX inference server, started for real (uvicorn on 127.0.0.1) and called over HTTP.
+
+Most tests serve the tiny "colour" ONNX model of tests/onnx_models.py, whose masks are known by
+hand; `test_serves_a_wsss_export` in test_export_deploy.py serves a model `wsss export` wrote.
+"""
+
+import contextlib
+import io
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+
+import numpy as np
+import onnxruntime
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from onnx_models import CLASSES, expected_labels, write_colour_model
+from wsss_deploy.serve import ServeSettings, create_app
+
+DEPLOY_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export")
+
+
+# Serving and calling ------------------------------------------------------------------------
+@contextlib.contextmanager
+def running_server(settings, segmenter=None):
+    """uvicorn serving `create_app(settings)` on a free loopback port, in a thread; yields the URL."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(settings, segmenter), host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def call(url, data=None, headers=None, method=None):
+    """(status, headers, body bytes) of one HTTP request; errors are answers too."""
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def encode(array, fmt="PNG", **save):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def multipart(field, filename, data, content_type):
+    boundary = "wsss-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def png_labels(body):
+    image = Image.open(io.BytesIO(body))
+    assert image.mode == "P"
+    return np.asarray(image)
+
+
+def metric(text, name, **labels):
+    """The value of one Prometheus sample (0 when absent)."""
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
+        if match and match.group(1) == name:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+            if all(found.get(k) == str(v) for k, v in labels.items()):
+                return float(match.group(3))
+    return 0.0
+
+
+def scene(height, width, seed=0):
+    """An RGB image with red, green and background regions (and noise)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 90, (height, width, 3)).astype(np.uint8)
+    image[: height // 2, : width // 2, 0] = rng.integers(150, 256, (height // 2, width // 2))
+    image[height // 2:, width // 3:, 1] = rng.integers(150, 256, (height - height // 2, width - width // 3))
+    return image
+
+
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory):
+    return write_colour_model(tmp_path_factory.mktemp("colour") / "onnx_fp32")
+
+
+@pytest.fixture(scope="module")
+def server(colour_model):
+    settings = ServeSettings(colour_model, max_batch_size=8, max_wait_ms=30, max_queue=64,
+                             max_body_bytes=300_000, max_pixels=250_000)
+    with running_server(settings) as url:
+        yield url
+
+
+# Correct answers ----------------------------------------------------------------------------
+def test_segment_equals_onnxruntime_called_directly(server, colour_model):
+    session = onnxruntime.InferenceSession(os.path.join(colour_model, "model.onnx"))
+    for index, (height, width) in enumerate([(32, 32), (61, 97), (200, 150)]):
+        image = scene(height, width, seed=index)
+        direct = session.run(["labels"], {"image": image[None]})[0][0]
+        np.testing.assert_array_equal(direct, expected_labels(image))
+        status, headers, body = call(f"{server}/v1/segment", encode(image), {"Content-Type": "image/png"})
+        assert status == 200 and headers["Content-Type"] == "image/png", body[:300]
+        np.testing.assert_array_equal(png_labels(body), direct)
+        assert headers["X-Image-Size"] == f"{width}x{height}"
+        palette = Image.open(io.BytesIO(body)).getpalette()[:9]
+        assert palette == [0, 0, 0, 128, 0, 0, 0, 128, 0]
+    # A JPEG, as multipart: the server decodes it as Pillow does.
+    jpeg = encode(scene(48, 64, seed=7), "JPEG", quality=90)
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    body, headers = multipart("image", "photo.jpg", jpeg, "image/jpeg")
+    status, _, answer = call(f"{server}/v1/segment", body, headers)
+    assert status == 200
+    np.testing.assert_array_equal(png_labels(answer), session.run(["labels"], {"image": decoded[None]})[0][0])
+
+
+def test_segment_json_counts_and_rle(server):
+    from pycocotools import mask as mask_utils
+
+    image = scene(40, 50, seed=3)
+    labels = expected_labels(image)
+    status, headers, body = call(f"{server}/v1/segment?rle=true", encode(image),
+                                 {"Content-Type": "image/png", "Accept": "application/json"})
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    answer = json.loads(body)
+    assert (answer["height"], answer["width"]) == (40, 50)
+    counts = np.bincount(labels.ravel(), minlength=3)
+    assert {c["name"]: c["pixels"] for c in answer["classes"]} == {CLASSES[i]: int(n) for i, n in enumerate(counts) if n}
+    for entry in answer["classes"]:
+        decoded = mask_utils.decode(mask_utils.frPyObjects(entry["rle"], 40, 50))
+        np.testing.assert_array_equal(decoded.astype(bool), labels == entry["index"])
+    # ?format= wins over Accept.
+    status, headers, _ = call(f"{server}/v1/segment?format=png", encode(image),
+                              {"Content-Type": "image/png", "Accept": "application/json"})
+    assert status == 200 and headers["Content-Type"] == "image/png"
+
+
+def test_concurrent_requests_are_batched_and_answered_individually(colour_model):
+    settings = ServeSettings(colour_model, max_batch_size=8, max_wait_ms=200, max_queue=64)
+    images = [scene(24 + 8 * (i % 2), 40, seed=i) for i in range(16)]  # two sizes, never in one batch
+    answers = [None] * len(images)
+    with running_server(settings) as url:
+        def send(index):
+            answers[index] = call(f"{url}/v1/segment", encode(images[index]), {"Content-Type": "image/png"})
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(images))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        _, _, text = call(f"{url}/metrics")
+    text = text.decode()
+    for image, (status, _, body) in zip(images, answers):
+        assert status == 200
+        np.testing.assert_array_equal(png_labels(body), expected_labels(image))
+    batches = metric(text, "wsss_batch_size_count")
+    assert metric(text, "wsss_batch_size_sum") == 16  # every image ran exactly once
+    assert 2 <= batches < 16, f"{batches} batches for 16 concurrent requests: no batching happened"
+    assert metric(text, "wsss_requests_total", endpoint="/v1/segment", status="200") == 16
+
+
+# Bad input ---------------------------------------------------------------------------------
+def png_with_header(width, height):
+    """A PNG that declares width x height 1-bit pixels and holds almost no data (a bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def exif_rotated_png(image):
+    """`image` saved with EXIF orientation 6 (viewers rotate it 90 degrees clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(image, "PNG", exif=exif.tobytes())
+
+
+def test_bad_inputs_get_clear_4xx_answers_and_the_server_lives(server):
+    noisy = np.random.default_rng(0).integers(0, 256, (120, 160, 3)).astype(np.uint8)
+    jpeg, png = encode(noisy, "JPEG", quality=95), encode(noisy)
+    gray16 = (np.arange(30 * 40).reshape(30, 40) * 50).astype(np.uint16)
+    ico = io.BytesIO()
+    Image.fromarray(noisy[:32, :32]).save(ico, format="ICO")
+    floats = io.BytesIO()
+    Image.fromarray(np.ones((8, 8), np.float32)).save(floats, format="TIFF")
+    empty_form = b"--b\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--b--\r\n"
+    cases = [  # (what, body, headers, status, code)
+        ("not an image type", b"hello", {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ("no content type", b"hello", {}, 415, "unsupported_media_type"),
+        ("empty body", b"", {"Content-Type": "image/png"}, 400, "empty_body"),
+        ("garbage", os.urandom(2000), {"Content-Type": "image/png"}, 415, "unreadable_image"),
+        ("truncated JPEG", jpeg[: len(jpeg) // 2], {"Content-Type": "image/jpeg"}, 400, "corrupt_image"),
+        ("truncated PNG", png[: len(png) // 2], {"Content-Type": "image/png"}, 400, "corrupt_image"),
+        ("body over the limit", os.urandom(400_000), {"Content-Type": "image/png"}, 413, "body_too_large"),
+        ("too many pixels", encode(np.zeros((600, 600), np.uint8)), {"Content-Type": "image/png"}, 413,
+         "too_many_pixels"),
+        ("decompression bomb", png_with_header(60_000, 60_000), {"Content-Type": "image/png"}, 413, "too_many_pixels"),
+        ("unsupported format", ico.getvalue(), {"Content-Type": "application/octet-stream"}, 415,
+         "unsupported_format"),
+        ("floating-point image", floats.getvalue(), {"Content-Type": "image/tiff"}, 415, "unsupported_mode"),
+        ("multipart without a file", empty_form, {"Content-Type": "multipart/form-data; boundary=b"}, 400, "no_file"),
+        ("unacceptable answer type", png, {"Content-Type": "image/png", "Accept": "text/html"}, 406, "not_acceptable"),
+    ]
+    for what, body, headers, status, code in cases:
+        got, _, answer = call(f"{server}/v1/segment", body, headers, method="POST")
+        error = json.loads(answer)["error"]
+        assert (got, error["code"]) == (status, code), f"{what}: {got} {error}"
+        assert error["status"] == status and len(error["message"]) > 20, what
+    # A body streamed without Content-Length is counted as it arrives.
+    got, _, answer = call(f"{server}/v1/segment", iter([os.urandom(100_000)] * 4), {"Content-Type": "image/png"},
+                          method="POST")
+    assert got == 413 and json.loads(answer)["error"]["code"] == "body_too_large"
+    got, _, answer = call(f"{server}/v1/segment?rle=perhaps", png, {"Content-Type": "image/png"})
+    assert got == 422 and json.loads(answer)["error"]["code"] == "invalid_parameter"
+
+    # Converted, with a note saying how.
+    rgba = np.dstack([scene(20, 30), np.full((20, 30), 7, np.uint8)])
+    converted = [
+        (encode(rgba), rgba[..., :3], "RGBA -> RGB (alpha ignored)"),
+        (encode(scene(20, 30)[..., 0]), np.repeat(scene(20, 30)[..., :1], 3, -1), "grayscale -> RGB"),
+        (encode(gray16), np.repeat(np.round(gray16 / 257.0).astype(np.uint8)[..., None], 3, -1), "16-bit grayscale"),
+    ]
+    for body, rgb, note in converted:
+        got, headers, answer = call(f"{server}/v1/segment", body, {"Content-Type": "image/png"})
+        assert got == 200 and note in headers["X-Input-Conversion"], (got, answer[:200])
+        np.testing.assert_array_equal(png_labels(answer), expected_labels(rgb))
+    # EXIF orientation honoured: the mask is of the upright image.
+    image = scene(20, 40)
+    got, headers, answer = call(f"{server}/v1/segment", exif_rotated_png(image), {"Content-Type": "image/png"})
+    assert got == 200 and headers["X-Image-Size"] == "20x40"
+    np.testing.assert_array_equal(png_labels(answer), expected_labels(np.rot90(image, k=-1)))
+
+    assert call(f"{server}/healthz")[0] == 200
+    _, _, text = call(f"{server}/metrics")
+    text = text.decode()
+    assert metric(text, "wsss_requests_total", endpoint="/v1/segment", status="415") >= 5
+    assert metric(text, "wsss_refused_inputs_total", reason="body_too_large") >= 2
+    assert metric(text, "wsss_refused_inputs_total", reason="too_many_pixels") >= 2
+
+
+class SlowSegmenter:
+    """An OnnxSegmenter whose batches take `seconds` longer (to fill the queue)."""
+
+    def __init__(self, inner, seconds):
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, images, outputs=None):
+        time.sleep(self.seconds)
+        return self.inner.run(images, outputs)
+
+
+def test_full_queue_answers_503_with_retry_after(colour_model):
+    from wsss_deploy.onnx_runner import OnnxSegmenter
+
+    settings = ServeSettings(colour_model, max_batch_size=1, max_wait_ms=0, max_queue=2)
+    image = scene(16, 16)
+    answers = []
+    with running_server(settings, SlowSegmenter(OnnxSegmenter(colour_model), 0.4)) as url:
+        def send():
+            answers.append(call(f"{url}/v1/segment", encode(image), {"Content-Type": "image/png"}))
+
+        threads = [threading.Thread(target=send) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        _, _, text = call(f"{url}/metrics")
+    statuses = sorted(status for status, _, _ in answers)
+    refused = [(headers, body) for status, headers, body in answers if status == 503]
+    assert 1 <= statuses.count(200) <= 4 and len(refused) == 10 - statuses.count(200), statuses
+    for headers, body in refused:
+        assert int(headers["Retry-After"]) >= 1 and json.loads(body)["error"]["code"] == "queue_full"
+    for status, _, body in answers:
+        if status == 200:
+            np.testing.assert_array_equal(png_labels(body), expected_labels(image))
+    text = text.decode()
+    assert metric(text, "wsss_requests_total", endpoint="/v1/segment", status="503") == len(refused)
+    assert metric(text, "wsss_refused_inputs_total", reason="queue_full") == len(refused)
+
+
+# The other endpoints ------------------------------------------------------------------------
+def test_model_health_ready_docs_and_auth(colour_model, monkeypatch):
+    settings = ServeSettings(colour_model, api_key="s3cret")
+    with running_server(settings) as url:
+        png = encode(scene(16, 16))
+        assert call(f"{url}/v1/segment", png, {"Content-Type": "image/png"})[0] == 401
+        assert call(f"{url}/v1/segment", png, {"Content-Type": "image/png", "X-API-Key": "wrong"})[0] == 401
+        assert call(f"{url}/v1/segment", png, {"Content-Type": "image/png", "X-API-Key": "s3cret"})[0] == 200
+        assert call(f"{url}/v1/segment", png, {"Content-Type": "image/png", "Authorization": "Bearer s3cret"})[0] == 200
+        status, _, body = call(f"{url}/v1/model", headers={"X-API-Key": "s3cret"})
+        model = json.loads(body)
+        assert status == 200 and model["manifest"]["classes"] == CLASSES and "source" not in model["manifest"]["model"]
+        assert model["server"]["limits"]["max_batch_size"] == settings.max_batch_size
+        assert json.loads(call(f"{url}/healthz")[2]) == {"status": "ok"}
+        assert json.loads(call(f"{url}/readyz")[2])["status"] == "ready"
+        spec = json.loads(call(f"{url}/openapi.json")[2])
+        assert "image/png" in spec["paths"]["/v1/segment"]["post"]["requestBody"]["content"]
+        assert call(f"{url}/docs")[0] == 200
+        status, _, body = call(f"{url}/nowhere")
+        assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+        status, _, body = call(f"{url}/v1/cams", png, {"Content-Type": "image/png", "X-API-Key": "s3cret"})
+        assert status == 404 and "--output cams" in json.loads(body)["error"]["message"]
+
+
+def test_cams_endpoint(tmp_path):
+    folder = write_colour_model(tmp_path / "cams", output="cams")
+    session = onnxruntime.InferenceSession(os.path.join(folder, "model.onnx"))
+    image = scene(30, 20)
+    direct = session.run(None, {"image": image[None]})[0][0]
+    with running_server(ServeSettings(folder)) as url:
+        status, headers, body = call(f"{url}/v1/cams", encode(image), {"Content-Type": "image/png"})
+        assert status == 200 and headers["Content-Type"] == "application/x-npy"
+        np.testing.assert_allclose(np.load(io.BytesIO(body)), direct, rtol=0, atol=1e-6)
+        status, _, body = call(f"{url}/v1/cams?format=json&full=true", encode(image), {"Content-Type": "image/png"})
+        answer = json.loads(body)
+        assert [c["name"] for c in answer["classes"]] == CLASSES[1:]
+        assert answer["classes"][0]["peak"] == pytest.approx(float(direct[..., 0].max()), abs=1e-5)
+        np.testing.assert_allclose(np.array(answer["cams"]), direct, atol=1e-4)
+        status, _, body = call(f"{url}/v1/segment", encode(image), {"Content-Type": "image/png"})
+        assert status == 404 and json.loads(body)["error"]["code"] == "not_exported"
+
+
+# Start-up -----------------------------------------------------------------------------------
+def test_start_up_refuses_bad_models_before_listening(tmp_path, colour_model):
+    from wsss_keras.cli import cli
+
+    def serve(folder):
+        return CliRunner().invoke(cli, ["serve", str(folder), "--port", "1"])  # port 1: never reached
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = serve(empty)
+    assert result.exit_code == 2 and "model.onnx" in result.output and "no such file" in result.output
+
+    def copy_model(name):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in ("model.onnx", "manifest.json"):
+            (folder / file).write_bytes(open(os.path.join(colour_model, file), "rb").read())
+        return folder
+
+    no_manifest = copy_model("no_manifest")
+    (no_manifest / "manifest.json").unlink()
+    assert "keep the manifest.json" in serve(no_manifest).output
+
+    replaced = copy_model("replaced")
+    write_colour_model(tmp_path / "other", output="labels")
+    (replaced / "model.onnx").write_bytes((tmp_path / "other" / "model.onnx").read_bytes())
+    assert "SHA-256 is not the one in manifest.json" in serve(replaced).output
+
+    corrupt = copy_model("corrupt")
+    (corrupt / "model.onnx").write_bytes(b"not an onnx model")
+    manifest = json.loads((corrupt / "manifest.json").read_text())
+    manifest["artifact"]["sha256"] = __import__("hashlib").sha256(b"not an onnx model").hexdigest()
+    (corrupt / "manifest.json").write_text(json.dumps(manifest))
+    assert "onnxruntime cannot load it" in serve(corrupt).output
+
+    mismatched = copy_model("mismatched")
+    manifest = json.loads((mismatched / "manifest.json").read_text())
+    manifest["outputs"] = [{"name": "cams"}]
+    (mismatched / "manifest.json").write_text(json.dumps(manifest))
+    result = serve(mismatched)
+    assert result.exit_code == 2 and "do not belong together" in result.output
+
+    bad_json = copy_model("bad_json")
+    (bad_json / "manifest.json").write_text("{not json")
+    assert "not a readable manifest" in serve(bad_json).output
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_python_m_server_with_two_workers_imports_no_keras(colour_model):
+    """`python -m wsss_deploy.serve` in a process where importing Keras, TensorFlow or wsss_keras
+    fails, with two workers whose metrics /metrics sums; SIGTERM stops it."""
+    port = free_port()
+    code = textwrap.dedent(f"""
+        import sys
+        for name in ("keras", "tensorflow", "jax", "torch", "wsss_keras"):
+            sys.modules[name] = None  # importing them now raises ImportError
+        from wsss_deploy.serve.__main__ import main
+        sys.exit(main([{colour_model!r}, "--port", "{port}", "--workers", "2", "--max-wait-ms", "0"]))
+    """)
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PROMETHEUS_MULTIPROC_DIR")}
+    env["PYTHONPATH"] = DEPLOY_ROOT
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if call(f"{url}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.2)
+        image = scene(24, 24)
+        for _ in range(6):
+            status, _, body = call(f"{url}/v1/segment", encode(image), {"Content-Type": "image/png"})
+            assert status == 200
+            np.testing.assert_array_equal(png_labels(body), expected_labels(image))
+        text = call(f"{url}/metrics")[2].decode()
+        assert metric(text, "wsss_requests_total", endpoint="/v1/segment", status="200") == 6
+        assert metric(text, "wsss_batch_size_sum") == 6
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output[-2000:]

@@ -1,0 +1,53 @@
+"""`wsss serve`: the ONNX inference server (wsss_deploy.serve) on an export folder."""
+
+import os
+
+import click
+
+
+@click.command("serve")
+@click.argument("model_dir", type=click.Path(exists=True))
+@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on.")
+@click.option("--workers", type=click.IntRange(min=1), default=1,
+              help="Worker processes, each with its own model copy and batcher.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=8, help="Most images in one onnxruntime call.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0,
+              help="How long a request may wait for others to fill its batch.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=64,
+              help="Most requests waiting per worker; more are answered 503 with Retry-After.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=20.0,
+              help="Largest request body (413 above it).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 2048,
+              help="Most pixels of a decoded image, checked before decoding (413 above it).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              help="onnxruntime provider; auto uses CUDA when onnxruntime-gpu is installed.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads per worker.")
+def serve(model_dir, host, port, workers, max_batch_size, max_wait_ms, max_queue, max_body_mb, max_pixels, provider,
+          threads):
+    """Serve MODEL_DIR (model.onnx and manifest.json from `wsss export --format onnx`) over HTTP.
+
+    POST an image to /v1/segment for a PNG label map (or JSON with Accept: application/json);
+    /docs lists every endpoint. Set WSSS_API_KEY to require that key in the X-API-Key header.
+    The model is loaded and run once before the server listens; a missing, damaged or
+    mismatched model stops it here. Needs `pip install "wsss-keras[serve]"`.
+    """
+    try:
+        from wsss_deploy.onnx_runner import ModelError
+        from wsss_deploy.serve import ServeSettings
+        from wsss_deploy.serve import serve as run_server
+        from wsss_deploy.serve.settings import API_KEY_ENV
+    except ImportError as error:
+        raise click.UsageError(f"the server needs its packages ({error}): pip install \"wsss-keras[serve]\"") from None
+    settings = ServeSettings(model_dir, max_batch_size, max_wait_ms, max_queue, int(max_body_mb * 2**20), max_pixels,
+                             provider, threads, api_key=os.environ.get(API_KEY_ENV) or None)
+    try:
+        run_server(settings, host, port, workers)
+    except ImportError as error:
+        raise click.UsageError(f"the server needs its packages ({error}): pip install \"wsss-keras[serve]\"") from None
+    except ModelError as error:
+        raise click.BadParameter(str(error), param_hint="MODEL_DIR") from None
+
+
+def register(cli):
+    cli.add_command(serve)
