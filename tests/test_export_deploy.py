@@ -147,3 +147,35 @@ def test_serves_a_wsss_export(exported):
             np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(body))), expected)
         model = json.loads(call(f"{url}/v1/model")[2])["manifest"]
     assert model["classes"] == ["background"] + [f"c{i}" for i in range(6)] and model["artifact"]["format"] == "onnx"
+
+
+def test_triton_repository(exported, tmp_path):
+    """`--format triton`: <name>/config.pbtxt and <name>/1/model.onnx (+ manifest); the config
+    names the graph's real input and outputs with their Triton types and batchable dims."""
+    import re
+
+    import onnxruntime
+
+    from wsss_deploy.onnx_runner import OnnxSegmenter
+
+    root, data = exported
+    result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--format", "triton", "--input-size", "48", "48",
+                                      "--samples", data, "--out", str(tmp_path / "repo")])
+    assert result.exit_code == 0, result.output
+    config = (tmp_path / "repo" / "model" / "config.pbtxt").read_text()
+    version = tmp_path / "repo" / "model" / "1"
+    assert sorted(os.listdir(version)) == ["manifest.json", "model.onnx"]
+    assert re.search(r'^name: "model"$', config, re.M) and re.search(r'^backend: "onnxruntime"$', config, re.M)
+    assert re.search(r"^max_batch_size: 8$", config, re.M) and "max_queue_delay_microseconds" in config
+    tensors = {name: (kind, [int(d) for d in dims.split(",")]) for name, kind, dims in
+               re.findall(r'name: "(\w+)"\s+data_type: (\w+)\s+dims: \[ ([^\]]*) \]', config)}
+    session = onnxruntime.InferenceSession(str(version / "model.onnx"))
+    triton_types = {"tensor(uint8)": "TYPE_UINT8", "tensor(float)": "TYPE_FP32"}
+    for tensor in session.get_inputs() + session.get_outputs():
+        kind, dims = tensors.pop(tensor.name)
+        assert kind == triton_types[tensor.type] and len(dims) == len(tensor.shape) - 1  # batch dim implied
+    assert not tensors, f"config.pbtxt names tensors the graph lacks: {tensors}"
+    assert "dims: [ -1, -1, 7 ]" in config and "dims: [ -1, -1, 3 ]" in config
+    segmenter = OnnxSegmenter(str(version))
+    assert segmenter.manifest["artifact"]["format"] == "triton"
+    assert segmenter.run(np.zeros((2, 40, 30, 3), np.uint8))["labels"].shape == (2, 40, 30)

@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,10 +32,13 @@ from wsss_deploy.manifest import MANIFEST_FILE, file_sha256
 
 from wsss_keras.errors import DataError, ModelError, WSSSError
 
-FORMATS = ("saved_model", "onnx", "tflite")
+FORMATS = ("saved_model", "onnx", "tflite", "triton")
 PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUTS = ("logits", "labels", "cams")
-ARTIFACT_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
+ARTIFACT_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite", "triton": "model.onnx"}
+# Triton's dynamic batcher: the most images per call, and how long a request waits for others.
+TRITON_MAX_BATCH = 8
+TRITON_QUEUE_DELAY_US = 5000
 # The self-check's pass marks: the share of pixels whose label matches the Keras model's ...
 AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.98}
 # ... and, for float32 artifacts with logits, the largest absolute logit difference.
@@ -149,21 +153,33 @@ def _no_default_signatures():
         TFLayer._default_save_signature = original
 
 
-def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFAULT_OPSET):
+def artifact_path(out_dir, fmt, name):
+    """Where `fmt`'s artifact goes in `out_dir`; Triton's is `<name>/1/model.onnx` of a model
+    repository (version 1 of model `name`)."""
+    if fmt == "triton":
+        return os.path.join(out_dir, name, "1", ARTIFACT_NAMES[fmt])
+    return os.path.join(out_dir, ARTIFACT_NAMES[fmt])
+
+
+def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFAULT_OPSET, name="model"):
     """Export `graph` into `out_dir` as `fmt`: yields (artifact path, notes). Every format
     yields once, except int8, which yields again with more ops kept in float each time
     (`int8_flatbuffers`) for as long as the caller asks, so the self-check can choose."""
     import keras
 
-    path = os.path.join(out_dir, ARTIFACT_NAMES[fmt])
+    path = artifact_path(out_dir, fmt, name)
     spec = keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name="image")
     with _no_default_signatures():
         if fmt == "saved_model":
             graph.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
             yield path, {}
             return
-        if fmt == "onnx":
+        if fmt in ("onnx", "triton"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             graph.export(path, format="onnx", input_signature=[spec], opset_version=int(opset), verbose=False)
+            if fmt == "triton":
+                with open(os.path.join(out_dir, name, "config.pbtxt"), "w", encoding="utf-8") as handle:
+                    handle.write(triton_config(name, graph.label_count, graph.output_kind))
             yield path, {"opset": int(opset)}
             return
         import tempfile
@@ -234,9 +250,29 @@ def int8_flatbuffers(saved_model, calibration):
         yield debugger.get_nondebug_quantized_model(), {"float_ops": list(float_ops)}
 
 
+def triton_config(name, label_count, output):
+    """Triton Inference Server's config.pbtxt (protobuf text format) for the exported ONNX graph:
+    the onnxruntime backend, batch dimension first, dynamic batching. Triton batches only
+    requests whose images share a size, as `wsss serve` does."""
+    dims = {"logits": ("TYPE_FP32", [-1, -1, label_count]), "labels": ("TYPE_UINT8", [-1, -1]),
+            "cams": ("TYPE_FP32", [-1, -1, label_count - 1])}
+    names = [o["name"] for o in output_descriptions(label_count, output)]
+
+    def tensor(tensor_name, data_type, shape):
+        return (f'  {{\n    name: "{tensor_name}"\n    data_type: {data_type}\n'
+                f'    dims: [ {", ".join(str(d) for d in shape)} ]\n  }}')
+
+    outputs = ",\n".join(tensor(n, *dims[n]) for n in names)
+    return (f'# Written by `wsss export --format triton`; model.onnx and its manifest.json are in 1/.\n'
+            f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {TRITON_MAX_BATCH}\n'
+            f'input [\n{tensor("image", "TYPE_UINT8", [-1, -1, 3])}\n]\noutput [\n{outputs}\n]\n'
+            f'dynamic_batching {{\n  max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US}\n}}\n'
+            f'instance_group [\n  {{\n    kind: KIND_AUTO\n    count: 1\n  }}\n]\n')
+
+
 def artifact_runner(path, fmt):
     """A callable uint8 images `(B, H, W, 3)` -> {output name: array}, loading the artifact once."""
-    if fmt == "onnx":
+    if fmt in ("onnx", "triton"):
         import onnxruntime
 
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -323,7 +359,8 @@ def self_check(graph, path, fmt, precision, images, eval_dataset=None, eval_limi
 def _versions(fmt):
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ["wsss-keras", "keras", "tensorflow"] + {"onnx": ["tf2onnx", "onnx", "onnxruntime"],
+    onnx = ["tf2onnx", "onnx", "onnxruntime"]
+    names = ["wsss-keras", "keras", "tensorflow"] + {"onnx": onnx, "triton": onnx,
                                                       "tflite": ["ai-edge-litert"]}.get(fmt, [])
     versions = {}
     for name in names:
@@ -332,6 +369,14 @@ def _versions(fmt):
         except PackageNotFoundError:
             pass
     return versions
+
+
+def model_name(model, source):
+    """The recipe's name, else the checkpoint's file name: letters, digits, '_', '-', '.' only
+    (Triton's model names are folder names)."""
+    recipe = getattr(model, "recipe", {}) or {}
+    name = (recipe.get("recipe") or {}).get("name") or os.path.splitext(os.path.basename(source))[0]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
 
 
 def class_names(model, label_count):
@@ -368,14 +413,14 @@ def build_manifest(graph, source, artifact, fmt, precision, input_size, output, 
     return {
         "manifest_version": 1,
         "model": {
-            "name": (recipe.get("recipe") or {}).get("name") or os.path.splitext(os.path.basename(source))[0],
+            "name": model_name(model, source),
             "method": (recipe.get("recipe") or {}).get("method") or type(model).__name__.lower(),
             "class": type(model).__name__,
             "source": os.path.abspath(source),
             "source_sha256": file_sha256(source),
         },
         "artifact": {"file": os.path.basename(artifact), "format": fmt, "precision": precision, "bytes": size,
-                     "sha256": file_sha256(digest_path), **({"opset": int(opset)} if fmt == "onnx" else {}),
+                     "sha256": file_sha256(digest_path), **({"opset": int(opset)} if fmt in ("onnx", "triton") else {}),
                      **({"signature": "serve"} if fmt == "saved_model" else {})},
         "classes": names,
         "palette": voc_palette(len(names)).tolist(),
@@ -406,7 +451,7 @@ def check_request(formats, precisions):
     reduced = [p for p in precisions if p != "fp32"]
     if reduced and "tflite" not in formats:
         raise ExportError(f"precision {reduced[0]} is a TFLite precision; add --format tflite or use fp32 "
-                          "(SavedModel and ONNX export float32).")
+                          "(SavedModel, ONNX and Triton export float32).")
     return [(fmt, precision) for fmt in formats for precision in (precisions if fmt == "tflite" else ["fp32"])]
 
 
@@ -488,7 +533,7 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
         folder = out if len(pairs) == 1 else os.path.join(out, f"{fmt}_{precision}")
         os.makedirs(folder, exist_ok=True)
         echo(f"[export] {fmt} {precision} -> {folder}")
-        target = os.path.join(folder, ARTIFACT_NAMES[fmt])
+        target = artifact_path(folder, fmt, model_name(model, os.fspath(model_path)))
         if os.path.isdir(target):
             shutil.rmtree(target)
         path, check = write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path,
@@ -498,7 +543,9 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
                                                                 None if precision == "fp32" else min_agreement),
                                     echo)
         manifest = build_manifest(graph, os.fspath(model_path), path, fmt, precision, input_size, output, dynamic, opset, check)
-        with open(os.path.join(folder, MANIFEST_FILE), "w", encoding="utf-8") as handle:
+        # Beside the artifact: the export folder, or Triton's version folder.
+        beside = folder if os.path.isdir(path) else os.path.dirname(path)
+        with open(os.path.join(beside, MANIFEST_FILE), "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2)
         manifests.append(manifest)
         if not check["passed"]:
@@ -511,7 +558,8 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
 def write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path, check_artifact, echo):
     """Write one artifact and check it: (path, check record). int8 tries its float fallbacks
     until one passes, else keeps the attempt whose labels agreed best."""
-    attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset)
+    attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset,
+                               model_name(graph.method, os.fspath(model_path)))
     best = None  # (agreement, flatbuffer bytes, check) of the best failed int8 attempt
     while True:
         try:

@@ -46,7 +46,7 @@ def find_model(path):
     except ManifestError as error:
         raise ModelError(str(error)) from None
     artifact = manifest.get("artifact", {})
-    if artifact.get("format") not in (None, "onnx"):
+    if artifact.get("format") not in (None, "onnx", "triton"):  # Triton's repository holds an ONNX file
         raise ModelError(f"{model}: its manifest describes a {artifact.get('format')} artifact, not ONNX; "
                          "serve the onnx_* folder of the export.")
     return model, manifest

@@ -5,8 +5,9 @@ import click
 
 @click.command("export")
 @click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
-@click.option("--format", "formats", type=click.Choice(["saved_model", "onnx", "tflite"]), multiple=True,
-              default=("onnx",), help="Artifact format; repeat for several (each then gets OUT/<format>_<precision>/).")
+@click.option("--format", "formats", type=click.Choice(["saved_model", "onnx", "tflite", "triton"]), multiple=True,
+              default=("onnx",), help="Artifact format; repeat for several (each then gets OUT/<format>_<precision>/). "
+                                      "triton: a Triton Inference Server model repository (ONNX + config.pbtxt).")
 @click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16", "int8"]), multiple=True,
               default=("fp32",), help="TFLite precision; repeat for several. SavedModel and ONNX are float32.")
 @click.option("--calibration", type=click.Path(file_okay=False), default=None,
