@@ -4,10 +4,8 @@ graph (exported from TensorFlow, in a subprocess on JAX and PyTorch), and the ma
 the artifacts are."""
 
 import json
-import os
 
 import keras
-import numpy as np
 import pytest
 from helpers import tiny_synthetic
 from test_segmenter import batch as segmenter_batch

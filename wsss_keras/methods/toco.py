@@ -33,10 +33,8 @@ unless `doei.in_crop_passes` is False).
 """
 
 import keras
-import numpy as np
 from keras import ops
 
-from wsss_keras.backbones.conv_stem import ConvStem
 from wsss_keras.backbones.transformer import gelu_exact
 from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
 from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD
