@@ -11,6 +11,9 @@ PAR); segmentation is the decoder on val. The CNN baseline (`bench_cam_baseline`
 same way on train. SSR's reconstructed parts run at the spec's defaults (methods/ssr.md), not
 the paper's unpublished values, except where `ssr_synthetic_cpu` says otherwise; the arm
 `ssr_aligned` is that recipe with Grad-CAM in CMPA's aligned space, the spec's default.
+
+With --keep DIR, a run resumes: each arm's finished stages (`run_recipe` skips them) and each
+CNN arm's score (`cnn_seed<seed>.json`) are reused.
 """
 
 import json
@@ -49,6 +52,20 @@ def run_arm(arm, data, root, seed, steps, clip_dir):
     return run_method(recipe_name, data, out, seed, steps, overrides)
 
 
+def cnn_arm(data, root, seed, budget_minutes, train_and_score):
+    """The CNN CAM network trained for `budget_minutes` and scored on train; kept in
+    `root/cnn_seed<seed>.json`, so a run resumed with the same --keep reuses it."""
+    cached = os.path.join(root, f"cnn_seed{seed}.json")
+    if os.path.isfile(cached):
+        with open(cached, encoding="utf-8") as handle:
+            return json.load(handle)
+    cnn = train_and_score(data, seed, budget_minutes, crop_size=112, batch_size=16, split="train")
+    result = {"cam": 100 * cnn["scores"].miou, "train_s": 60 * budget_minutes, "epochs": cnn["epochs"]}
+    with open(cached, "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+    return result
+
+
 def main():
     parser = argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--arms", default="weclip,ssr,cnn", help=f"comma-separated, of {','.join(ARMS)}")
@@ -82,10 +99,9 @@ def main():
             clip_s = clip_seconds(clip_dir)
             for arm in arms:
                 if arm == "cnn":
-                    budget = (clip_s + results["ssr"][-1]["train_s"]) / 60
-                    cnn = train_and_score(data, seed, budget, crop_size=112, batch_size=16, split="train")
-                    results[arm].append({"cam": 100 * cnn["scores"].miou})
-                    print(f"{arm:<11} seed {seed}: CAM {100 * cnn['scores'].miou:.1f}  (train {60 * budget:.0f} s, "
+                    cnn = cnn_arm(data, root, seed, (clip_s + results["ssr"][-1]["train_s"]) / 60, train_and_score)
+                    results[arm].append({"cam": cnn["cam"]})
+                    print(f"{arm:<11} seed {seed}: CAM {cnn['cam']:.1f}  (train {cnn['train_s']:.0f} s, "
                           f"{cnn['epochs']} epochs)", flush=True)
                     continue
                 result = run_arm(arm, data, root, seed, args.steps, clip_dir)
