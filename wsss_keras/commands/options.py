@@ -1,18 +1,60 @@
 """Click options shared by several commands."""
 
+import functools
+
 import click
 
 from wsss_keras.errors import WSSSError
+from wsss_keras.training.options import DISTRIBUTIONS, PRECISIONS
 
 
 class ErrorReportingGroup(click.Group):
-    """A click group that turns the project's own errors into one-line messages (exit status 1)."""
+    """A click group that turns the project's own errors into one-line messages (exit status 1,
+    or the error's own `exit_code`: 128 + the signal for training stopped by a signal)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except WSSSError as error:
-            raise click.ClickException(str(error)) from None
+            exception = click.ClickException(str(error))
+            exception.exit_code = getattr(error, "exit_code", 1)
+            raise exception from None
+
+
+def training_flags(function):
+    """--resume/--restart, --checkpoint-every, --log-every, --tensorboard, --precision and
+    --distribute; the command then runs inside `training_session` with them."""
+
+    @functools.wraps(function)
+    def run_in_session(*args, resume, checkpoint_every, log_every, tensorboard, precision, distribute, **kwargs):
+        from wsss_keras.training.options import TrainingOptions, training_session
+
+        options = TrainingOptions(resume=resume, checkpoint_every=checkpoint_every, log_every=log_every,
+                                  tensorboard=tensorboard, precision=precision, distribute=distribute)
+        with training_session(options, echo=click.echo):
+            return function(*args, **kwargs)
+
+    options = [
+        click.option("--resume/--restart", "resume", default=None,
+                     help="Continue each training stage from its last checkpoint / delete it and start over "
+                          "[default: continue when there is one]."),
+        click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
+                     help="Steps between checkpoints [default: min(1000, max(50, steps / 10))]; 0: only on "
+                          "SIGTERM or Ctrl-C, which always checkpoint before stopping."),
+        click.option("--log-every", type=click.IntRange(min=1), default=None,
+                     help="Steps per progress line and log row [default: steps / 20, at most 100]."),
+        click.option("--tensorboard/--no-tensorboard", default=True,
+                     help="Also write the logged losses for TensorBoard (OUT/tensorboard/)."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="float32",
+                     help="Keras dtype policy; mixed_float16 scales the loss, mixed_bfloat16 suits recent GPUs/TPUs."),
+        click.option("--distribute", type=click.Choice(DISTRIBUTIONS), default="none",
+                     help="data-parallel: every device gets a share of each batch (JAX: keras.distribution; "
+                          "TensorFlow: tf.distribute, multi-worker from TF_CONFIG). The recipe's batch_size is "
+                          "the global batch."),
+    ]
+    for option in reversed(options):
+        run_in_session = option(run_in_session)
+    return run_in_session
 
 
 def dataset_options(function):

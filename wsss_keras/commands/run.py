@@ -2,7 +2,7 @@
 
 import click
 
-from wsss_keras.commands.options import progress_printer
+from wsss_keras.commands.options import progress_printer, training_flags
 
 
 def _recipe_argument(function):
@@ -18,7 +18,7 @@ def _common_options(function):
     ]
     for option in reversed(options):
         function = option(function)
-    return function
+    return training_flags(function)
 
 
 def register(cli):

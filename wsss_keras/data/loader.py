@@ -79,10 +79,10 @@ class SegmentationLoader(keras.utils.PyDataset):
         self.epoch = 0
         self._order = self._make_order()
 
-    def _make_order(self):
+    def _make_order(self, epoch=None):
         order = np.arange(len(self.dataset))
         if self.shuffle:
-            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+            np.random.default_rng([self.seed, self.epoch if epoch is None else epoch]).shuffle(order)
         return order
 
     def __len__(self):
@@ -94,21 +94,27 @@ class SegmentationLoader(keras.utils.PyDataset):
         self._order = self._make_order()
 
     def __getitem__(self, batch_index):
+        return self.batch_at(self.epoch, batch_index, self._order)
+
+    def batch_at(self, epoch, batch_index, order=None):
+        """Batch `batch_index` of epoch `epoch`, whatever epoch the loader is at: the same
+        images and augmentation `__getitem__` gives in that epoch (training resumes with it)."""
         if not 0 <= batch_index < len(self):
             raise IndexError(f"batch {batch_index} out of range for {len(self)} batches")
+        order = self._make_order(epoch) if order is None else order
         positions = range(batch_index * self.batch_size, min((batch_index + 1) * self.batch_size, len(self.dataset)))
         images, label_maps, boxes, indices, extras = [], [], [], [], []
         for position in positions:
-            index = int(self._order[position])
+            index = int(order[position])
             image, label_map = self.dataset.load_item(index, with_label_map=self.with_label_maps)
-            rng = np.random.default_rng([self.seed, self.epoch, position])
+            rng = np.random.default_rng([self.seed, epoch, position])
             if self.item_maps is None:
                 image, label_map, box, *extra = self.transform(rng, image, label_map)
             else:
                 image, label_map, box, *extra = self.transform(rng, image, label_map, maps=self.item_maps(index))
             extras.append(dict(extra[0]) if extra else {})
             if self.item_extras is not None:
-                extras[-1].update(self.item_extras(index, np.random.default_rng([self.seed, self.epoch, position, 1])))
+                extras[-1].update(self.item_extras(index, np.random.default_rng([self.seed, epoch, position, 1])))
             images.append(image)
             label_maps.append(label_map)
             boxes.append(box)
@@ -133,3 +139,30 @@ class SegmentationLoader(keras.utils.PyDataset):
 
 
 __all__ = ["SegmentationLoader", "TrainTransform", "EvalTransform"]
+
+
+class StepStream(keras.utils.PyDataset):
+    """Optimiser steps `start` .. `stop - 1` of training on `loader`, as one sequence: step s is
+    batch `s % len(loader)` of epoch `s // len(loader)`, exactly what an uninterrupted run
+    reads at that step, so a run resumed at any step sees the same data in the same order.
+
+    Args:
+        loader: a `SegmentationLoader` (its `batch_at`); its workers settings carry over.
+        start: the first step (0, or the step a checkpoint was taken at).
+        stop: the step training ends at (exclusive).
+    """
+
+    def __init__(self, loader, start, stop):
+        super().__init__(workers=loader.workers, use_multiprocessing=loader.use_multiprocessing,
+                         max_queue_size=loader.max_queue_size)
+        if not 0 <= start < stop:
+            raise ValueError(f"steps {start}..{stop}: need 0 <= start < stop")
+        self.loader, self.start, self.stop = loader, int(start), int(stop)
+        self.batches_per_epoch = len(loader)
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __getitem__(self, index):
+        step = self.start + index
+        return self.loader.batch_at(step // self.batches_per_epoch, step % self.batches_per_epoch)

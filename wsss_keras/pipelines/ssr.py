@@ -123,6 +123,7 @@ def prototype_refresh(recipe, model, loader, echo=print):
     class PrototypeRefresh(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
+            self.start_step = 0  # set by fit_steps: the step training (re)starts at
             self.steps = 0
 
         def refresh(self):
@@ -133,8 +134,9 @@ def prototype_refresh(recipe, model, loader, echo=print):
                 sync()
             bank = PrototypeBank(model.num_classes, int(model.options["prototype_bank_size"]))
             batches, seen = [], 0
+            epoch = self.steps // len(loader)  # the crops training reads at this step
             for index in range(len(loader)):
-                images, targets = loader[index]
+                images, targets = loader.batch_at(epoch, index)
                 batches.append((images, targets["labels"]))
                 seen += len(images)
                 if seen >= limit:
@@ -143,7 +145,10 @@ def prototype_refresh(recipe, model, loader, echo=print):
             echo(f"[train] CMPA image prototypes refreshed at step {self.steps} from {len(bank)} features ({seen} images)")
 
         def on_train_begin(self, logs=None):
-            self.refresh()
+            self.steps = self.start_step
+            # A resumed run restored the prototypes of its last refresh with the weights.
+            if not float(keras.ops.convert_to_numpy(model.prototypes_ready)):
+                self.refresh()
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps += 1

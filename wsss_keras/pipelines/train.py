@@ -5,8 +5,8 @@ recipe) that loads on every backend; `train_log.csv` holds the per-epoch losses.
 """
 
 import json
-import math
 import os
+import shutil
 import time
 
 from wsss_keras.errors import WSSSError
@@ -75,32 +75,6 @@ def build_model(recipe, dataset, weights=None):
         )
     except (TypeError, ValueError) as error:
         raise recipe_error(recipe, error) from None
-
-
-def step_progress(steps, echo, every, stage="train"):
-    """A Keras callback that prints the losses every `every` steps with elapsed time and ETA,
-    and stops training after `steps` steps."""
-    import keras
-
-    class StepProgress(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.done, self.start = 0, None
-
-        def on_train_begin(self, logs=None):
-            self.start = self.start or time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.done += 1
-            if self.done % every == 0 or self.done == steps:
-                elapsed = time.perf_counter() - self.start
-                eta = elapsed / self.done * (steps - self.done)
-                losses = " ".join(f"{key.replace('_loss', '')} {float(value):.3f}" for key, value in sorted((logs or {}).items()))
-                echo(f"[{stage}] step {self.done}/{steps} {losses} ({elapsed:.0f} s, ETA {eta:.0f} s)")
-            if self.done >= steps:
-                self.model.stop_training = True
-
-    return StepProgress()
 
 
 def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
@@ -210,53 +184,138 @@ def make_optimizer(recipe, table, steps, model=None, defaults=None, adam_group=N
     raise recipe_error(recipe, f"[{table}] optimizer = {kind!r}; choose \"adamw\" or \"sgd\".")
 
 
-def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", echo=print, summary=None, callbacks=()):
+def _average_loss_over_replicas(model):
+    """Under tf.distribute, Keras sums the replicas' gradients and expects each replica's loss
+    divided by the replica count (its `Loss` objects do that); the methods' own `compute_loss`
+    returns the plain mean over the replica's batch, so it is divided here, for this run only."""
+    import tensorflow as tf
+
+    method = model.compute_loss
+
+    def compute_loss(*args, **kwargs):
+        loss = method(*args, **kwargs)
+        return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+
+    model.__dict__["compute_loss"] = compute_loss
+
+
+class TrainingInterrupted(WSSSError):
+    """Training stopped on SIGTERM or Ctrl-C after writing a checkpoint; `exit_code` is the
+    shell's convention for that signal (143, 130)."""
+
+    def __init__(self, message, signal_name):
+        import signal
+
+        super().__init__(message)
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+
+
+def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", echo=print, summary=None, callbacks=(),
+              options=None):
     """Fit a compiled `model` for `steps` steps of `loader`; save it and its logs into `out_dir`.
 
-    Every training stage of every method ends here, so they all print the same progress, stop
-    on a diverged loss, and leave `<model_file>`, `<stem>_log.csv` and `<stem>_summary.json`
-    (`train_log.csv` / `train_summary.json` for the main model).
+    Every training stage of every method ends here, so they all print the same progress, write
+    the same logs and checkpoints, resume the same way and stop on a diverged loss. They leave
+    `<model_file>`, `<stem>_log.csv` (one row per `log_every` steps: the losses' means over
+    those steps and the learning rate) and `<stem>_summary.json` (`train_log.csv` /
+    `train_summary.json` for the main model), and while training
+    `checkpoints/<stem>/` (removed once the model is saved) and `tensorboard/<stem>/`.
 
     Args:
         model: a compiled Keras model whose `compute_loss` reads the loader's targets.
-        loader: a `SegmentationLoader` (or any PyDataset) of (images, targets).
-        steps: optimiser steps; the loader is cycled through as many epochs as needed.
+        loader: a `SegmentationLoader`; step s trains on batch s % len(loader) of epoch
+            s // len(loader) (`StepStream`), so a resumed run reads what an uninterrupted one would.
+        steps: optimiser steps.
         model_file: the file name of the saved model inside `out_dir`; the log files take its
             stem (`segmenter.keras` -> `segmenter_log.csv`), except `model.keras` -> `train_*`.
         recipe: the loaded recipe (its name and path go into messages and the summary).
         stage: the stage's name, the prefix of its messages.
         summary: extra entries for the summary JSON.
-        callbacks: further Keras callbacks (SSR's prototype refresh).
+        callbacks: further Keras callbacks (SSR's prototype refresh); one with a `start_step`
+            attribute is told the step training starts at.
+        options: a `TrainingOptions` (default: the command's, `training.options.current_options`).
+
+    Raises:
+        TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint was written, rerun to resume.
+        WSSSError: the loss stopped being finite; the last good checkpoint is kept.
 
     Returns:
         the path of the saved model.
     """
     import keras
 
+    from wsss_keras.data.loader import StepStream
+    from wsss_keras.training.callbacks import Checkpointing, StepClock, StepCounter, StepLog, StepProgress
+    from wsss_keras.training.checkpoints import latest_checkpoint, restore_checkpoint
+    from wsss_keras.training.options import current_options
+
+    options = options or current_options()
     os.makedirs(out_dir, exist_ok=True)
-    epochs = math.ceil(steps / len(loader))
     stem = "train" if model_file == MODEL_FILE else os.path.splitext(model_file)[0]
+    folder = os.path.join(out_dir, "checkpoints", stem)
+    record = None if options.resume is False else latest_checkpoint(folder)
+    if record is None and os.path.isdir(folder):
+        shutil.rmtree(folder)  # --restart, or leftovers without a whole checkpoint
+    if record is not None and record["step"] >= steps:
+        raise WSSSError(f"[{stage}] {folder} holds a checkpoint at step {record['step']}, past this run's {steps} "
+                        "steps; pass --restart to start over, or the steps it was started with.")
+    start = record["step"] if record else 0
+    if loader.batch_size % options.replicas:
+        raise WSSSError(f"[{stage}] the batch of {loader.batch_size} images is the global batch and must split evenly "
+                        f"over the {options.replicas} replicas; set this stage's batch_size in {recipe_source(recipe)} "
+                        f"to a multiple of {options.replicas}.")
+    if options.resume and record is None:
+        echo(f"[{stage}] no checkpoint in {folder}; starting at step 0")
     echo(
-        f"[{stage}] {recipe['recipe']['name']}: {steps} steps of {loader.batch_size} images ({epochs} epochs), "
-        f"backend {keras.backend.backend()}"
+        f"[{stage}] {recipe['recipe']['name']}: {steps} steps of {loader.batch_size} images "
+        f"({steps / len(loader):.1f} epochs), backend {keras.backend.backend()}"
+        + (f", {options.replicas} replicas of {loader.batch_size // options.replicas}" if options.replicas > 1 else "")
+        + (f", {options.precision}" if options.precision != "float32" else "")
+        + (f", resuming at step {start}" if start else "")
     )
-    progress = step_progress(steps, echo, every=max(1, steps // 20), stage=stage)
-    logger = keras.callbacks.CSVLogger(os.path.join(out_dir, f"{stem}_log.csv"))
-    start = time.perf_counter()
-    history = model.fit(loader, epochs=epochs, verbose=0, callbacks=[progress, logger, *callbacks])
-    seconds = time.perf_counter() - start
-    losses = history.history.get("loss", [])
-    if losses and not math.isfinite(losses[-1]):
-        raise WSSSError(
-            f"[{stage}] training diverged (loss {losses[-1]}); lower the learning_rate of this stage in "
-            f"{recipe_source(recipe)}."
-        )
+    clock = StepClock(start, steps)
+    log_every = options.log_interval(steps)
+    progress = StepProgress(clock, echo, every=log_every, stage=stage)
+    log = StepLog(clock, os.path.join(out_dir, f"{stem}_log.csv"), every=log_every,
+                  tensorboard_dir=os.path.join(out_dir, "tensorboard", stem) if options.tensorboard else None)
+    checkpointing = Checkpointing(clock, folder, every=options.checkpoint_interval(steps), echo=echo, stage=stage)
+    for callback in callbacks:
+        if hasattr(callback, "start_step"):
+            callback.start_step = start
+    stream = StepStream(loader, start, steps)
+    if options.replicas > 1 and keras.backend.backend() == "tensorflow":
+        _average_loss_over_replicas(model)
+    if record:
+        # Build the model's and the optimiser's variables from one batch, as `fit` does itself
+        # (on TensorFlow only when tracing its first step), so the checkpoint can fill them.
+        model._symbolic_build(data_batch=stream[0])
+        restore_checkpoint(model, record)
+    begun = time.perf_counter()
+    # shuffle=False: Keras would otherwise shuffle the order of a PyDataset's batches; the order is
+    # the StepStream's, so that a resumed run reads what an uninterrupted one would.
+    model.fit(stream, epochs=1, verbose=0, shuffle=False,
+              callbacks=[StepCounter(clock), progress, log, checkpointing, *callbacks])
+    seconds = time.perf_counter() - begun
+    if checkpointing.diverged:
+        kept = (f"the checkpoint of step {checkpointing.last_saved or record['step']} in {folder} is kept"
+                if (checkpointing.last_saved or record) else "no checkpoint was written before it")
+        losses = ", ".join(f"{key} {value}" for key, value in checkpointing.diverged["losses"].items())
+        raise WSSSError(f"[{stage}] training diverged at step {checkpointing.diverged['step']} ({losses}); {kept}. "
+                        f"Lower the learning_rate of this stage in {recipe_source(recipe)}, or train in float32 "
+                        "(--precision float32).")
+    if checkpointing.interrupted:
+        raise TrainingInterrupted(f"[{stage}] stopped by {checkpointing.interrupted} after step {clock.step}; checkpoint "
+                                  f"in {folder}. Run the same command again to resume.", checkpointing.interrupted)
+    model.__dict__.pop("compute_loss", None)  # `_average_loss_over_replicas`'s wrapper
     path = os.path.join(out_dir, model_file)
-    model.save(path)
+    temporary = os.path.join(out_dir, f"tmp-{os.getpid()}-{model_file}")
+    model.save(temporary)
+    os.replace(temporary, path)  # a model file is whole or absent
+    shutil.rmtree(folder, ignore_errors=True)
     record = {
         "recipe": recipe["recipe"]["name"], "stage": stage, "backend": keras.backend.backend(), "steps": steps,
-        "train_seconds": round(seconds, 1), **(summary or {}),
-        "final": {key: float(values[-1]) for key, values in history.history.items()},
+        "train_seconds": round(seconds, 1), **({"resumed_at": start} if start else {}), **(summary or {}),
+        "final": {key: value for key, value in log.last.items() if key not in ("step", "seconds")},
     }
     with open(os.path.join(out_dir, f"{stem}_summary.json"), "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2)
