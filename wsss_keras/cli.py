@@ -34,9 +34,9 @@ def cli(backend):
 
 
 def _register_commands():
-    from wsss_keras.commands import data, evaluate, export, info, quickstart, serve, weights
+    from wsss_keras.commands import data, evaluate, export, info, quickstart, report, serve, weights
 
-    for module in (info, data, evaluate, quickstart, weights, export, serve):
+    for module in (info, data, evaluate, quickstart, weights, export, serve, report):
         module.register(cli)
     from wsss_keras.commands import infer, run, stages
 

@@ -61,7 +61,7 @@ def evaluate_run(out_dir, data_dir, recipe, echo=print):
     from wsss_keras.evaluation.cams import parse_thresholds, sweep_cam_folder
     from wsss_keras.evaluation.folders import score_folders
 
-    metrics = {"recipe": recipe["recipe"]["name"]}
+    metrics = {"recipe": recipe["recipe"]["name"], "data": os.path.abspath(data_dir)}  # `wsss report` reads it
     cam_split = section(recipe, "cams").get("split", "train")
     seed_split = section(recipe, "pseudo_labels").get("split", cam_split)
     predict_split = section(recipe, "predict").get("split", "val")
