@@ -102,9 +102,11 @@ def main():
     parser.add_argument("--run", default=None, help="a `wsss quickstart --out DIR` folder (default: run the quickstart)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement (median)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="ONNX Runtime and LiteRT threads")
+    parser.add_argument("--json", default=None, help="also write the figures here (bench_all.py reads them)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export"))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = args.run
         if run_dir is None:
@@ -161,16 +163,23 @@ def main():
             rows.append((f"LiteRT {precision}", os.path.getsize(path) / 1e6,
                          {**artifact_arm(runner.run, size, data, args.repeat), "check": checks[f"tflite_{precision}"]}))
 
-    print(f"\nquickstart model (ToCo + DOEI), network input {size[0]}x{size[1]}, {args.threads} threads, "
-          f"median of {args.repeat}; mIoU on the synthetic val set")
-    print("| runtime | size (MB) | batch 1 (ms) | batch 8 (ms) | mIoU (val) | self-check: label agreement |")
-    print("|---|---|---|---|---|---|")
+    title = (f"quickstart model (ToCo + DOEI), network input {size[0]}x{size[1]}, {args.threads} threads, "
+             f"median of {args.repeat}; mIoU on the synthetic val set")
+    table = ["| runtime | size (MB) | batch 1 (ms) | batch 8 (ms) | mIoU (val) | self-check: label agreement |",
+             "|---|---|---|---|---|---|"]
     for name, megabytes, figures in rows:
         check = figures.get("check")
         agreement = "(reference)" if check is None else f"{100 * check['label_agreement']:.2f} %" + (
             "" if check["passed"] else " (under its mark)") + (
             f"; float: {', '.join(check['float_ops'])}" if check.get("float_ops") else "")
-        print(f"| {name} | {megabytes:.2f} | {figures['ms1']:.1f} | {figures['ms8']:.1f} | {figures['miou']:.1f} | {agreement} |")
+        table.append(f"| {name} | {megabytes:.2f} | {figures['ms1']:.1f} | {figures['ms8']:.1f} | {figures['miou']:.1f} "
+                     f"| {agreement} |")
+    print(f"\n{title}\n" + "\n".join(table))
+    from results_io import write_results
+
+    write_results(args.json, "bench_export", title, markdown="\n".join(table),
+                  rows=[{"runtime": name, "mb": megabytes, **{k: v for k, v in figures.items() if k != "check"}}
+                        for name, megabytes, figures in rows])
     return 0
 
 

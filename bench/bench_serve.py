@@ -186,6 +186,7 @@ def main():
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--json", default=None, help="also write the figures here (bench_all.py reads them)")
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(ROOT, "export"))
     with tempfile.TemporaryDirectory() as scratch:
@@ -212,20 +213,27 @@ def main():
             server.wait(30)
     best_raw = max(raw.values())
     size = (manifest.get("input") or {}).get("network_size")
-    print(f"\nmodel {manifest.get('model', {}).get('name', model_dir)}, network input {size}, {os.cpu_count()} cores; "
-          f"server: {args.workers} worker(s), max batch {args.max_batch_size}, max wait {args.max_wait_ms} ms")
-    print("raw onnxruntime, one process: " + ", ".join(f"batch {b}: {v:.1f} images/s" for b, v in raw.items()))
-    print(f"server mask equals onnxruntime's on the same image: {'yes' if equal else 'NO'}")
+    title = (f"ONNX server on loopback: model {manifest.get('model', {}).get('name', model_dir)}, network input {size}, "
+             f"{os.cpu_count()} cores shared by server and clients; {args.workers} worker(s), max batch "
+             f"{args.max_batch_size}, max wait {args.max_wait_ms} ms")
+    lines = ["raw onnxruntime, one process: " + ", ".join(f"batch {b}: {v:.1f} images/s" for b, v in raw.items()),
+             f"server mask equals onnxruntime's on the same image: {'yes' if equal else 'NO'}"]
     batches = [line for line in metrics.splitlines() if line.startswith(("wsss_batch_size_sum", "wsss_batch_size_count"))]
     counts = {line.split()[0]: float(line.split()[1]) for line in batches}
     if counts.get("wsss_batch_size_count"):
-        print(f"mean batch over the run: {counts['wsss_batch_size_sum'] / counts['wsss_batch_size_count']:.2f} images")
-    print("\n| clients | requests | throughput (images/s) | of raw | p50 (ms) | p99 (ms) | errors |")
-    print("|---|---|---|---|---|---|---|")
+        lines.append(f"mean batch over the run: {counts['wsss_batch_size_sum'] / counts['wsss_batch_size_count']:.2f} images")
+    table = ["| clients | requests | throughput (images/s) | of raw | p50 (ms) | p99 (ms) | errors |",
+             "|---|---|---|---|---|---|---|"]
     for level in levels:
-        print(f"| {level['clients']} | {level['requests']} | {level['throughput']:.1f} | "
-              f"{100 * level['throughput'] / best_raw:.0f} % | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
-              f"{level['errors']}{' (' + level['first_error'] + ')' if level['errors'] else ''} |")
+        table.append(f"| {level['clients']} | {level['requests']} | {level['throughput']:.1f} | "
+                     f"{100 * level['throughput'] / best_raw:.0f} % | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
+                     f"{level['errors']}{' (' + level['first_error'] + ')' if level['errors'] else ''} |")
+    print(f"\n{title}\n" + "\n".join(lines) + "\n\n" + "\n".join(table))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results_io import write_results
+
+    write_results(args.json, "bench_serve", title, markdown="\n".join(lines + [""] + table),
+                  raw_images_per_s={str(b): v for b, v in raw.items()}, levels=levels, masks_equal=equal)
     return 0
 
 

@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 
-from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, print_table, synthetic_data
+from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, report, synthetic_data
 
 # arm: (table label, recipe, recipe overrides); "cnn" is the plain CNN CAM network.
 ARMS = {
@@ -112,7 +112,8 @@ def main():
     import keras
 
     labels = {arm: ARMS[arm][0] for arm in arms}
-    print_table(f"synthetic data, backend {keras.backend.backend()}, seeds {seeds}", SINGLE_STAGE_COLUMNS, labels, results)
+    report(args.json, "bench_ssr", f"WeCLIP vs SSR: synthetic data, backend {keras.backend.backend()}, seeds {seeds}",
+           SINGLE_STAGE_COLUMNS, labels, results)
     return 0
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, print_table, synthetic_data
+from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, report, synthetic_data
 
 
 def run_method(recipe_name, data, out, seed, steps, overrides=None):
@@ -69,7 +69,8 @@ def main():
     import keras
 
     labels = {"toco": "ToCo", "toco_doei": "ToCo + DOEI (reconstructed)", "cnn": "plain CNN CAM, same time"}
-    print_table(f"synthetic data, backend {keras.backend.backend()}, seeds {seeds}", SINGLE_STAGE_COLUMNS, labels, results)
+    report(args.json, "bench_toco_doei", f"ToCo vs ToCo + DOEI: synthetic data, backend {keras.backend.backend()}, seeds {seeds}",
+           SINGLE_STAGE_COLUMNS, labels, results)
     return 0
 
 

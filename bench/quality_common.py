@@ -7,6 +7,7 @@ function seed -> {arm: {"cam": mIoU, "pseudo": mIoU, "seconds": s}}; the single-
 
 import argparse
 import os
+import sys
 import tempfile
 
 # The single-stage methods' figures: CAM and online pseudo-labels on train, the decoder on val.
@@ -24,6 +25,7 @@ def argument_parser(description):
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--data", default=None, help="synthetic data folder (default: generate the quickstart's)")
     parser.add_argument("--keep", default=None, help="keep the run folders here")
+    parser.add_argument("--json", default=None, help="also write the figures here (bench_all.py reads them)")
     return parser
 
 
@@ -57,9 +59,19 @@ def compare(description, recipe_name, labels, run_arms):
     import keras
 
     title = f"{recipe_name}, synthetic data, backend {keras.backend.backend()}, seeds {seeds}"
-    print_table(title, (("cam", "CAM (train)"), ("pseudo", "pseudo-labels after IRN (train)")),
-                labels, rows, first="network")
+    report(args.json, os.path.splitext(os.path.basename(sys.argv[0]))[0], title,
+           (("cam", "CAM (train)"), ("pseudo", "pseudo-labels after IRN (train)")), labels, rows, first="network")
     return 0
+
+
+def report(json_path, bench, title, columns, labels, rows, first="method"):
+    """`print_table`, and the same figures as JSON at `json_path` (when given)."""
+    from results_io import write_results
+
+    print_table(title, columns, labels, rows, first)
+    write_results(json_path, bench, title, first=first, columns=[list(c) for c in columns], labels=labels,
+                  rows={arm: [{key: float(value) for key, value in row.items()} for row in values]
+                        for arm, values in rows.items()})
 
 
 def print_table(title, columns, labels, rows, first="method"):
