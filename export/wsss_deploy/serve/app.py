@@ -249,11 +249,22 @@ def create_app(settings, segmenter=None):
             raise InputError(404, "not_exported", f"{endpoint}: this model was exported with --output "
                              f"{state.segmenter.manifest.get('output')}, which has no {name!r} output; {hint}")
 
-    def notes_headers(image, notes):
+    async def image_request(request, endpoint, output, offered, query_format, hint):
+        """What the image endpoints share: the key, the output check, the answer's type, the
+        image and its batched inference; (media type, the output's array, response headers)."""
+        authorize(request)
+        require_output(output, endpoint, hint)
+        media = negotiate(request.headers.get("accept"), query_format, offered)
+        if media is None:
+            names = {PNG: "png", JSON: "json", NPY: "npy"}
+            raise InputError(406, "not_acceptable", f"{endpoint} answers {' or '.join(offered)}; ask for one in Accept "
+                             f"or with ?format={'|'.join(names[m] for m in offered)}.")
+        image, notes = await read_image(request)
+        result = (await infer(image, output))[output]
         headers = {"X-Image-Size": f"{image.shape[1]}x{image.shape[0]}"}
         if notes:
             headers["X-Input-Conversion"] = "; ".join(notes)
-        return headers
+        return media, result, headers
 
     @app.post("/v1/segment", openapi_extra=_IMAGE_BODY, responses={
         200: {"content": {PNG: {}, JSON: {}}, "description": "PNG label map (pixel = class index) or JSON summary"}})
@@ -261,15 +272,8 @@ def create_app(settings, segmenter=None):
         """Segment one image: a palette PNG whose pixel values are class indices (default), or JSON
         with each present class's pixel count (`Accept: application/json` or `?format=json`;
         `?rle=true` adds a COCO run-length encoding per class)."""
-        authorize(request)
-        require_output("labels", "/v1/segment", "export with --output logits or labels to segment.")
-        media = negotiate(request.headers.get("accept"), format, [PNG, JSON])
-        if media is None:
-            raise InputError(406, "not_acceptable", "/v1/segment answers image/png or application/json; "
-                             "ask for one in Accept or with ?format=png|json.")
-        image, notes = await read_image(request)
-        labels = (await infer(image, "labels"))["labels"]
-        headers = notes_headers(image, notes)
+        media, labels, headers = await image_request(request, "/v1/segment", "labels", [PNG, JSON], format,
+                                                     "export with --output logits or labels to segment.")
         if media == JSON:
             return JSONResponse(label_summary(labels, state.segmenter.classes, rle=rle), headers=headers)
         body = await asyncio.get_running_loop().run_in_executor(None, label_png, labels, state.segmenter.palette)
@@ -280,15 +284,8 @@ def create_app(settings, segmenter=None):
     async def cams(request: Request, format: str | None = None, full: bool = False):
         """Class activation maps of one image, foreground classes in the manifest's order: a float32
         (H, W, C) .npy (default), or JSON with each class's peak (`?full=true` adds the maps)."""
-        authorize(request)
-        require_output("cams", "/v1/cams", "export with --output cams to serve CAMs.")
-        media = negotiate(request.headers.get("accept"), format, [NPY, JSON])
-        if media is None:
-            raise InputError(406, "not_acceptable", "/v1/cams answers application/x-npy or application/json; "
-                             "ask for one in Accept or with ?format=npy|json.")
-        image, notes = await read_image(request)
-        maps = (await infer(image, "cams"))["cams"]
-        headers = notes_headers(image, notes)
+        media, maps, headers = await image_request(request, "/v1/cams", "cams", [NPY, JSON], format,
+                                                   "export with --output cams to serve CAMs.")
         if media == JSON:
             return JSONResponse(cams_summary(maps, state.segmenter.classes, full=full), headers=headers)
         return Response(cams_npy(maps), media_type=NPY, headers=headers)
