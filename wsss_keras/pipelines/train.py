@@ -291,22 +291,24 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         model._symbolic_build(data_batch=stream[0])
         restore_checkpoint(model, record)
     begun = time.perf_counter()
-    # shuffle=False: Keras would otherwise shuffle the order of a PyDataset's batches; the order is
-    # the StepStream's, so that a resumed run reads what an uninterrupted one would.
-    model.fit(stream, epochs=1, verbose=0, shuffle=False,
-              callbacks=[StepCounter(clock), progress, log, checkpointing, *callbacks])
+    try:
+        # shuffle=False: Keras would otherwise shuffle the order of a PyDataset's batches; the
+        # order is the StepStream's, so that a resumed run reads what an uninterrupted one would.
+        model.fit(stream, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[StepCounter(clock), progress, log, checkpointing, *callbacks])
+    finally:
+        model.__dict__.pop("compute_loss", None)  # `_average_loss_over_replicas`'s wrapper
     seconds = time.perf_counter() - begun
     if checkpointing.diverged:
         kept = (f"the checkpoint of step {checkpointing.last_saved or record['step']} in {folder} is kept"
                 if (checkpointing.last_saved or record) else "no checkpoint was written before it")
         losses = ", ".join(f"{key} {value}" for key, value in checkpointing.diverged["losses"].items())
+        hint = " or train in float32 (--precision float32)" if options.precision != "float32" else ""
         raise WSSSError(f"[{stage}] training diverged at step {checkpointing.diverged['step']} ({losses}); {kept}. "
-                        f"Lower the learning_rate of this stage in {recipe_source(recipe)}, or train in float32 "
-                        "(--precision float32).")
+                        f"Lower the learning_rate of this stage in {recipe_source(recipe)}{hint}.")
     if checkpointing.interrupted:
         raise TrainingInterrupted(f"[{stage}] stopped by {checkpointing.interrupted} after step {clock.step}; checkpoint "
                                   f"in {folder}. Run the same command again to resume.", checkpointing.interrupted)
-    model.__dict__.pop("compute_loss", None)  # `_average_loss_over_replicas`'s wrapper
     path = os.path.join(out_dir, model_file)
     temporary = os.path.join(out_dir, f"tmp-{os.getpid()}-{model_file}")
     model.save(temporary)
