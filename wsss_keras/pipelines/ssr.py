@@ -136,7 +136,8 @@ def prototype_refresh(recipe, model, loader, echo=print):
             batches, seen = [], 0
             epoch = self.steps // len(loader)  # the crops training reads at this step
             for index in range(len(loader)):
-                images, targets = loader.batch_at(epoch, index)
+                # A SegmentationLoader gives that epoch's batch; any other PyDataset its own.
+                images, targets = loader.batch_at(epoch, index) if hasattr(loader, "batch_at") else loader[index]
                 batches.append((images, targets["labels"]))
                 seen += len(images)
                 if seen >= limit:
