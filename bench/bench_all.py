@@ -88,7 +88,8 @@ def render(results_dir):
     if quality:
         parts.append("**Quality on the synthetic data** (mIoU %, mean ± std over seeds; CAMs and pseudo-labels on "
                      "train, segmentation on val; each bench's own notes in its docstring):\n\n" + quality_table(quality))
-        parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)})" for r in quality) + ".")
+        parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)}" + (f"; {r['note']}" if r.get("note") else "")
+                                              + ")" for r in quality) + ".")
     for name in ("train_step", "export", "serve"):
         if name in records:
             record = records[name]

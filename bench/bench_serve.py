@@ -232,7 +232,7 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from results_io import write_results
 
-    write_results(args.json, "bench_serve", title, markdown="\n".join(lines + [""] + table),
+    write_results(args.json, "bench_serve", title, markdown="\n".join([f"- {line}" for line in lines] + [""] + table),
                   raw_images_per_s={str(b): v for b, v in raw.items()}, levels=levels, masks_equal=equal)
     return 0
 
