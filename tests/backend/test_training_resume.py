@@ -81,7 +81,7 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(data, tmp
     assert any("resuming at step 7" in line for line in lines), lines
     for got, want in zip(weights_of(model), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert not os.path.exists(folder) and os.path.isfile(tmp_path / "cut" / "model.keras")
+    assert not os.path.exists(tmp_path / "cut" / "checkpoints") and os.path.isfile(tmp_path / "cut" / "model.keras")
     with open(tmp_path / "cut" / "train_log.csv", newline="") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
     assert steps == [2, 4, 6, 8, 10, 12]  # rows after the checkpoint were dropped and written again

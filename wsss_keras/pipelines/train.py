@@ -314,6 +314,10 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     model.save(temporary)
     os.replace(temporary, path)  # a model file is whole or absent
     shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(folder))  # OUT/checkpoints, once no stage has one left
+    except OSError:
+        pass
     record = {
         "recipe": recipe["recipe"]["name"], "stage": stage, "backend": keras.backend.backend(), "steps": steps,
         "train_seconds": round(seconds, 1), **({"resumed_at": start} if start else {}), **(summary or {}),
