@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from wsss_deploy.label_maps import label_png
 from wsss_deploy.manifest import ManifestError, read_manifest
 
 
@@ -69,13 +70,8 @@ def read_rgb(path):
 
 
 def write_label_png(path, labels, palette):
-    from PIL import Image
-
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    flat = np.zeros((256, 3), np.uint8)
-    flat[: len(palette)] = np.asarray(palette, np.uint8)[:256]
-    image.putpalette(flat.reshape(-1).tolist())
-    image.save(path)
+    with open(path, "wb") as handle:
+        handle.write(label_png(labels, palette))
 
 
 def main(argv=None):

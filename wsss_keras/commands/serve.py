@@ -1,8 +1,9 @@
 """`wsss serve`: the ONNX inference server (wsss_deploy.serve) on an export folder."""
 
-import os
-
 import click
+from wsss_deploy.serve.settings import ServeSettings
+
+DEFAULTS = ServeSettings(model_dir="")  # one set of defaults for both ways of starting the server
 
 
 @click.command("serve")
@@ -11,16 +12,17 @@ import click
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on.")
 @click.option("--workers", type=click.IntRange(min=1), default=1,
               help="Worker processes, each with its own model copy and batcher.")
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=8, help="Most images in one onnxruntime call.")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0,
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=DEFAULTS.max_batch_size,
+              help="Most images in one onnxruntime call.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=DEFAULTS.max_wait_ms,
               help="How long a request may wait for others to fill its batch.")
-@click.option("--max-queue", type=click.IntRange(min=1), default=64,
+@click.option("--max-queue", type=click.IntRange(min=1), default=DEFAULTS.max_queue,
               help="Most requests waiting per worker; more are answered 503 with Retry-After.")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=20.0,
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.max_body_bytes / 2**20,
               help="Largest request body (413 above it).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 2048,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULTS.max_pixels,
               help="Most pixels of a decoded image, checked before decoding (413 above it).")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.provider,
               help="onnxruntime provider; auto uses CUDA when onnxruntime-gpu is installed.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads per worker.")
 def serve(model_dir, host, port, workers, max_batch_size, max_wait_ms, max_queue, max_body_mb, max_pixels, provider,
@@ -34,13 +36,11 @@ def serve(model_dir, host, port, workers, max_batch_size, max_wait_ms, max_queue
     """
     try:
         from wsss_deploy.onnx_runner import ModelError
-        from wsss_deploy.serve import ServeSettings
         from wsss_deploy.serve import serve as run_server
-        from wsss_deploy.serve.settings import API_KEY_ENV
     except ImportError as error:
         raise click.UsageError(f"the server needs its packages ({error}): pip install \"wsss-keras[serve]\"") from None
-    settings = ServeSettings(model_dir, max_batch_size, max_wait_ms, max_queue, int(max_body_mb * 2**20), max_pixels,
-                             provider, threads, api_key=os.environ.get(API_KEY_ENV) or None)
+    settings = ServeSettings.from_options(model_dir, max_batch_size, max_wait_ms, max_queue, max_body_mb, max_pixels,
+                                          provider, threads)
     try:
         run_server(settings, host, port, workers)
     except ImportError as error:

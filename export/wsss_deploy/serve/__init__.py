@@ -19,21 +19,15 @@ def create_app(settings, segmenter=None):
 
 
 def preflight(settings):
-    """Load and run the model once, before any socket is opened; raises with a message naming the
-    file and the fix when the model, its manifest or a setting is wrong."""
-    from wsss_deploy.onnx_runner import ModelError, OnnxSegmenter
-    from wsss_deploy.serve.app import warm_up
+    """Check the settings, then load and run the model once, before any socket is opened;
+    raises with a message naming the file and the fix when the model, its manifest or a
+    setting is wrong. Returns the loaded model."""
+    from wsss_deploy.serve.app import load_model
 
     problems = settings.validate()
     if problems:
         raise ValueError("; ".join(problems))
-    segmenter = OnnxSegmenter(settings.model_dir, provider=settings.provider, threads=settings.threads)
-    try:
-        warm_up(segmenter)
-    except Exception as error:  # onnxruntime's own exception types, or a shape the manifest contradicts
-        raise ModelError(f"{segmenter.path}: the model loads but fails on a test image "
-                         f"({str(error).strip()[:300]}); export it again.") from None
-    return segmenter
+    return load_model(settings)
 
 
 def serve(settings, host="127.0.0.1", port=8000, workers=1, log_level="info"):
@@ -45,10 +39,14 @@ def serve(settings, host="127.0.0.1", port=8000, workers=1, log_level="info"):
 
     from wsss_deploy.serve.settings import SETTINGS_ENV
 
-    preflight(settings)
+    segmenter = preflight(settings)
+    options = dict(host=host, port=int(port), log_level=log_level, timeout_graceful_shutdown=10)
+    if workers <= 1:  # serve in this process, with the model preflight loaded
+        uvicorn.run(create_app(settings, segmenter), **options)
+        return
+    # Worker processes load their own model from the settings passed in the environment.
     os.environ[SETTINGS_ENV] = settings.to_env()
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker is a process; prometheus_client sums their counters through this folder.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wsss-metrics-")
-    uvicorn.run("wsss_deploy.serve.app:app_from_env", factory=True, host=host, port=int(port), workers=int(workers),
-                log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run("wsss_deploy.serve.app:app_from_env", factory=True, workers=int(workers), **options)

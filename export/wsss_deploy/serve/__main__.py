@@ -4,10 +4,9 @@ The options are `wsss serve`'s (see `wsss serve --help`); the API key comes from
 """
 
 import argparse
-import os
 import sys
 
-from wsss_deploy.serve.settings import API_KEY_ENV, ServeSettings
+from wsss_deploy.serve.settings import ServeSettings
 
 
 def main(argv=None):
@@ -25,9 +24,8 @@ def main(argv=None):
     parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=defaults.provider)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker")
     args = parser.parse_args(argv)
-    settings = ServeSettings(args.model_dir, args.max_batch_size, args.max_wait_ms, args.max_queue,
-                             int(args.max_body_mb * 2**20), args.max_pixels, args.provider, args.threads,
-                             api_key=os.environ.get(API_KEY_ENV) or None)
+    settings = ServeSettings.from_options(args.model_dir, args.max_batch_size, args.max_wait_ms, args.max_queue,
+                                          args.max_body_mb, args.max_pixels, args.provider, args.threads)
     from wsss_deploy.onnx_runner import ModelError
     from wsss_deploy.serve import serve
 

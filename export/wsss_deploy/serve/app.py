@@ -13,6 +13,7 @@
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import time
@@ -21,7 +22,8 @@ import numpy as np
 
 from wsss_deploy.serve.batching import DynamicBatcher, QueueFull
 from wsss_deploy.serve.decoding import ACCEPTED_CONTENT_TYPES, InputError, check_content_type, decode_image, media_type
-from wsss_deploy.serve.encoding import JSON, NPY, PNG, cams_npy, cams_summary, label_png, label_summary, negotiate
+from wsss_deploy.label_maps import label_png
+from wsss_deploy.serve.encoding import JSON, NPY, PNG, cams_npy, cams_summary, label_summary, negotiate
 from wsss_deploy.serve.metrics import ServerMetrics
 from wsss_deploy.serve.settings import ServeSettings
 
@@ -111,16 +113,9 @@ class ServerState:
         self.batcher = None
         self.ready = False
 
-    def load(self):
-        if self.segmenter is None:
-            from wsss_deploy.onnx_runner import OnnxSegmenter
-
-            self.segmenter = OnnxSegmenter(self.settings.model_dir, provider=self.settings.provider,
-                                           threads=self.settings.threads)
-        warm_up(self.segmenter)
-
     async def start(self):
-        await asyncio.get_running_loop().run_in_executor(None, self.load)
+        if self.segmenter is None:  # a worker process: load the model it serves
+            self.segmenter = await asyncio.get_running_loop().run_in_executor(None, load_model, self.settings)
         self.batcher = DynamicBatcher(
             self.segmenter.run, max_batch_size=self.settings.max_batch_size,
             max_wait_s=self.settings.max_wait_ms / 1000.0, max_queue=self.settings.max_queue,
@@ -141,6 +136,20 @@ class ServerState:
         return set(self.segmenter.output_names) if self.segmenter is not None else set()
 
 
+def load_model(settings):
+    """The settings' model, checked against its manifest and run once (`warm_up`); errors are
+    `ModelError`s naming the file and the fix."""
+    from wsss_deploy.onnx_runner import ModelError, OnnxSegmenter
+
+    segmenter = OnnxSegmenter(settings.model_dir, provider=settings.provider, threads=settings.threads)
+    try:
+        warm_up(segmenter)
+    except Exception as error:  # onnxruntime's own exception types, or a shape the manifest contradicts
+        raise ModelError(f"{segmenter.path}: the model loads but fails on a test image "
+                         f"({str(error).strip()[:300]}); export it again.") from None
+    return segmenter
+
+
 def warm_up(segmenter):
     """One forward pass at the network size: the first request is not slow, and a graph that
     loads but cannot run is found before the server listens."""
@@ -153,7 +162,8 @@ def warm_up(segmenter):
 
 
 def create_app(settings, segmenter=None):
-    """The FastAPI app serving `settings.model_dir` (or an already loaded `segmenter`).
+    """The FastAPI app serving `settings.model_dir`, or `segmenter` when given (already loaded
+    and checked: `load_model`'s).
 
     Example:
     >>> app = create_app(ServeSettings("exports/onnx_fp32"))  # doctest: +SKIP
@@ -276,7 +286,9 @@ def create_app(settings, segmenter=None):
                                                      "export with --output logits or labels to segment.")
         if media == JSON:
             return JSONResponse(label_summary(labels, state.segmenter.classes, rle=rle), headers=headers)
-        body = await asyncio.get_running_loop().run_in_executor(None, label_png, labels, state.segmenter.palette)
+        # zlib level 1: an answer is sent once, so encoding speed beats a few percent of size.
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(label_png, labels, state.segmenter.palette, compress_level=1))
         return Response(body, media_type=PNG, headers=headers)
 
     @app.post("/v1/cams", openapi_extra=_IMAGE_BODY, responses={

@@ -1,5 +1,6 @@
-"""What the server answers: a palette PNG label map, JSON with per-class pixel counts (and COCO
-run-length encodings on request), or CAMs as a .npy array or JSON."""
+"""What the server answers besides the PNG label map (`wsss_deploy.label_maps.label_png`): JSON
+with per-class pixel counts (and COCO run-length encodings on request), or CAMs as a .npy array
+or JSON."""
 
 import io
 
@@ -8,19 +9,6 @@ import numpy as np
 PNG = "image/png"
 JSON = "application/json"
 NPY = "application/x-npy"
-
-
-def label_png(labels, palette):
-    """The (H, W) label map as an 8-bit palette PNG (pixel value = class index)."""
-    from PIL import Image
-
-    image = Image.fromarray(np.asarray(labels, np.uint8), mode="P")
-    table = np.zeros((256, 3), np.uint8)
-    table[: len(palette)] = np.asarray(palette, np.uint8)[:256]
-    image.putpalette(table.reshape(-1).tolist())
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=1)
-    return buffer.getvalue()
 
 
 def coco_rle(mask):

@@ -56,6 +56,13 @@ class ServeSettings:
         return json.dumps(fields)
 
     @classmethod
+    def from_options(cls, model_dir, max_batch_size, max_wait_ms, max_queue, max_body_mb, max_pixels, provider, threads):
+        """The settings of the command-line options (`wsss serve`, `python -m wsss_deploy.serve`):
+        the body limit in MiB, the API key from WSSS_API_KEY."""
+        return cls(model_dir, int(max_batch_size), float(max_wait_ms), int(max_queue), int(max_body_mb * 2**20),
+                   int(max_pixels), provider, threads, api_key=os.environ.get(API_KEY_ENV) or None)
+
+    @classmethod
     def from_env(cls):
         text = os.environ.get(SETTINGS_ENV)
         if not text:
