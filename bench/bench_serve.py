@@ -68,13 +68,10 @@ def request_bodies(data, count=32):
     return bodies
 
 
-def raw_throughput(model_dir, bodies, batch_sizes, seconds):
+def raw_throughput(segmenter, bodies, batch_sizes, seconds):
     """Images per second of onnxruntime alone on the decoded images, per batch size."""
     from PIL import Image
 
-    from wsss_deploy.onnx_runner import OnnxSegmenter
-
-    segmenter = OnnxSegmenter(model_dir)
     images = [np.asarray(Image.open(io.BytesIO(body)).convert("RGB")) for body in bodies]
     figures = {}
     for batch in batch_sizes:
@@ -161,17 +158,15 @@ def start_server(model_dir, port, args):
     sys.exit("the server did not become ready in 120 s")
 
 
-def check_one_mask(port, model_dir, body):
+def check_one_mask(port, segmenter, body):
     """Whether the server's mask for `body` equals onnxruntime's on the same decoded image."""
     from PIL import Image
-
-    from wsss_deploy.onnx_runner import OnnxSegmenter
 
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/segment", body, {"Content-Type": "image/jpeg"})
     with urllib.request.urlopen(request, timeout=30) as response:
         served = np.asarray(Image.open(io.BytesIO(response.read())))
     image = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
-    direct = OnnxSegmenter(model_dir).run(image[None], ["labels"])["labels"][0]
+    direct = segmenter.run(image[None], ["labels"])["labels"][0]
     return bool(np.array_equal(served, direct))
 
 
@@ -195,15 +190,15 @@ def main():
             model_dir, run_data = export_quickstart(args.run, scratch)
             data = data or run_data
         bodies = request_bodies(data)
-        from wsss_deploy.manifest import read_manifest
-        from wsss_deploy.onnx_runner import find_model
+        from wsss_deploy.onnx_runner import OnnxSegmenter
 
-        manifest = read_manifest(find_model(model_dir)[0])
-        raw = raw_throughput(model_dir, bodies, sorted({1, args.max_batch_size}), min(args.seconds, 10.0))
+        segmenter = OnnxSegmenter(model_dir)  # the raw figure's, and the reference mask's
+        manifest = segmenter.manifest
+        raw = raw_throughput(segmenter, bodies, sorted({1, args.max_batch_size}), min(args.seconds, 10.0))
         port = free_port()
         server = start_server(model_dir, port, args)
         try:
-            equal = check_one_mask(port, model_dir, bodies[0])
+            equal = check_one_mask(port, segmenter, bodies[0])
             levels = [asyncio.run(load_level("127.0.0.1", port, bodies, int(n), args.seconds, args.requests))
                       for n in args.clients.split(",")]
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -22,14 +21,9 @@ CLASSES = 20
 
 
 def _median_ms(step, repeats):
-    step()
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    from bench_vit_forward import _time  # two warm-up calls, then (median, min) ms of `repeats`
+
+    return _time(step, repeats)[0]
 
 
 def run_keras(size, batch, repeats):

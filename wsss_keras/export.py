@@ -528,15 +528,16 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
         from wsss_keras.data import open_dataset
 
         eval_dataset = open_dataset(eval_data, eval_split)
+    name = model_name(model, os.fspath(model_path))
     manifests, failures = [], []
     for fmt, precision in pairs:
         folder = out if len(pairs) == 1 else os.path.join(out, f"{fmt}_{precision}")
         os.makedirs(folder, exist_ok=True)
         echo(f"[export] {fmt} {precision} -> {folder}")
-        target = artifact_path(folder, fmt, model_name(model, os.fspath(model_path)))
+        target = artifact_path(folder, fmt, name)
         if os.path.isdir(target):
             shutil.rmtree(target)
-        path, check = write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path,
+        path, check = write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path, name,
                                     lambda artifact: self_check(graph, artifact, fmt, precision, check_images,
                                                                 eval_dataset if precision != "fp32" else None,
                                                                 eval_limit, echo,
@@ -555,11 +556,10 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
     return manifests
 
 
-def write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path, check_artifact, echo):
-    """Write one artifact and check it: (path, check record). int8 tries its float fallbacks
-    until one passes, else keeps the attempt whose labels agreed best."""
-    attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset,
-                               model_name(graph.method, os.fspath(model_path)))
+def write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path, name, check_artifact, echo):
+    """Write one artifact (`name`: Triton's model name) and check it: (path, check record). int8
+    tries its float fallbacks until one passes, else keeps the attempt whose labels agreed best."""
+    attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset, name)
     best = None  # (agreement, flatbuffer bytes, check) of the best failed int8 attempt
     while True:
         try:
