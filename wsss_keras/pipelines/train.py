@@ -278,7 +278,7 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     progress = StepProgress(clock, echo, every=log_every, stage=stage)
     log = StepLog(clock, os.path.join(out_dir, f"{stem}_log.csv"), every=log_every,
                   tensorboard_dir=os.path.join(out_dir, "tensorboard", stem) if options.tensorboard else None)
-    checkpointing = Checkpointing(clock, folder, every=options.checkpoint_interval(steps), echo=echo, stage=stage)
+    checkpointing = Checkpointing(clock, folder, every=options.checkpoint_interval(steps))
     for callback in callbacks:
         if hasattr(callback, "start_step"):
             callback.start_step = start

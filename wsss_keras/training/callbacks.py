@@ -219,9 +219,9 @@ class Checkpointing(keras.callbacks.Callback):
     signal's name); a loss that is not finite stops training at once, without a checkpoint, so
     the last one is the last good state (`diverged` holds the step and losses)."""
 
-    def __init__(self, clock, folder, every=0, echo=print, stage="train"):
+    def __init__(self, clock, folder, every=0):
         super().__init__()
-        self.clock, self.folder, self.every, self.echo, self.stage = clock, folder, int(every), echo, stage
+        self.clock, self.folder, self.every = clock, folder, int(every)
         self.requested = None
         self.interrupted = None
         self.diverged = None
