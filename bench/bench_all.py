@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-import numpy as np
+from quality_common import mean_std_cell
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -49,11 +49,6 @@ def run_bench(name, args):
     return subprocess.run(command, cwd=ROOT).returncode
 
 
-def mean_std(values):
-    values = np.asarray(values, float)
-    return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else "-"
-
-
 def quality_table(records):
     """One table: every quality bench's arms, the baseline first, mean ± std over seeds."""
     columns = []
@@ -66,7 +61,7 @@ def quality_table(records):
     for record in records:
         for arm, label in record["labels"].items():
             rows = record["rows"].get(arm, [])
-            cells = [mean_std([row[key] for row in rows if key in row]) for key, _ in columns]
+            cells = [mean_std_cell([row[key] for row in rows if key in row]) for key, _ in columns]
             lines.append(f"| {BENCHES[record['name']][2]} | {label} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -86,7 +81,7 @@ def render(results_dir):
              "refresh. CPU figures from this project's 2-core development machine._"]
     quality = [records[name] for name in BENCHES if BENCHES[name][1] == "quality" and name in records]
     if quality:
-        parts.append("**Quality on the synthetic data** (mIoU %, mean ± std over seeds; CAMs and pseudo-labels on "
+        parts.append("**Quality on the synthetic data** (mIoU %, mean ± std over seeds, then each seed's figure; CAMs and pseudo-labels on "
                      "train, segmentation on val; each bench's own notes in its docstring):\n\n" + quality_table(quality))
         parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)}" + (f"; {r['note']}" if r.get("note") else "")
                                               + ")" for r in quality) + ".")

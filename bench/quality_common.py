@@ -74,6 +74,16 @@ def report(json_path, bench, title, columns, labels, rows, first="method"):
                         for arm, values in rows.items()})
 
 
+def mean_std_cell(values):
+    """"mean ± std (seed 0 / seed 1 / ...)" of one arm's figure over seeds; "-" when it has none."""
+    import numpy as np
+
+    values = np.asarray(values, float)
+    if len(values) < 2:
+        return f"{values[0]:.1f}" if len(values) else "-"
+    return f"{values.mean():.1f} ± {values.std():.1f} ({' / '.join(f'{value:.1f}' for value in values)})"
+
+
 def print_table(title, columns, labels, rows, first="method"):
     """Print `title` and a Markdown table of mean ± std (per-seed values) per arm.
 
@@ -82,15 +92,9 @@ def print_table(title, columns, labels, rows, first="method"):
         labels: {arm: row label}, in table order.
         rows: {arm: [per-seed dicts]}; a figure an arm lacks shows as "-".
     """
-    import numpy as np
-
     print(f"\n{title}; mIoU mean ± std (per seed)")
     print("| " + " | ".join([first] + [header for _, header in columns]) + " |")
     print("|" + "---|" * (len(columns) + 1))
     for arm, label in labels.items():
-        cells = []
-        for key, _ in columns:
-            values = np.array([row[key] for row in rows[arm] if key in row])
-            cells.append(f"{values.mean():.1f} ± {values.std():.1f} ({' / '.join(f'{v:.1f}' for v in values)})"
-                         if len(values) else "-")
+        cells = [mean_std_cell([row[key] for row in rows[arm] if key in row]) for key, _ in columns]
         print(f"| {label} | " + " | ".join(cells) + " |")
