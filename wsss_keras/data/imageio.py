@@ -11,6 +11,7 @@ import os
 import cv2
 import numpy as np
 from PIL import Image
+from wsss_deploy.label_maps import label_png
 
 from wsss_keras.errors import DataError
 
@@ -92,11 +93,10 @@ def write_label_map(path, labels, palette=None):
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"label map for {path} must be 2-D, got shape {labels.shape}")
-    png = Image.fromarray(labels.astype(np.uint8), mode="P")
-    palette = voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
-    png.putpalette(palette.reshape(-1).tolist())
+    png = label_png(labels.astype(np.uint8), voc_palette() if palette is None else palette)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    png.save(path, optimize=False)
+    with open(path, "wb") as handle:
+        handle.write(png)
 
 
 def write_image(path, image, quality=95):
