@@ -171,6 +171,7 @@ def main():
         check = figures.get("check")
         agreement = "(reference)" if check is None else f"{100 * check['label_agreement']:.2f} %" + (
             "" if check["passed"] else " (under its mark)") + (
+            f"; int8: only {', '.join(check['int8_ops'])}" if check.get("int8_ops") else
             f"; float: {', '.join(check['float_ops'])}" if check.get("float_ops") else "")
         table.append(f"| {name} | {megabytes:.2f} | {figures['ms1']:.1f} | {figures['ms8']:.1f} | {figures['miou']:.1f} "
                      f"| {agreement} |")
