@@ -1,11 +1,13 @@
 """The quickstart model deployed: latency (batch 1 and 8), size and val mIoU of Keras on each
-backend, ONNX Runtime, and LiteRT float32 / float16 / int8. Prints figures, asserts nothing.
+backend, ONNX Runtime, and LiteRT float32 / float16 / int8 (both int8 scopes). Prints figures,
+asserts nothing.
 
     python bench/bench_export.py [--run DIR] [--repeat 10] [--threads 2]
 
 --run is a `wsss quickstart --out DIR` folder (its model `toco_doei/model.keras`, its data
 `data/`); without it the quickstart runs first into a temporary folder. The artifacts come from
-`wsss export` (ONNX and TFLite fp32/fp16/int8, int8 calibrated on the train images). Every
+`wsss export` (ONNX and TFLite fp32/fp16/int8, int8 calibrated on the train images, once with
+its default `--int8-scope full` and once with `weights`). Every
 runtime gets the same inputs: uint8 images of the network's size (the synthetic images' own,
 128) for latency (the exported graphs resize inside, the Keras arms get the normalised image),
 and the val images for mIoU (one view, no flip: the quickstart's predict adds a flip).
@@ -97,6 +99,18 @@ def artifact_arm(run, size, data, repeat):
     return figures
 
 
+def export_with_cli(model_path, options, out):
+    """`wsss export` on TensorFlow in a subprocess; prints its progress lines, returns the process."""
+    process = subprocess.run([sys.executable, "-m", "wsss_keras.cli", "--backend", "tensorflow", "export", model_path,
+                              *options, "--out", out],
+                             capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    print("\n".join(line for line in process.stdout.splitlines() if line.startswith(("[", "wrote"))))
+    if process.returncode != 0:
+        # A failed self-check keeps its artifact: report it below rather than stop.
+        print(process.stderr.strip().splitlines()[-1])
+    return process
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=None, help="a `wsss quickstart --out DIR` folder (default: run the quickstart)")
@@ -119,20 +133,17 @@ def main():
         with open(os.path.join(data, "synthetic.json"), encoding="utf-8") as handle:
             side = int(json.load(handle)["size"])
         out = os.path.join(scratch, "artifacts")
-        export = subprocess.run(
-            [sys.executable, "-m", "wsss_keras.cli", "--backend", "tensorflow", "export", model_path, "--format", "onnx",
-             "--format", "tflite", "--precision", "fp32", "--precision", "fp16", "--precision", "int8",
-             "--calibration", data, "--eval-data", data, "--input-size", str(side), str(side), "--out", out],
-            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        print("\n".join(line for line in export.stdout.splitlines() if line.startswith(("[", "wrote"))))
-        if export.returncode != 0:
-            # A failed self-check keeps its artifact: report it below rather than stop.
-            print(export.stderr.strip().splitlines()[-1])
+        common = ["--calibration", data, "--eval-data", data, "--input-size", str(side), str(side)]
+        # int8 twice: its default scope (every op it can) and --int8-scope weights.
+        exported = [export_with_cli(model_path, ["--format", "onnx", "--format", "tflite", "--precision", "fp32",
+                                                 "--precision", "fp16", "--precision", "int8", *common], out),
+                    export_with_cli(model_path, ["--format", "tflite", "--precision", "int8", "--int8-scope", "weights",
+                                                 *common], os.path.join(out, "tflite_int8_weights"))]
         checks = {}
-        for folder in ("onnx_fp32", "tflite_fp32", "tflite_fp16", "tflite_int8"):
+        for folder in ("onnx_fp32", "tflite_fp32", "tflite_fp16", "tflite_int8", "tflite_int8_weights"):
             manifest_path = os.path.join(out, folder, "manifest.json")
             if not os.path.isfile(manifest_path):
-                print(export.stderr[-3000:])
+                print("\n".join(process.stderr[-3000:] for process in exported))
                 return 1
             with open(manifest_path, encoding="utf-8") as handle:
                 checks[folder] = json.load(handle)["check"]
@@ -157,10 +168,10 @@ def main():
                      {**artifact_arm(run_onnx, size, data, args.repeat), "check": checks["onnx_fp32"]}))
         from wsss_deploy.litert_runner import LiteRTSegmenter
 
-        for precision in ("fp32", "fp16", "int8"):
+        for precision, name in (("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8"), ("int8_weights", "int8, weights only")):
             path = os.path.join(out, f"tflite_{precision}", "model.tflite")
             runner = LiteRTSegmenter(path, threads=args.threads)
-            rows.append((f"LiteRT {precision}", os.path.getsize(path) / 1e6,
+            rows.append((f"LiteRT {name}", os.path.getsize(path) / 1e6,
                          {**artifact_arm(runner.run, size, data, args.repeat), "check": checks[f"tflite_{precision}"]}))
 
     title = (f"quickstart model (ToCo + DOEI), network input {size[0]}x{size[1]}, {args.threads} threads, "

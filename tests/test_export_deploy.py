@@ -179,3 +179,27 @@ def test_triton_repository(exported, tmp_path):
     segmenter = OnnxSegmenter(str(version))
     assert segmenter.manifest["artifact"]["format"] == "triton"
     assert segmenter.run(np.zeros((2, 40, 30, 3), np.uint8))["labels"].shape == (2, 40, 30)
+
+
+def test_int8_scope_weights_quantises_only_the_weighted_ops(exported, tmp_path):
+    from wsss_keras.export import INT8_WEIGHTED_OPS, tflite_op_names
+
+    root, data = exported
+    result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--format", "tflite", "--precision", "int8",
+                                      "--int8-scope", "weights", "--input-size", "48", "48", "--calibration", data,
+                                      "--out", str(tmp_path / "weights")])
+    assert result.exit_code == 0, result.output
+    # Straight to the one level, no cascade.
+    assert "[export] int8: only CONV_2D in int8" in result.output and "trying again" not in result.output
+    with open(tmp_path / "weights" / "manifest.json", encoding="utf-8") as handle:
+        check = json.load(handle)["check"]
+    with open(root / "out" / "tflite_fp32" / "model.tflite", "rb") as handle:
+        model_ops = set(tflite_op_names(handle.read()))
+    with open(tmp_path / "weights" / "model.tflite", "rb") as handle:
+        int8_model_ops = set(tflite_op_names(handle.read()))
+    assert check["passed"] and check["int8_scope"] == "weights"
+    assert set(check["int8_ops"]) == model_ops & set(INT8_WEIGHTED_OPS) == {"CONV_2D"}
+    assert set(check["float_ops"]) == model_ops - set(INT8_WEIGHTED_OPS)
+    assert {"QUANTIZE", "DEQUANTIZE"} <= int8_model_ops  # int8 islands around the convolutions
+    result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--int8-scope", "half", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "'half' is not one of 'full', 'weights'" in result.output

@@ -161,10 +161,12 @@ def artifact_path(out_dir, fmt, name):
     return os.path.join(out_dir, ARTIFACT_NAMES[fmt])
 
 
-def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFAULT_OPSET, name="model"):
+def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFAULT_OPSET, name="model",
+                    int8_scope="full"):
     """Export `graph` into `out_dir` as `fmt`: yields (artifact path, notes). Every format
     yields once, except int8, which yields again with more ops kept in float each time
-    (`int8_flatbuffers`) for as long as the caller asks, so the self-check can choose."""
+    (`int8_flatbuffers`, by `int8_scope`) for as long as the caller asks, so the self-check
+    can choose."""
     import keras
 
     path = artifact_path(out_dir, fmt, name)
@@ -192,7 +194,7 @@ def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFA
             if precision != "int8":
                 flatbuffers = [(litert_converter(saved, precision).convert(), {})]
             else:
-                flatbuffers = int8_flatbuffers(saved, calibration)
+                flatbuffers = int8_flatbuffers(saved, calibration, int8_scope)
             for flatbuffer, notes in flatbuffers:
                 with open(path, "wb") as handle:
                     handle.write(flatbuffer)
@@ -241,6 +243,10 @@ INT8_FLOAT_LEVELS = (
 # per-tensor scale. Measured on the tests' few-step ViT and CLIP models, whose logits nearly
 # tie: JAX's CLIP decoder agrees on 96.3 % with the levels above, 99.1 % with this one.
 INT8_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+# `--int8-scope`: "full" starts from every op int8 (for integer-only accelerators) and falls
+# back level by level; "weights" goes straight to the last level, which on CPUs with XNNPACK
+# runs faster than the fp32 model (the float ops skip the quantise/dequantise steps).
+INT8_SCOPES = ("full", "weights")
 
 
 def tflite_op_names(flatbuffer):
@@ -254,10 +260,10 @@ def tflite_op_names(flatbuffer):
     return sorted({names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())] for code in codes})
 
 
-def int8_flatbuffers(saved_model, calibration):
+def int8_flatbuffers(saved_model, calibration, scope="full"):
     """Yield (int8 `.tflite` bytes, notes) with the ops of each `INT8_FLOAT_LEVELS` in float,
     then with every op but `INT8_WEIGHTED_OPS` in float (TensorFlow's selective quantisation,
-    through its quantisation debugger)."""
+    through its quantisation debugger). `scope` "weights" yields only the last."""
     import tensorflow as tf
 
     def quantised(float_ops):
@@ -267,13 +273,13 @@ def int8_flatbuffers(saved_model, calibration):
             debug_dataset=_representative_dataset(calibration[:20]), debug_options=options)
         return debugger.get_nondebug_quantized_model()
 
-    for float_ops in INT8_FLOAT_LEVELS:
-        yield quantised(float_ops), {"float_ops": list(float_ops)}
+    for float_ops in INT8_FLOAT_LEVELS if scope == "full" else ():
+        yield quantised(float_ops), {"int8_scope": scope, "float_ops": list(float_ops)}
     model_ops = tflite_op_names(litert_converter(saved_model, "fp32").convert())
     int8_ops = [op for op in model_ops if op in INT8_WEIGHTED_OPS]
     float_ops = [op for op in model_ops if op not in INT8_WEIGHTED_OPS]
-    if int8_ops:  # else nothing would be left to quantise
-        yield quantised(float_ops), {"float_ops": float_ops, "int8_ops": int8_ops}
+    if int8_ops or scope == "weights":  # full: else nothing would be left to quantise
+        yield quantised(float_ops), {"int8_scope": scope, "float_ops": float_ops, "int8_ops": int8_ops}
 
 
 def triton_config(name, label_count, output):
@@ -500,7 +506,7 @@ def image_folder(folder, what):
 
 def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input_size=None, dynamic=False,
                  output="logits", calibration=None, samples=None, eval_data=None, eval_split="val", eval_limit=50,
-                 opset=DEFAULT_OPSET, min_agreement=None, echo=print):
+                 opset=DEFAULT_OPSET, min_agreement=None, int8_scope="full", echo=print):
     """Export a trained `.keras` model; returns the manifests written.
 
     Args:
@@ -521,6 +527,8 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
         opset: the ONNX opset.
         min_agreement: the share of pixels whose labels must agree for fp16 and int8
             artifacts, instead of `AGREEMENT`'s (float32 keeps its bar and logit tolerance).
+        int8_scope: "full" (every op int8 that passes the self-check, falling back op type by
+            op type) or "weights" (only convolutions and dense layers int8); `INT8_SCOPES`.
 
     Raises:
         ModelError: not a trained model. ExportError: the model cannot be exported as asked.
@@ -532,6 +540,8 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
     pairs = check_request(formats, precisions)
     if output not in OUTPUTS:
         raise ExportError(f"output {output!r}: choose one of {', '.join(OUTPUTS)}.")
+    if int8_scope not in INT8_SCOPES:
+        raise ExportError(f"int8 scope {int8_scope!r}: choose one of {', '.join(INT8_SCOPES)}.")
     if any(precision == "int8" for _, precision in pairs) and calibration is None:
         raise ExportError("int8 needs calibration images: pass --calibration DIR (a folder of images like the ones the model will see).")
     calibration, samples = image_folder(calibration, "calibration"), image_folder(samples, "sample")
@@ -540,7 +550,7 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
             model_path=os.fspath(model_path), out=os.fspath(out), formats=list(formats), precisions=list(precisions),
             input_size=None if input_size is None else list(input_size), dynamic=dynamic, output=output,
             calibration=calibration, samples=samples, eval_data=eval_data, eval_split=eval_split,
-            eval_limit=eval_limit, opset=opset, min_agreement=min_agreement), echo)
+            eval_limit=eval_limit, opset=opset, min_agreement=min_agreement, int8_scope=int8_scope), echo)
     from wsss_keras.pipelines.model_io import load_model
 
     model = load_model(model_path)
@@ -568,7 +578,7 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
                                                                 eval_dataset if precision != "fp32" else None,
                                                                 eval_limit, echo,
                                                                 None if precision == "fp32" else min_agreement),
-                                    echo)
+                                    echo, int8_scope)
         manifest = build_manifest(graph, os.fspath(model_path), path, fmt, precision, input_size, output, dynamic, opset, check)
         # Beside the artifact: the export folder, or Triton's version folder.
         beside = folder if os.path.isdir(path) else os.path.dirname(path)
@@ -582,10 +592,11 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
     return manifests
 
 
-def write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path, name, check_artifact, echo):
+def write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path, name, check_artifact, echo,
+                  int8_scope="full"):
     """Write one artifact (`name`: Triton's model name) and check it: (path, check record). int8
     tries its float fallbacks until one passes, else keeps the attempt whose labels agreed best."""
-    attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset, name)
+    attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset, name, int8_scope)
     best = None  # (agreement, flatbuffer bytes, check) of the best failed int8 attempt
     while True:
         try:
@@ -595,10 +606,11 @@ def write_checked(graph, fmt, precision, folder, calibration_images, opset, mode
         except Exception as error:
             raise ExportError(f"{model_path}: {fmt} {precision} export failed ({type(error).__name__}: "
                               f"{_first_lines(error)}).") from None
+        again = "trying again with " if best is not None else ""
         if "int8_ops" in notes:
-            echo(f"[export] int8: trying again with only {', '.join(notes['int8_ops'])} in int8")
-        elif len(notes.get("float_ops", ())) > 1:
-            echo(f"[export] int8: trying again with {', '.join(notes['float_ops'])} in float")
+            echo(f"[export] int8: {again}only {', '.join(notes['int8_ops'])} in int8")
+        elif again:
+            echo(f"[export] int8: {again}{', '.join(notes['float_ops'])} in float")
         check = {**check_artifact(path), **notes}
         if check["passed"]:
             break
