@@ -244,8 +244,9 @@ INT8_FLOAT_LEVELS = (
 # tie: JAX's CLIP decoder agrees on 96.3 % with the levels above, 99.1 % with this one.
 INT8_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 # `--int8-scope`: "full" starts from every op int8 (for integer-only accelerators) and falls
-# back level by level; "weights" goes straight to the last level, which on CPUs with XNNPACK
-# runs faster than the fp32 model (the float ops skip the quantise/dequantise steps).
+# back level by level; "weights" goes straight to the last level, which measured faster on this
+# x86 CPU than fp32 and full int8 (quickstart ViT at 128, LiteRT with XNNPACK: 3.5 ms against
+# 5.7 and 20.1 ms at batch 1).
 INT8_SCOPES = ("full", "weights")
 
 
@@ -278,8 +279,11 @@ def int8_flatbuffers(saved_model, calibration, scope="full"):
     model_ops = tflite_op_names(litert_converter(saved_model, "fp32").convert())
     int8_ops = [op for op in model_ops if op in INT8_WEIGHTED_OPS]
     float_ops = [op for op in model_ops if op not in INT8_WEIGHTED_OPS]
-    if int8_ops or scope == "weights":  # full: else nothing would be left to quantise
+    if int8_ops:
         yield quantised(float_ops), {"int8_scope": scope, "float_ops": float_ops, "int8_ops": int8_ops}
+    elif scope == "weights":
+        raise ExportError(f"--int8-scope weights: the model has none of {', '.join(INT8_WEIGHTED_OPS)} to "
+                          "quantise; use --int8-scope full.")
 
 
 def triton_config(name, label_count, output):
