@@ -21,9 +21,12 @@ Where we follow the released code (it differs from the paper's figure, ยง2.6 / ย
   unbiased, both are constants for autodiff, no epsilon; the density is not rescaled to a peak
   of 1;
 - the spatial gate's BatchNorm never leaves training mode in the reference (its `train()`
-  override), so it always normalises with the statistics of the batch it sees, at inference
-  too (the pair [image, mirror] there). Its moving statistics are never read, so
-  `BatchStatNorm` keeps only gamma and beta;
+  override), so it always normalises with the statistics of the batch it sees. Its moving
+  statistics are never read, so `BatchStatNorm` keeps only gamma and beta;
+- in training both statistics are the whole batch's; in the reference's CAM pass the batch is
+  always one image and its mirror, so there an image's gates see the statistics of that pair
+  and nothing else. Our CAMs do the same (`paired` gates, `AMR.branch_cam_maps`): an image's
+  CAM does not depend on the other images of a batch, in `wsss cams` and in an export alike;
 - the spotlight backbone is frozen and its logits detached: its classification loss is logged
   but gives no gradient; its classifier learns through L_cps only;
 - the compensation branch's stem and stage 1 (with their three AMMs, left at their
@@ -58,10 +61,49 @@ from wsss_keras.ops.losses import multilabel_soft_margin_loss
 CPS_MODES = ("per_image", "code")
 
 
-def gaussian_projection(values):
-    """The normal density of `values` under their own mean and unbiased std (whole tensor).
+def _pair_halves(values):
+    if values.shape[0] is not None and values.shape[0] % 2:
+        raise ValueError(
+            f"paired statistics need a batch of images followed by their mirrors (an even batch), got {values.shape[0]}."
+        )
+    return ops.split(values, 2, axis=0)
 
-    Mean and std are constants for autodiff and carry no epsilon, as in AMR's `amm.py`.
+
+def batch_moments(values, inner_axes, paired=False):
+    """Mean and biased variance over the batch axis and `inner_axes`, broadcastable to `values`.
+
+    `paired`: the batch is [x_1..x_B, mirror(x_1)..mirror(x_B)] (how the CAM views are stacked),
+    and rows i and B + i share the statistics of those two rows only: the reference's CAM pass
+    runs each image with its mirror as a batch of 2.
+    """
+    if not paired:
+        return ops.moments(values, axes=(0,) + tuple(inner_axes), keepdims=True)
+    first, second = _pair_halves(values)
+    mean = (ops.mean(first, axis=inner_axes, keepdims=True) + ops.mean(second, axis=inner_axes, keepdims=True)) / 2.0
+    variance = (
+        ops.mean(ops.square(first - mean), axis=inner_axes, keepdims=True)
+        + ops.mean(ops.square(second - mean), axis=inner_axes, keepdims=True)
+    ) / 2.0
+    return ops.concatenate([mean, mean], axis=0), ops.concatenate([variance, variance], axis=0)
+
+
+def _group_size(values, paired):
+    """How many entries one set of statistics covers: the whole tensor, or two rows."""
+    if not paired:
+        return ops.cast(ops.size(values), "float32")
+    row = values.shape[1:]
+    if None not in row:
+        return 2.0 * float(math.prod(row))
+    # Sizes known only at run time (an export with --dynamic).
+    return 2.0 * ops.cast(ops.size(values), "float32") / ops.cast(ops.shape(values)[0], "float32")
+
+
+def gaussian_projection(values, paired=False):
+    """The normal density of `values` under their own mean and unbiased std.
+
+    The statistics are over the whole tensor (training, as in AMR's `amm.py`), or, `paired`,
+    over each image and its mirror (`batch_moments`). Mean and std are constants for autodiff
+    and carry no epsilon.
 
     Example:
     >>> import numpy as np
@@ -70,9 +112,11 @@ def gaussian_projection(values):
     [0.242, 0.3989, 0.242]
     """
     values = ops.cast(values, "float32")
-    count = ops.cast(ops.size(values), "float32")
-    mean = ops.stop_gradient(ops.mean(values))
-    std = ops.stop_gradient(ops.sqrt(ops.sum(ops.square(values - mean)) / (count - 1.0)))
+    inner_axes = tuple(range(1, len(values.shape)))
+    mean, variance = batch_moments(values, inner_axes, paired)
+    count = _group_size(values, paired)
+    mean = ops.stop_gradient(mean)
+    std = ops.stop_gradient(ops.sqrt(variance * count / (count - 1.0)))
     return ops.exp(-ops.square(values - mean) / (2.0 * ops.square(std))) / (math.sqrt(2.0 * math.pi) * std)
 
 
@@ -82,6 +126,8 @@ class BatchStatNorm(keras.layers.Layer):
 
     What AMR's spatial-gate `BatchNorm2d` does, since its module never leaves training mode:
     biased variance, eps 1e-5; no moving statistics (the reference never reads them).
+    `paired=True` at call time: each image and its mirror are normalised on their own
+    (`batch_moments`), as in the reference's CAM pass.
     """
 
     def __init__(self, epsilon=1e-5, **kwargs):
@@ -93,8 +139,8 @@ class BatchStatNorm(keras.layers.Layer):
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
 
-    def call(self, inputs):
-        mean, variance = ops.moments(inputs, axes=(0, 1, 2), keepdims=True)
+    def call(self, inputs, paired=False):
+        mean, variance = batch_moments(inputs, (1, 2), paired)
         return self.gamma * (inputs - mean) / ops.sqrt(variance + self.epsilon) + self.beta
 
     def get_config(self):
@@ -127,9 +173,9 @@ class ChannelGate(keras.layers.Layer):
         self.squeeze.build((None, self.channels))
         self.excite.build((None, self.squeeze.units))
 
-    def call(self, inputs):
+    def call(self, inputs, paired=False):
         logits = self.excite(self.squeeze(ops.mean(inputs, axis=(1, 2))))
-        return inputs * gaussian_projection(logits)[:, None, None, :]
+        return inputs * gaussian_projection(logits, paired)[:, None, None, :]
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "reduction": self.reduction}
@@ -156,9 +202,9 @@ class SpatialGate(keras.layers.Layer):
         self.conv.build((None, None, None, 2))
         self.norm.build((None, None, None, 1))
 
-    def call(self, inputs):
+    def call(self, inputs, paired=False):
         pooled = ops.concatenate([ops.max(inputs, axis=-1, keepdims=True), ops.mean(inputs, axis=-1, keepdims=True)], axis=-1)
-        return inputs * gaussian_projection(self.norm(self.conv(pooled)))
+        return inputs * gaussian_projection(self.norm(self.conv(pooled), paired=paired), paired)
 
     def get_config(self):
         return {**super().get_config(), "kernel_size": self.kernel_size}
@@ -193,8 +239,8 @@ class AMM(keras.layers.Layer):
         self.channel_gate.build((None, None, None, self.channels))
         self.spatial_gate.build((None, None, None, self.channels))
 
-    def call(self, inputs):
-        return self.spatial_gate(self.channel_gate(inputs))
+    def call(self, inputs, paired=False):
+        return self.spatial_gate(self.channel_gate(inputs, paired=paired), paired=paired)
 
     def get_config(self):
         config = {**super().get_config(), "channels": self.channels, "reduction": self.reduction, "kernel_size": self.kernel_size}
