@@ -36,15 +36,6 @@ crop_size = 32
 decoder_width = 16
 decoder_heads = 2
 
-[superpixels]
-n_segments = 12
-colour_clusters = 3
-
-[ssr]
-projection_hidden = 8
-projection_dim = 4
-prototype_images = 4
-
 [train]
 batch_size = 2
 crop_size = 32
@@ -53,11 +44,21 @@ crop_size = 32
 scales = [1.0]
 flip = false
 """
+TINY_SSR = """
+[superpixels]
+n_segments = 12
+colour_clusters = 3
+
+[ssr]
+projection_hidden = 8
+projection_dim = 4
+prototype_bank = "epoch"
+"""  # SSR's own tables: a WeCLIP recipe with them is refused (WeCLIP would ignore them)
 
 
 @pytest.mark.parametrize("method", ["weclip", "ssr"])
 def test_cpu_recipe_runs_every_stage_and_resumes(tmp_path, method):
-    (tmp_path / "tiny.toml").write_text(TINY_CPU.format(method=method))
+    (tmp_path / "tiny.toml").write_text(TINY_CPU.format(method=method) + (TINY_SSR if method == "ssr" else ""))
     recipe = load_recipe(str(tmp_path / "tiny.toml"))
     data = tiny_synthetic(tmp_path / "data", n_train=4, n_val=2, size=32)
     run = tmp_path / "run"
@@ -142,7 +143,7 @@ n_segments = 12
 [ssr]
 projection_hidden = 8
 projection_dim = 4
-prototype_images = 4
+prototype_bank = "epoch"
 
 [train]
 batch_size = 2

@@ -1,6 +1,7 @@
 """Confident IR labels from CAMs (IRN's cam_to_ir_label) and the classification-stage transform."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -34,18 +35,22 @@ def test_confident_labels_crf_snaps_to_the_image():
     cams = np.zeros((32, 32, 1), np.float32)
     cams[5:27, 5:27] = 0.9
     plain = confident_labels(image, cams, [1], crf=False)
-    try:
-        import pydensecrf.densecrf  # noqa: F401  (the optional `crf` extra)
-    except ImportError:
-        with pytest.raises(WSSSError, match=r"wsss-keras\[crf\]"):
-            confident_labels(image, cams, [1], crf=True)
-        return
     refined = confident_labels(image, cams, [1], crf=True)
     square = np.zeros((32, 32), bool)
     square[8:24, 8:24] = True
     assert (plain[~square] == 1).sum() > 100
     assert (refined[square] == 1).mean() > 0.95
     assert (refined[~square] == 1).sum() < (plain[~square] == 1).sum() / 4
+
+
+def test_confident_labels_crf_without_pydensecrf_says_how_to_install_it(monkeypatch):
+    # pydensecrf is in the dev extra, so its absence is simulated: None in sys.modules makes
+    # the import fail as on an install without the `crf` extra.
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    cams = np.full((8, 8, 1), 0.9, np.float32)
+    with pytest.raises(WSSSError, match=r"wsss-keras\[crf\]"):
+        confident_labels(np.zeros((8, 8, 3), np.uint8), cams, [1], crf=True)
 
 
 def test_make_ir_labels_writes_and_resumes(tmp_path):

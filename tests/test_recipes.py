@@ -1,5 +1,7 @@
 """Recipes: every shipped recipe loads and its method settings are valid; bad files are named."""
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -8,7 +10,7 @@ from wsss_keras.cli import cli
 from wsss_keras.errors import RecipeError
 from wsss_keras.methods.doei import DOEI
 from wsss_keras.methods.toco import toco_losses
-from wsss_keras.recipes import available, load_recipe
+from wsss_keras.recipes import STEP_COUNTS, available, load_recipe, with_steps
 
 
 def test_every_shipped_recipe_loads_with_valid_settings():
@@ -123,3 +125,84 @@ def test_ssc_training_without_superpixels_names_the_command(tmp_path):
         run_recipe(load_recipe("ssc_synthetic_cpu"), root, str(tmp_path / "run"), stages=("train",), echo=lambda line: None)
     result = CliRunner().invoke(cli, ["superpixels", root, "--out", str(tmp_path / "sp"), "--segments", "8"])
     assert result.exit_code == 0 and "2 computed" in result.output
+
+
+def write_recipe(folder, name, text):
+    path = folder / f"{name}.toml"
+    path.write_text(f'[recipe]\nname = "{name}"\n{text}')
+    return str(path)
+
+
+@pytest.mark.parametrize("parent,tables,message", [
+    ("amr_synthetic_cpu", "[doei]\nsigma_rgb = 0.1\n", r"\[doei\] is not read by amr recipes \(only by toco\); remove the table"),
+    ("weclip_synthetic_cpu", "[losses]\nseg_weight = 0.1\n", r"\[losses\] is not read by weclip recipes"),
+    ("toco_synthetic_cpu", "[train]\nlong_side = [320, 640]\n", r"\[train\] long_side is not read by toco recipes \(only by amr, ssc\); remove it"),
+    ("toco_synthetic_cpu", "[train]\ncutout_count = 3\n", r"\[train\] cutout_count is not read by toco recipes \(only by amr\)"),
+    ("weclip_synthetic_cpu", "[train]\ncutout_size = 8\n", r"\[train\] cutout_size is not read by weclip recipes"),
+    ("ssc_synthetic_cpu", "[train]\ncutout_count = 3\n", r"\[train\] cutout_count is not read by ssc recipes \(only by amr\)"),
+    ("weclip_synthetic_cpu", "[ssr]\nseg_weight = 0.1\n", r"\[ssr\] is not read by weclip recipes \(only by ssr\)"),
+    ("ssr_synthetic_cpu", "[weclip]\nlogit_scale = 1.0\n", r"\[weclip\] is not read by ssr recipes"),
+    ("toco_synthetic_cpu", "[pseudo_labels]\nexp_times = 3\n", r"\[pseudo_labels\] exp_times is read only when mode = 'random_walk'.*'par'"),
+    ("amr_synthetic_cpu", "[pseudo_labels]\nmode = \"par\"\n", r"amr_synthetic_cpu.toml \(extended by .*child.toml\): \[pseudo_labels\] exp_times is read only"),
+    ("weclip_synthetic_cpu", "[clip]\ntokenizer = \"bpe.txt.gz\"\n", r"\[clip\] tokenizer is read only when source = 'openai'.*'train'"),
+    ("toco_synthetic_cpu", "[train]\nmomentum = 0.9\n", r"\[train\] momentum is SGD's.*'adamw'; remove it or set optimizer = \"sgd\""),
+    ("toco_synthetic_cpu", "[train]\nstpes = 3\n", r"\[train\] stpes is not a known key"),
+])
+def test_a_table_or_key_the_method_would_ignore_is_refused(tmp_path, parent, tables, message):
+    path = write_recipe(tmp_path, "child", f'extends = "{parent}"\n{tables}')
+    with pytest.raises(RecipeError, match=message) as error:
+        load_recipe(path)
+    assert "\n" not in str(error.value) and re.match(r"\S+\.toml( \(extended by \S+\.toml\))?: \[", str(error.value))
+
+
+def test_the_error_names_the_file_that_set_the_key(tmp_path):
+    write_recipe(tmp_path, "parent", 'extends = "toco_synthetic_cpu"\n[train]\nlong_side = [80, 160]\n')
+    path = write_recipe(tmp_path, "child", 'extends = "parent.toml"\n[train]\nsteps = 10\n')
+    with pytest.raises(RecipeError, match=r"^\S*parent.toml \(extended by \S*child.toml\): \[train\] long_side"):
+        load_recipe(path)
+
+
+def test_a_recipe_of_another_method_inherits_only_what_its_method_reads(tmp_path):
+    ssr = load_recipe("ssr_synthetic_cpu")  # extends weclip_synthetic_cpu, whose [weclip] SSR does not read
+    assert "weclip" not in ssr and ssr["ssr"]["gradcam_softmax"] == "all" and ssr["clip"]["token_weight"] == 1.0
+    # AMR's recipe as a ToCo parent: [cam_network], [amr] and [train] long_side stay behind.
+    path = write_recipe(tmp_path, "toco_from_amr", 'extends = "amr_synthetic_cpu"\nmethod = "toco"\n[train]\noptimizer = "sgd"\n')
+    toco = load_recipe(path)
+    assert "cam_network" not in toco and "amr" not in toco and "long_side" not in toco["train"]
+    assert toco["train"]["momentum"] == 0.9 and toco["irn"]["radius"] == 5  # what ToCo recipes may hold
+
+
+def test_with_steps_sets_every_stage_and_scales_what_is_counted_in_steps():
+    voc = load_recipe("toco_voc")  # 20,000 steps, warm-up 1,500, seg + reg from step 2,001
+    short = with_steps(voc, 2000)
+    assert short["train"]["steps"] == 2000 and short["train"]["warmup_steps"] == 150
+    assert short["losses"]["seg_start"] == short["losses"]["reg_start"] == 200
+    assert voc["train"]["steps"] == 20000 and voc["losses"]["seg_start"] == 2001  # the input is left alone
+    assert with_steps(voc, None) is voc and with_steps(short, 2000) == short
+    coco = with_steps(load_recipe("toco_coco"), 8000)  # ptc / ctc / aux labels from 12,001 of 80,000
+    assert coco["losses"]["ptc_start"] == coco["losses"]["ctc_start"] == coco["losses"]["aux_pseudo_labels_until"] == 1200
+    plain = with_steps({"recipe": {"name": "x", "method": "toco"}}, 100)  # ToCo's defaults: 20,000, 1,500, 2,001
+    assert plain["train"] == {"steps": 100, "warmup_steps": 8} and plain["losses"] == {"seg_start": 10, "reg_start": 10}
+    ssr = with_steps(load_recipe("ssr_voc"), 3000)  # prototypes every 5,000 of 30,000 steps, warm-up 50
+    assert ssr["train"]["steps"] == 3000 and ssr["ssr"]["prototype_refresh"] == 500 and ssr["train"]["warmup_steps"] == 5
+    assert ssr["ssr"]["cmpa_warmup_steps"] == 50  # SSR's default 500 of the 30,000 steps
+    assert "steps" not in ssr.get("clip", {})  # pretrained CLIP: nothing trained
+    tiny = with_steps(load_recipe("ssr_synthetic_cpu"), 1)
+    assert tiny["clip"]["steps"] == 1 and tiny["ssr"]["prototype_refresh"] == 1  # a period stays >= 1
+    amr = with_steps(load_recipe("amr_voc"), 100)
+    assert [amr[table]["steps"] for table in ("cam_network", "train", "irn", "segmentation")] == [100] * 4
+    ssc = load_recipe("ssc_synthetic_cpu")
+    ssc["ssc"]["self_modulation_start"] = 300  # of 900 steps
+    assert with_steps(ssc, 90)["ssc"]["self_modulation_start"] == 30
+
+
+def test_every_shipped_recipe_keeps_its_shape_under_steps():
+    for name in available():
+        recipe = load_recipe(name)
+        for steps in (1, 10, 123):
+            scaled = with_steps(recipe, steps)
+            for stage, tables in STEP_COUNTS[recipe["recipe"]["method"]].items():
+                if stage in recipe and (stage != "clip" or recipe["clip"].get("source") == "train"):
+                    assert scaled[stage]["steps"] == steps, (name, stage)
+                    warmup = recipe[stage].get("warmup_steps", 0)
+                    assert scaled[stage].get("warmup_steps", 0) == round(warmup * steps / recipe[stage]["steps"]), (name, stage)

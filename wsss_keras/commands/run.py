@@ -14,7 +14,11 @@ def _common_options(function):
         click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder (VOC or COCO layout, or the synthetic data)."),
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder for the model, CAMs, labels, predictions and metrics."),
         click.option("--weights", default=None, type=click.Path(exists=True), help="Local pretrained backbone weights (timm/HF safetensors, .pth, keras-hub preset); overrides the recipe's."),
-        click.option("--steps", default=None, type=click.IntRange(min=1), help="Train for this many steps instead of the recipe's (smoke runs)."),
+        click.option("--steps", default=None, type=click.IntRange(min=1), help=(
+            "Train every stage for N steps instead of the recipe's, and scale what the recipe counts in steps by N / "
+            "that stage's steps: warm-up, ToCo's loss start steps (DOEI's schedule follows the new length), SSC's "
+            "self-modulation start given in steps, SSR's prototype refresh period and CMPA warm-up."
+        )),
     ]
     for option in reversed(options):
         function = option(function)

@@ -109,6 +109,7 @@ def register(cli):
         --weights here is the segmentation backbone's ImageNet checkpoint (e.g. ResNet-101).
         """
         from wsss_keras.pipelines.segmentation import train_segmenter
-        from wsss_keras.recipes import load_recipe
+        from wsss_keras.recipes import load_recipe, with_steps
 
-        train_segmenter(load_recipe(recipe), data_dir, out_dir, weights=weights, steps=steps, echo=click.echo)
+        loaded = with_steps(load_recipe(recipe), steps)
+        train_segmenter(loaded, data_dir, out_dir, weights=weights, steps=steps, echo=click.echo)

@@ -27,7 +27,7 @@ import json
 import os
 
 from wsss_keras.pipelines.train import MODEL_FILE
-from wsss_keras.recipes import recipe_error, section
+from wsss_keras.recipes import recipe_error, section, with_steps
 
 STAGES = (
     "superpixels", "train_clip", "train_cam", "train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg",
@@ -107,13 +107,15 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
     Args:
         weights: local pretrained weights of the method's backbone (for AMR the ResNet-50 of the
             CAM networks and of IRNet; the segmentation network's come from `[segmentation]`).
-        steps: override every training stage's number of steps (smoke runs).
+        steps: train every stage for this many steps, with what the recipe counts in steps scaled
+            to match (`wsss_keras.recipes.with_steps`).
         progress: optional factory label -> callable(done, total) for per-image stages.
     """
     from wsss_keras.data.dataset import open_dataset
     from wsss_keras.pipelines.model_io import load_model
     from wsss_keras.pipelines.segmentation import SEGMENTER_FILE
 
+    recipe = with_steps(recipe, steps)
     stages = method_stages(recipe) if stages is None else tuple(stages)
     online = section(recipe, "pseudo_labels").get("mode") == "online"
     if online and recipe["recipe"]["method"] not in ("weclip", "ssr"):

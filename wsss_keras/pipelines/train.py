@@ -10,7 +10,7 @@ import shutil
 import time
 
 from wsss_keras.errors import WSSSError
-from wsss_keras.recipes import recipe_error, recipe_source, section
+from wsss_keras.recipes import recipe_error, recipe_source, section, with_steps
 
 MODEL_FILE = "model.keras"
 
@@ -40,8 +40,9 @@ def build_encoder(model_settings, weights, stem, recipe):
         raise recipe_error(recipe, f"[model.encoder] {error}") from None
 
 
-def build_model(recipe, dataset, weights=None):
-    """The method's untrained model for `dataset`'s classes."""
+def build_model(recipe, dataset, weights=None, max_steps=None):
+    """The method's untrained model for `dataset`'s classes; `max_steps` (default `[train]
+    steps`) is the length DOEI's schedule runs against."""
     from wsss_keras.backbones.conv_stem import ConvStem
     from wsss_keras.methods.doei import DOEI
     from wsss_keras.methods.toco import ToCo
@@ -67,7 +68,7 @@ def build_model(recipe, dataset, weights=None):
             projection=model_settings.get("projection", (2048, 256, 1024)),
             losses=section(recipe, "losses"),
             doei=doei,
-            max_steps=train_settings.get("steps", 20000),
+            max_steps=int(max_steps or train_settings.get("steps", 20000)),
             pooling=model_settings.get("pooling", "max"),
             class_names=dataset.class_names,
             recipe=saved_recipe,
@@ -85,7 +86,8 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         data_dir: a dataset folder (VOC or COCO layout, or the synthetic data).
         out_dir: the run folder.
         weights: local pretrained backbone weights (overrides the recipe's).
-        steps: override the recipe's number of steps (for smoke runs).
+        steps: override the recipe's number of steps (`with_steps`: what the recipe counts in
+            steps, warm-up and ToCo's loss phases, and so DOEI's schedule, scale with it).
 
     Returns:
         the path of the saved model.
@@ -96,6 +98,7 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import ToCoTrainTransform
 
+    recipe = with_steps(recipe, steps)
     if recipe["recipe"]["method"] == "amr":
         from wsss_keras.pipelines.amr import train_amr
 
@@ -126,7 +129,7 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         dataset, batch_size, transform, shuffle=True, seed=seed, drop_remainder=True,
         workers=int(settings.get("workers", 1)),
     )
-    model = build_model(recipe, dataset, weights)
+    model = build_model(recipe, dataset, weights, max_steps=steps)
     model.compile(optimizer=make_optimizer(recipe, "train", steps, model, defaults={"warmup_steps": 1500}))
     return fit_steps(
         model, loader, steps, out_dir, MODEL_FILE, recipe, stage="train", echo=echo,
@@ -154,23 +157,29 @@ def make_optimizer(recipe, table, steps, model=None, defaults=None, adam_group=N
     """
     from wsss_keras.training.schedules import PolyWarmup
 
-    settings = {**(defaults or {}), **section(recipe, table)}
-    kind = settings.get("optimizer", "adamw")
-    multipliers = {**dict(getattr(model, "lr_multipliers", None) or {}), **dict(settings.get("lr_multipliers", {}))}
+    settings = section(recipe, table)
+    defaults = defaults or {}
+
+    def setting(key, fallback):
+        # Looked up in the table itself, so a recording table (tests) sees what is read.
+        return settings[key] if key in settings else defaults.get(key, fallback)
+
+    kind = setting("optimizer", "adamw")
+    multipliers = {**dict(getattr(model, "lr_multipliers", None) or {}), **dict(setting("lr_multipliers", {}))}
     schedule = PolyWarmup(
-        float(settings.get("learning_rate", 6e-5)), int(settings.get("warmup_steps", 0)), steps,
-        power=float(settings.get("power", 0.9)),
+        float(setting("learning_rate", 6e-5)), int(setting("warmup_steps", 0)), steps,
+        power=float(setting("power", 0.9)),
     )
     if kind == "adamw":
         from wsss_keras.training.optimizers import GroupedAdamW
 
-        return GroupedAdamW(schedule, lr_multipliers=multipliers, weight_decay=float(settings.get("weight_decay", 0.01)))
+        return GroupedAdamW(schedule, lr_multipliers=multipliers, weight_decay=float(setting("weight_decay", 0.01)))
     if kind == "sgd":
         from wsss_keras.training.optimizers import GroupedSGD, GroupedSGDWithAdam
 
         options = dict(
-            lr_multipliers=multipliers, momentum=float(settings.get("momentum", 0.0)),
-            weight_decay=float(settings.get("weight_decay", 1e-4)),
+            lr_multipliers=multipliers, momentum=float(setting("momentum", 0.0)),
+            weight_decay=float(setting("weight_decay", 1e-4)),
             weight_decay_multipliers=dict(getattr(model, "weight_decay_multipliers", None) or {}),
         )
         if not adam_group:

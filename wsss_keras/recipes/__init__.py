@@ -1,11 +1,14 @@
 """Recipes: TOML files that say how a method is trained and run, stage by stage.
 
-A recipe has these tables (every one but `[recipe]` optional; unknown tables or keys are
-errors that name the file and the key):
+A recipe has these tables (every one but `[recipe]` optional). Each method reads its own set
+of tables and keys (`METHOD_TABLES`, some keys only under one setting: `ONLY_WHEN`);
+`load_recipe` refuses a table or key the recipe's method would not read, with one line naming
+the file that set it, the table and key, and the fix. `with_steps` is `--steps`.
 
 - `[recipe]`: `name`, `method` (a name in `METHODS`), `description`, `notes` (GPU launch notes),
   and optionally `extends`: another recipe (name or path relative to this file) whose tables
-  this one updates key by key (tables nested in tables are merged too).
+  this one updates key by key (tables nested in tables are merged too). A recipe of another
+  method than its parent's (SSR extending WeCLIP) inherits only what its own method reads.
 - `[model]`: the network (backbone arch or an explicit encoder, stem, heads; see the method).
 - `[doei]`: DOEI's knobs (the table's presence switches DOEI on; `wsss_keras.methods.doei`).
 - `[losses]`: loss weights, start steps and thresholds (the method's defaults are the paper's).
@@ -34,60 +37,112 @@ import tomllib
 
 from wsss_keras.errors import RecipeError
 
-METHODS = ("toco", "amr", "ssc", "weclip", "ssr")
-SECTIONS = {
-    "recipe": {"name", "method", "description", "notes", "extends"},
-    "model": {
-        "arch", "backbone", "weights", "encoder", "stem", "aux_layer", "decoder_channels", "decoder_dilation",
-        "projection", "pooling", "decoder_width", "decoder_layers", "decoder_heads",
-    },
-    "doei": None,  # checked by the DOEI constructor
-    "losses": None,  # checked by the method
-    "train": {
-        "steps", "batch_size", "crop_size", "scale_range", "learning_rate", "warmup_steps", "power",
-        "weight_decay", "lr_multipliers", "seed", "augment", "workers", "split", "optimizer", "momentum",
-        "long_side", "cutout_count", "cutout_size",
-    },
-    "cam_network": {
-        "backbone", "steps", "batch_size", "crop_size", "long_side", "cutout_count", "cutout_size", "optimizer",
-        "learning_rate", "warmup_steps", "power", "momentum", "weight_decay", "lr_multipliers", "seed", "workers",
-        "split",
+# What each method's pipelines read, table by table: `load_recipe` refuses a table or key its
+# method would ignore. Adding a key a pipeline reads is one word in one of these sets. ANY_KEY:
+# the table's keys are checked by the method itself when its model is built (DOEI, ToCo's
+# losses, WeCLIP's and SSR's knobs), with an error naming the key.
+ANY_KEY = None
+_RECIPE = {"name", "method", "description", "notes", "extends"}
+_LOOP = {"split", "steps", "batch_size", "seed", "workers"}  # every training stage
+_OPTIMIZER = {"optimizer", "learning_rate", "warmup_steps", "power", "momentum", "weight_decay", "lr_multipliers"}
+_LONG_SIDE_LOADER = {"crop_size", "long_side"}  # IRN's classification transform (AMR, SSC)
+_CUTOUT = {"cutout_count", "cutout_size"}  # AMR's classification loader
+_CAMS = {"split", "scales", "flip", "resize", "adversarial"}
+_PREDICT = {"split", "scales", "flip", "overlay", "crf"}
+_EVALUATE = {"cam_thresholds"}
+_CAM_LABELS = {"split", "mode", "high", "low", "down_scale"}  # pseudo-labels from CAM files
+_WALK = {"power", "background", "radius", "beta", "exp_times"}  # IRN's random walk
+_SLIC = {"folder", "n_segments", "compactness", "sigma"}
+# The IRN refinement and DeepLab-v2 stages: AMR's and SSC's `wsss run`, and any method's CAMs
+# through `wsss irn ...`, `wsss train-seg` or `wsss run --stages`.
+_REFINEMENT = {
+    "ir_labels": {"split", "fg_threshold", "bg_threshold", "crf"},
+    "irn": {"arch", "weights", "backbone", "init_backbone", "radius", "crop_size", "scale_range"} | _LOOP | _OPTIMIZER,
+    "segmentation": {
+        "arch", "weights", "backbone", "msc_scales", "loss_resolution", "init_backbone", "crop_size", "scale_range",
+    } | _LOOP | _OPTIMIZER,
+}
+_LATER_STAGES = {  # every method: CAMs, pseudo-labels (the walk's keys with mode = "random_walk"), predict, evaluate
+    "cams": _CAMS,
+    "pseudo_labels": _CAM_LABELS | _WALK,
+    "predict": _PREDICT,
+    "evaluate": _EVALUATE,
+    **_REFINEMENT,
+}
+_CLIP_TRAINING = {  # the tiny CLIP trained here ([clip] source = "train")
+    "image", "text", "context_length", "caption_template", "caption_weight", "prompt_weight", "token_weight",
+    "residual_drop", "crop_size", "scale_range",
+} | _LOOP - {"split"} | _OPTIMIZER
+_FROZEN_CLIP = {  # WeCLIP and SSR
+    "recipe": _RECIPE,
+    "clip": {"source", "arch", "weights", "tokenizer", "templates", "class_prompts", "background"} | _CLIP_TRAINING,
+    "model": {"decoder_width", "decoder_layers", "decoder_heads"},
+    "train": _LOOP | _OPTIMIZER | {"crop_size", "scale_range"},
+    **_LATER_STAGES,
+}
+METHOD_TABLES = {
+    "toco": {  # with DOEI when [doei] is there
+        "recipe": _RECIPE,
+        "model": {
+            "backbone", "weights", "encoder", "stem", "aux_layer", "decoder_channels", "decoder_dilation", "projection",
+            "pooling",
+        },
+        "doei": ANY_KEY,
+        "losses": ANY_KEY,
+        "train": _LOOP | _OPTIMIZER | {"crop_size", "scale_range", "augment"},
+        **_LATER_STAGES,
     },
     "amr": {
-        "cps_mode", "cls_weight_spotlight", "cls_weight_compensation", "cps_weight", "amm_reduction",
-        "cam_branch_weights", "backbone", "init_compensation",
+        "recipe": _RECIPE,
+        "model": {"arch", "backbone", "weights"},
+        "cam_network": {"backbone"} | _LOOP | _OPTIMIZER | _LONG_SIDE_LOADER | _CUTOUT,
+        "amr": {
+            "cps_mode", "cls_weight_spotlight", "cls_weight_compensation", "cps_weight", "amm_reduction",
+            "cam_branch_weights", "backbone", "init_compensation",
+        },
+        "train": _LOOP | _OPTIMIZER | _LONG_SIDE_LOADER | _CUTOUT,
+        **_LATER_STAGES,
     },
-    "superpixels": {"folder", "n_segments", "compactness", "sigma", "colour_clusters", "position_weight", "regions_folder"},
-    "clip": {
-        "source", "arch", "weights", "tokenizer", "templates", "class_prompts", "background", "image", "text",
-        "context_length", "caption_template", "caption_weight", "prompt_weight", "token_weight", "residual_drop", "steps", "batch_size", "crop_size",
-        "scale_range", "optimizer", "learning_rate", "warmup_steps", "power", "weight_decay", "seed", "workers",
-    },
-    "weclip": None,  # checked by wsss_keras.methods.weclip.weclip_options
-    "ssr": None,  # checked by the SSR constructor
-    "dino": {"arch", "weights"},
     "ssc": {
-        "backbone", "drs_delta", "drs_layer4", "drs_stage2", "frozen_stages", "reconstruction_weight", "decoder_widths",
-        "perceptual_weights", "loss_network_width", "loss_network_weights", "random_loss_network",
-        "self_modulation_weight", "self_modulation_start", "self_modulation_start_fraction", "self_modulation_threshold",
-        "erosion_size", "self_modulation_stride", "decoder_learning_rate", "decoder_beta_1", "decoder_beta_2",
+        "recipe": _RECIPE,
+        "model": {"arch", "backbone", "weights"},
+        "superpixels": _SLIC,
+        "ssc": {
+            "backbone", "drs_delta", "drs_layer4", "drs_stage2", "frozen_stages", "reconstruction_weight",
+            "decoder_widths", "perceptual_weights", "loss_network_width", "loss_network_weights", "random_loss_network",
+            "self_modulation_weight", "self_modulation_start", "self_modulation_start_fraction",
+            "self_modulation_threshold", "erosion_size", "self_modulation_stride", "decoder_learning_rate",
+            "decoder_beta_1", "decoder_beta_2",
+        },
+        "train": _LOOP | _OPTIMIZER | _LONG_SIDE_LOADER,
+        **_LATER_STAGES,
     },
-    "ir_labels": {"split", "fg_threshold", "bg_threshold", "crf"},
-    "irn": {
-        "arch", "weights", "backbone", "init_backbone", "radius", "split", "steps", "batch_size", "crop_size",
-        "scale_range", "optimizer", "learning_rate", "warmup_steps", "power", "momentum", "weight_decay",
-        "lr_multipliers", "seed", "workers",
-    },
-    "cams": {"split", "scales", "flip", "resize", "adversarial"},
-    "pseudo_labels": {"split", "mode", "high", "low", "down_scale", "power", "background", "radius", "beta", "exp_times"},
-    "predict": {"split", "scales", "flip", "overlay", "crf"},
-    "evaluate": {"cam_thresholds"},
-    "segmentation": {
-        "arch", "weights", "backbone", "msc_scales", "loss_resolution", "init_backbone", "split", "steps",
-        "batch_size", "crop_size", "scale_range", "optimizer", "learning_rate", "warmup_steps", "power",
-        "momentum", "weight_decay", "lr_multipliers", "seed", "workers",
+    "weclip": {**_FROZEN_CLIP, "weclip": ANY_KEY},
+    "ssr": {
+        **_FROZEN_CLIP,
+        "ssr": ANY_KEY,  # WeCLIP's knobs and SSR's own; SSR does not read [weclip]
+        "dino": {"arch", "weights"},
+        "superpixels": _SLIC | {"colour_clusters", "position_weight", "regions_folder"},
     },
 }
+METHODS = tuple(METHOD_TABLES)
+# Every table and key some method reads (what a recipe may contain at all).
+SECTIONS = {}
+for _tables in METHOD_TABLES.values():
+    for _name, _keys in _tables.items():
+        SECTIONS[_name] = None if _keys is ANY_KEY or SECTIONS.get(_name, set()) is None else SECTIONS.get(_name, set()) | _keys
+# Keys read only under one value of a setting of their table: {table: (setting, default, {key: values})}.
+ONLY_WHEN = {
+    "pseudo_labels": ("mode", "par", {
+        **dict.fromkeys(("high", "low"), ("par", "crf", "threshold")), "down_scale": ("par",),
+        **dict.fromkeys(_WALK, ("random_walk",)),
+    }),
+    "clip": ("source", "openai", {
+        **dict.fromkeys(("arch", "weights", "tokenizer"), ("openai",)), **dict.fromkeys(_CLIP_TRAINING, ("train",)),
+    }),
+}
+# `momentum` is SGD's; the tables whose optimizer is AdamW unless they say otherwise.
+ADAMW_BY_DEFAULT = {("toco", "train"), ("weclip", "train"), ("ssr", "train"), ("weclip", "clip"), ("ssr", "clip")}
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -116,6 +171,8 @@ def merge(base, update):
 
 
 def _read(path, seen):
+    """(tables, origins): the recipe merged over its `extends` chain, and the file that set each
+    (table, key) ((table, None) for the table itself), so errors name the file to fix."""
     if path in seen:
         raise RecipeError(f"{path}: `extends` loops back to itself ({' -> '.join(seen + [path])}).")
     try:
@@ -123,39 +180,174 @@ def _read(path, seen):
             recipe = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise RecipeError(f"{path}: not valid TOML ({error}); fix the line it names.") from None
-    parent = recipe.get("recipe", {}).pop("extends", None)
+    parent = recipe.get("recipe", {}).pop("extends", None) if isinstance(recipe.get("recipe"), dict) else None
+    own = {(name, None): path for name in recipe}
+    own.update({(name, key): path for name, table in recipe.items() if isinstance(table, dict) for key in table})
     if parent is None:
-        return recipe
+        return recipe, own
     candidate = os.path.join(os.path.dirname(path), parent)
     parent_path = resolve(candidate if os.path.isfile(candidate) else parent)
-    return merge(_read(parent_path, seen + [path]), recipe)
+    base, origins = _read(parent_path, seen + [path])
+    base_method = base.get("recipe", {}).get("method")
+    method = recipe.get("recipe", {}).get("method", base_method)
+    if method != base_method and method in METHOD_TABLES:
+        # A recipe of another method (SSR extending WeCLIP) takes what its method reads from the
+        # parent; the rest belongs to the parent's method and is left behind.
+        base, origins = _tables_read_by(method, base, origins)
+    return merge(base, recipe), {**origins, **own}
+
+
+def _tables_read_by(method, recipe, origins):
+    tables = METHOD_TABLES[method]
+    kept = {}
+    for name, table in recipe.items():
+        if name not in tables:
+            continue
+        keys = tables[name]
+        kept[name] = table if keys is ANY_KEY or not isinstance(table, dict) else {
+            key: value for key, value in table.items() if key in keys or name == "recipe"
+        }
+    return kept, {(name, key): path for (name, key), path in origins.items() if name in kept and (key is None or key in kept[name])}
 
 
 def load_recipe(name_or_path):
     """Read and check a recipe; returns a dict of tables, with `recipe.path` set to the file."""
     path = resolve(name_or_path)
-    recipe = _read(path, [])
-    check_recipe(recipe, path)
+    recipe, origins = _read(path, [])
+    check_recipe(recipe, path, origins)
     recipe["recipe"]["path"] = path
     return recipe
 
 
-def check_recipe(recipe, path="<recipe>"):
-    """Raise `RecipeError` for unknown tables or keys, or a missing or unknown method."""
-    unknown = sorted(set(recipe) - set(SECTIONS))
-    if unknown:
-        raise RecipeError(f"{path}: unknown table(s) {unknown}; known tables: {sorted(SECTIONS)}.")
-    for section, keys in SECTIONS.items():
-        table = recipe.get(section, {})
+def _readers(table, key=None):
+    """The methods that read `[table]` (or its `key`)."""
+    return [
+        method for method, tables in METHOD_TABLES.items()
+        if table in tables and (key is None or tables[table] is ANY_KEY or key in tables[table])
+    ]
+
+
+def check_recipe(recipe, path="<recipe>", origins=None):
+    """Raise `RecipeError` for a missing or unknown method, or a table or key the method would
+    not read (`METHOD_TABLES`, `ONLY_WHEN`, SGD's momentum); the message names the file that
+    set it (`origins`, from `extends`), the table and key, and the fix."""
+    origins = origins or {}
+
+    def where(table, key=None):
+        source = origins.get((table, key)) or origins.get((table, None)) or path
+        return source if source == path else f"{source} (extended by {path})"
+
+    header = recipe.get("recipe", {})
+    method = header.get("method") if isinstance(header, dict) else None
+    if method not in METHOD_TABLES:
+        raise RecipeError(f"{where('recipe', 'method')}: [recipe] method = {method!r}; choose one of {list(METHOD_TABLES)}.")
+    tables = METHOD_TABLES[method]
+    for name, table in recipe.items():
         if not isinstance(table, dict):
-            raise RecipeError(f"{path}: [{section}] must be a table, got {table!r}.")
-        extra = sorted(set(table) - keys - {"path"}) if keys is not None else []
-        if extra:
-            raise RecipeError(f"{path}: unknown key(s) {extra} in [{section}]; known: {sorted(keys)}.")
-    method = recipe.get("recipe", {}).get("method")
-    if method not in METHODS:
-        raise RecipeError(f"{path}: [recipe] method = {method!r}; choose one of {list(METHODS)}.")
+            raise RecipeError(f"{where(name)}: [{name}] must be a table, got {table!r}.")
+        if name not in SECTIONS:
+            raise RecipeError(f"{where(name)}: unknown table [{name}]; {method} recipes have {sorted(tables)}.")
+        if name not in tables:
+            raise RecipeError(
+                f"{where(name)}: [{name}] is not read by {method} recipes (only by {', '.join(_readers(name))}); "
+                "remove the table or change [recipe] method."
+            )
+        keys = tables[name]
+        for key in sorted(table) if keys is not ANY_KEY else ():
+            if key in keys or (name, key) == ("recipe", "path"):
+                continue
+            readers = _readers(name, key)
+            fix = (f"is not read by {method} recipes (only by {', '.join(readers)}); remove it" if readers
+                   else f"is not a known key; {method} recipes read {sorted(keys)} there")
+            raise RecipeError(f"{where(name, key)}: [{name}] {key} {fix}.")
+    for name, (setting, default, conditional) in ONLY_WHEN.items():
+        table = recipe.get(name, {})
+        value = table.get(setting, default)
+        for key in sorted(set(table) & set(conditional)):
+            if value not in conditional[key]:
+                wanted = " or ".join(repr(choice) for choice in conditional[key])
+                raise RecipeError(
+                    f"{where(name, key)}: [{name}] {key} is read only when {setting} = {wanted}, and this recipe's "
+                    f"{setting} is {value!r}; remove it."
+                )
+    for name, table in recipe.items():
+        if "momentum" in table and tables[name] is not ANY_KEY and "optimizer" in tables[name]:
+            optimizer = table.get("optimizer", "adamw" if (method, name) in ADAMW_BY_DEFAULT else "sgd")
+            if optimizer != "sgd":
+                raise RecipeError(
+                    f"{where(name, 'momentum')}: [{name}] momentum is SGD's, and this table's optimizer is "
+                    f"{optimizer!r}; remove it or set optimizer = \"sgd\"."
+                )
     return recipe
+
+
+# What a method counts in steps, per training table: {table trained: {table holding the count:
+# {key: the pipeline's default, or None where an absent key is not a step count}}}. `with_steps`
+# sets each training table's `steps` and scales the rest with it.
+_SCHEDULE = {"steps": None, "warmup_steps": 0}
+_IRN_SCHEDULES = {
+    "irn": {"irn": {**_SCHEDULE, "steps": 1983}},
+    "segmentation": {"segmentation": {**_SCHEDULE, "steps": 20000}},
+}
+_CLIP_SCHEDULES = {
+    "clip": {"clip": {"steps": 1000, "warmup_steps": 30}},  # trained only with [clip] source = "train"
+    "train": {"train": {"steps": 30000, "warmup_steps": 50}},
+    **_IRN_SCHEDULES,
+}
+STEP_COUNTS = {
+    "toco": {
+        "train": {
+            "train": {"steps": 20000, "warmup_steps": 1500},
+            # ToCo's loss phases; DOEI's schedule follows the model's max_steps, [train] steps.
+            "losses": {"seg_start": 2001, "reg_start": 2001, "ptc_start": 0, "ctc_start": 0, "aux_pseudo_labels_until": 0},
+        },
+        **_IRN_SCHEDULES,
+    },
+    "amr": {
+        "cam_network": {"cam_network": {**_SCHEDULE, "steps": 5288}},
+        "train": {"train": {**_SCHEDULE, "steps": 5288}},
+        **_IRN_SCHEDULES,
+    },
+    "ssc": {
+        # self_modulation_start_fraction needs no scaling; an absolute self_modulation_start does.
+        "train": {"train": {**_SCHEDULE, "steps": 17630}, "ssc": {"self_modulation_start": None}},
+        **_IRN_SCHEDULES,
+    },
+    "weclip": _CLIP_SCHEDULES,
+    "ssr": {
+        **_CLIP_SCHEDULES,
+        "train": {**_CLIP_SCHEDULES["train"], "ssr": {"prototype_refresh": 5000, "cmpa_warmup_steps": 500}},
+    },
+}
+_PERIODS = {"prototype_refresh"}  # every N steps: at least 1
+
+
+def with_steps(recipe, steps):
+    """The recipe with every training stage set to `steps` steps (`--steps`), and everything it
+    counts in steps (`STEP_COUNTS`: warm-up, ToCo's loss start steps and so DOEI's schedule,
+    SSC's absolute self-modulation start, SSR's prototype refresh period and CMPA warm-up)
+    scaled by `steps` / the stage's own steps, so a shorter run keeps the recipe's shape.
+    `steps` None: the recipe unchanged. Defaults count too (ToCo's seg_start 2,001 of 20,000)."""
+    if steps is None:
+        return recipe
+    steps = int(steps)
+    method = recipe["recipe"]["method"]
+    scaled = {name: dict(table) if isinstance(table, dict) else table for name, table in recipe.items()}
+    for stage, counted in STEP_COUNTS[method].items():
+        if stage == "clip" and scaled.get("clip", {}).get("source", "openai") != "train":
+            continue
+        length = int(section(recipe, stage).get("steps") or counted[stage]["steps"])
+        for name, keys in counted.items():
+            table = scaled.setdefault(name, {})
+            for key, default in keys.items():
+                value = table.get(key, default)
+                if key != "steps" and value:
+                    table[key] = max(int(round(int(value) * steps / length)), 1 if key in _PERIODS else 0)
+            if "steps" in keys and (table or name in recipe):
+                table["steps"] = steps  # also what makes a second call a no-op
+            if not table and name not in recipe:
+                del scaled[name]  # the stage takes `steps` from its caller
+    return scaled
 
 
 def section(recipe, name):
