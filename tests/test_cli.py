@@ -112,3 +112,64 @@ def test_quickstart_writes_its_run_folder(tmp_path):
     second = run_wsss("quickstart", "--out", str(tmp_path / "run"), "--steps", "4")
     assert "[train] " in second.stdout and "exists; skipping" in second.stdout
     assert "[data] reusing" in second.stdout
+
+
+def test_steps_option_sets_the_length_toco_and_doei_run_against(tmp_path):
+    from keras import ops
+
+    from wsss_keras.pipelines.model_io import load_model
+
+    # toco_doei_synthetic_cpu: 1,000 steps, seg + reg from step 700, 30 warm-up steps.
+    recipe = tmp_path / "tiny_doei.toml"
+    recipe.write_text('[recipe]\nname = "tiny_doei"\nextends = "toco_doei_synthetic_cpu"\n'
+                      "[train]\nbatch_size = 2\ncrop_size = 32\nscale_range = [1.0, 1.0]\n")
+    data = tiny_synthetic(tmp_path / "data", n_train=2, n_val=1, size=32)
+    result = CliRunner().invoke(cli, ["train", str(recipe), "--data", data, "--out", str(tmp_path / "run"), "--steps", "2"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    model = load_model(str(tmp_path / "run" / "model.keras"))
+    assert model.max_steps == 2  # the recipe's 1,000 before --steps reached the model
+    assert model.losses_config["seg_start"] == model.losses_config["reg_start"] == 1  # 700 / 1,000 of 2 steps
+    assert model.recipe["train"]["steps"] == 2 and model.recipe["train"]["warmup_steps"] == 0
+    assert float(ops.convert_to_numpy(model._progress())) == 1.0  # DOEI's schedule ran to its end
+    assert "scale what the recipe counts in steps" in " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+
+
+# TensorFlow's native log lines (absl's format: severity, date, time, thread, file:line]) and
+# the banner absl prints before it is initialised.
+NATIVE_LOG_LINE = r"^[IWEF]\d{4} \S+\s+\d+ \S+:\d+\] "
+STARTUP_NOISE = ("absl::InitializeLog", "oneDNN", "Could not find cuda drivers", "cuInit")
+
+
+def run_wsss_as_user(*args, **env):
+    """`wsss` in a subprocess with the caller's environment minus TensorFlow's log level."""
+    environment = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    environment.update(KERAS_BACKEND="tensorflow", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "wsss_keras.cli", *args], capture_output=True, text=True, env=environment, timeout=300,
+    )
+
+
+def test_tensorflow_startup_noise_is_hidden_unless_asked_for():
+    import re
+
+    quiet = run_wsss_as_user("info")
+    assert quiet.returncode == 0, quiet.stderr
+    assert any(line.split() == ["backend", "tensorflow"] for line in quiet.stdout.splitlines()), quiet.stdout
+    assert not [line for line in quiet.stderr.splitlines() if re.match(NATIVE_LOG_LINE, line)], quiet.stderr
+    assert not [text for text in STARTUP_NOISE if text in quiet.stderr], quiet.stderr
+
+    # The user's own level is applied as set (0: everything), and --verbose leaves it all on.
+    for shown in (run_wsss_as_user("info", TF_CPP_MIN_LOG_LEVEL="0"), run_wsss_as_user("--verbose", "info")):
+        assert shown.returncode == 0, shown.stderr
+        assert [line for line in shown.stderr.splitlines() if re.match(NATIVE_LOG_LINE, line)], shown.stderr
+
+
+def test_export_of_a_text_file_named_keras_says_what_it_is_not(tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_text("not a model\n")
+    result = CliRunner().invoke(cli, ["export", str(path), "--out", str(tmp_path / "out")])
+    lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("[export]")]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"Error: {path}: the file exists but is not a Keras model archive"), result.output
+    assert "not found" not in result.output

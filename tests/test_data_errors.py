@@ -2,6 +2,7 @@
 
 import os
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -10,6 +11,7 @@ from PIL import Image
 from helpers import tiny_synthetic, write_split
 from wsss_keras.cli import cli
 from wsss_keras.data import VocDataset
+from wsss_keras.data.imageio import read_image
 from wsss_keras.errors import DataError
 
 
@@ -123,3 +125,64 @@ def test_cls_labels_missing_entry(root, tmp_path):
     np.save(path, table)
     with pytest.raises(DataError, match=r"cls\.npy: no entry for image 'train_00001'"):
         VocDataset(root, "train", labels_from="cls_labels", cls_labels=path)
+
+
+def cut_file(path, keep):
+    """Keep the first `keep` bytes of `path` (a download or copy cut short); return the whole."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(data[:keep])
+    return data
+
+
+def test_truncated_jpeg_is_refused_everywhere(root):
+    path = os.path.join(root, "JPEGImages", "train_00002.jpg")
+    whole = cut_file(path, None)
+    cut_file(path, len(whole) // 2)  # cut inside the entropy-coded data
+    # OpenCV's imread decodes it anyway (grey-filled), so the old reader let it through.
+    assert cv2.imread(path, cv2.IMREAD_COLOR).shape == (64, 64, 3)
+    with pytest.raises(DataError, match=r"train_00002\.jpg: cannot decode this image: the file is truncated"):
+        read_image(path)
+    dataset = VocDataset(root, "train")
+    with pytest.raises(DataError, match=r"train_00002\.jpg: .*truncated"):
+        dataset.load_image(2)
+    result = run_cli("data", "check", root, "--split", "train")
+    assert_one_line_error(result, "train_00002.jpg: cannot decode this image: the file is truncated", "1 of 6 images")
+
+    from wsss_keras.data.loader import SegmentationLoader
+
+    with pytest.raises(DataError, match=r"train_00002\.jpg: .*truncated"):
+        SegmentationLoader(dataset, 6)[0]
+
+
+def test_jpeg_cut_in_its_header_or_after_a_thumbnail_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", image)
+    jpeg = encoded.tobytes()
+    # An EXIF-style APP1 segment holding a whole thumbnail JPEG, whose own FF D9 must not count.
+    app1 = b"\xff\xe1" + (2 + 6 + len(jpeg)).to_bytes(2, "big") + b"Exif\x00\x00" + jpeg
+    with_thumbnail = jpeg[:2] + app1 + jpeg[2:]
+    for name, data in (("header.jpg", jpeg[:40]), ("thumbnail.jpg", with_thumbnail[: len(with_thumbnail) - 100])):
+        path = str(tmp_path / name)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        with pytest.raises(DataError, match=rf"{name}: cannot decode this image: the file is truncated"):
+            read_image(path)
+    # Complete files still read, with or without bytes after the end-of-image marker.
+    for name, data in (("whole.jpg", with_thumbnail), ("padded.jpg", jpeg + b"\x00" * 64 + b"trailer")):
+        path = str(tmp_path / name)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(read_image(path), expected)
+
+
+def test_png_image_without_its_end_chunk_is_refused(tmp_path):
+    path = str(tmp_path / "image.png")
+    cv2.imwrite(path, np.full((16, 16, 3), 200, np.uint8))
+    whole = cut_file(path, -12)  # drop the IEND chunk: the pixels are all there, the file is not
+    assert whole.endswith(b"IEND\xaeB`\x82")
+    with pytest.raises(DataError, match=r"image\.png: cannot decode this image: the file is truncated"):
+        read_image(path)

@@ -147,3 +147,69 @@ def test_registry_and_families_name_the_same_archs():
         families.setdefault(module, set()).add(arch)
     for module, archs in families.items():
         assert archs == set(importlib.import_module(module).ARCHS), module
+
+
+def _write_damaged_checkpoint(kind, folder):
+    """A checkpoint file damaged the ways downloads and hand-made files are; returns its path."""
+    import pickle
+
+    import torch
+
+    def cut_in_half(path):
+        with open(path, "rb") as handle:
+            data = handle.read()
+        with open(path, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+
+    suffix = ".npz" if kind.endswith("npz") else ".pt"
+    path = str(folder / f"{kind}{suffix}")
+    if kind in ("empty_npz", "empty_torch"):
+        open(path, "wb").close()
+    elif kind in ("text_npz", "text_torch"):
+        with open(path, "w") as handle:
+            handle.write("<html>404 Not Found</html>\n")
+    elif kind == "truncated_npz":
+        np.savez(path, weight=np.zeros((64, 64), "float32"))
+        cut_in_half(path)
+    elif kind == "object_npz":
+        np.savez(path, weight=np.zeros((2,), "float32"), meta=np.array([{"epoch": 3}], dtype=object))
+    elif kind == "truncated_torch":
+        torch.save({"weight": torch.zeros(64, 64)}, path)
+        cut_in_half(path)
+    elif kind == "namespace_torch":
+        import argparse
+
+        torch.save({"model": {"weight": torch.zeros(2)}, "args": argparse.Namespace(lr=0.1)}, path)
+    elif kind == "plain_pickle_torch":
+        with open(path, "wb") as handle:
+            pickle.dump({"weight": [0.0, 1.0]}, handle, protocol=4)
+    return path
+
+
+DAMAGED_CHECKPOINTS = {
+    "empty_npz": "the file is empty (0 bytes), not a NumPy .npz archive",
+    "text_npz": "not a NumPy .npz archive",
+    "truncated_npz": "a damaged or truncated NumPy .npz archive",
+    "object_npz": "holds pickled Python objects",
+    "empty_torch": "the file is empty (0 bytes), not a PyTorch checkpoint",
+    "text_torch": "not a PyTorch checkpoint",
+    "truncated_torch": "a damaged or truncated zip archive",
+    "namespace_torch": "not a plain PyTorch state dict: it holds Python objects (argparse.Namespace)",
+    "plain_pickle_torch": "not a plain PyTorch state dict",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGED_CHECKPOINTS))
+@pytest.mark.parametrize("command", ["inspect", "convert"])
+def test_damaged_checkpoint_is_one_line_naming_the_file(kind, command, tmp_path):
+    from wsss_keras.cli import cli
+
+    path = _write_damaged_checkpoint(kind, tmp_path)
+    arguments = [path] if command == "inspect" else [path, str(tmp_path / "out.weights.h5"), "--arch", "resnet50"]
+    result = CliRunner().invoke(cli, ["weights", command, *arguments])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"Error: {path}: "), result.output
+    assert DAMAGED_CHECKPOINTS[kind] in lines[0], result.output
+    assert not (tmp_path / "out.weights.h5").exists()

@@ -14,6 +14,7 @@ from wsss_keras import __version__
 from wsss_keras.backend import BACKENDS, set_backend
 from wsss_keras.commands.options import ErrorReportingGroup
 from wsss_keras.errors import WSSSError
+from wsss_keras.tf_startup import quiet_tensorflow_startup
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -23,10 +24,14 @@ from wsss_keras.errors import WSSSError
     default=None,
     help="Keras backend for this run; default: $KERAS_BACKEND, else tensorflow.",
 )
+@click.option(
+    "-v", "--verbose", is_flag=True, default=False,
+    help="Show TensorFlow's start-up messages (hidden by default unless TF_CPP_MIN_LOG_LEVEL is set).",
+)
 @click.version_option(__version__, prog_name="wsss")
-def cli(backend):
+def cli(backend, verbose):
     """Weakly supervised semantic segmentation: from image-level labels to pixel masks."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+    quiet_tensorflow_startup(verbose)
     try:
         set_backend(backend or os.environ.get("KERAS_BACKEND", "tensorflow"))
     except WSSSError as error:

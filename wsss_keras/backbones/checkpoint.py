@@ -6,6 +6,8 @@ the file runs), and `.npz`. Nothing is downloaded: every path is a local file.
 """
 
 import os
+import re
+import warnings
 
 import numpy as np
 
@@ -31,13 +33,81 @@ def read_state_dict(path):
         except Exception as error:
             raise CheckpointError(f"{path}: not a readable safetensors file ({error}).") from None
     if extension == ".npz":
-        with np.load(path) as archive:
-            return {name: archive[name] for name in archive.files}
+        return _read_npz(path)
     if extension in (".pt", ".pth", ".bin", ".ckpt"):
         return _read_torch_pickle(path)
     raise CheckpointError(
         f"{path}: unknown checkpoint extension {extension!r}; expected .safetensors, .pt, .pth, .bin, .ckpt or .npz."
     )
+
+
+def _file_start(path, size=8):
+    with open(path, "rb") as handle:
+        return handle.read(size)
+
+
+def _read_npz(path):
+    # An .npz is a zip of .npy arrays; anything else gets one line saying so, not numpy's
+    # advice to unpickle it (which would run code) or a zipfile traceback.
+    start = _file_start(path)
+    if not start:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), not a NumPy .npz archive; copy it again.")
+    if start.startswith(b"\x93NUMPY"):
+        raise CheckpointError(
+            f"{path}: a single .npy array, not a NumPy .npz archive of named tensors; save the weights with numpy.savez."
+        )
+    if not start.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise CheckpointError(
+            f"{path}: not a NumPy .npz archive (a zip of .npy arrays); save the weights with numpy.savez."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects, not only numeric arrays, and is not loaded because "
+                "unpickling can run code; save plain arrays with numpy.savez."
+            ) from None
+        raise CheckpointError(f"{path}: not a readable NumPy .npz archive ({_first_line(error)}); copy it again.") from None
+    except Exception as error:  # zipfile.BadZipFile, EOFError, OSError, zlib.error on damaged files
+        raise CheckpointError(
+            f"{path}: a damaged or truncated NumPy .npz archive ({type(error).__name__}: {_first_line(error)}); "
+            "copy it again."
+        ) from None
+
+
+def _first_line(error, limit=160):
+    lines = str(error).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_sentence(error, limit=160):
+    return _first_line(error, limit).split(". ")[0].rstrip(".")
+
+
+def _torch_load_failure(path, error):
+    """One line for a file torch.load refused: what the file is not, and what to do."""
+    message = str(error)
+    start = _file_start(path, 2)
+    if start != b"PK" and start[:1] != b"\x80":
+        return CheckpointError(
+            f"{path}: not a PyTorch checkpoint: it starts with neither torch.save's zip header nor a pickle "
+            "header; copy it again or check what the file is."
+        )
+    if "Weights only load failed" in message:
+        # torch's message spans several lines; the offending global (or opcode) is the useful part.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", message) or re.search(r"WeightsUnpickler error:\s*(.+)", message)
+        detail = found.group(1).strip() if found else "an object torch does not load safely"
+        return CheckpointError(
+            f"{path}: not a plain PyTorch state dict: it holds Python objects ({detail}) that loading without "
+            "running code refuses; re-save only the tensors (torch.save(model.state_dict(), ...)) "
+            "or convert the file to .safetensors."
+        )
+    what = "zip archive (torch.save's format)" if start == b"PK" else "pickle (torch.save's legacy format)"
+    detail = f"{type(error).__name__}: {_first_sentence(message)}" if message else type(error).__name__
+    return CheckpointError(f"{path}: a damaged or truncated {what} ({detail}); copy it again.")
 
 
 def _read_torch_pickle(path):
@@ -48,14 +118,18 @@ def _read_torch_pickle(path):
             f"{path}: PyTorch checkpoints need torch: pip install 'wsss-keras[torch]', "
             "or convert the file to .safetensors first."
         ) from None
+    if not _file_start(path):
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), not a PyTorch checkpoint; copy it again.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before failing or not
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         # TorchScript archives (OpenAI CLIP's released .pt files) are not plain pickles.
         try:
             obj = torch.jit.load(path, map_location="cpu").state_dict()
         except Exception:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error}).") from None
+            raise _torch_load_failure(path, error) from None
     for key in ("state_dict", "model", "teacher", "module"):  # common wrappers around the weights
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -5,7 +5,9 @@ reads files on request (`load_image`, `load_label_map`) and can check them all u
 (`check`). The layouts (`VocDataset`, `CocoDataset`) only decide how the index is built.
 """
 
+import io
 import os
+import pickle
 
 import numpy as np
 
@@ -168,15 +170,7 @@ def labels_from_cls_file(path, names, num_classes):
     the id with underscores removed as an int (2007000032, IRN). Values are multi-hot vectors
     over the foreground classes, or over all classes with background first.
     """
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: class-label file not found; pass the path of a cls_labels .npy file.")
-    try:
-        table = np.load(path, allow_pickle=True).item()
-    except Exception as error:
-        raise DataError(
-            f"{path}: not a cls_labels dictionary saved with numpy.save ({error}); "
-            "save a dict {image_id: multi-hot vector}."
-        ) from None
+    table = read_cls_label_table(path)
     labels = np.zeros((len(names), num_classes - 1), dtype=np.float32)
     for row, name in enumerate(names):
         vector = table.get(name)
@@ -184,7 +178,10 @@ def labels_from_cls_file(path, names, num_classes):
             vector = table.get(int(name.replace("_", "")))
         if vector is None:
             raise DataError(f"{path}: no entry for image {name!r}; add it or remove the image from the split file.")
-        vector = np.asarray(vector, dtype=np.float32).ravel()
+        try:
+            vector = np.asarray(vector, dtype=np.float32).ravel()
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: entry for {name!r} is not a vector of numbers; store a multi-hot vector.") from None
         if vector.size == num_classes:
             vector = vector[1:]
         if vector.size != num_classes - 1:
@@ -194,6 +191,71 @@ def labels_from_cls_file(path, names, num_classes):
             )
         labels[row] = vector > 0
     return labels
+
+
+# What unpickling a cls_labels dictionary may construct: NumPy arrays, dtypes and scalars. The
+# functions are taken from NumPy's own pickles, so both spellings of their module resolve
+# (numpy 1 writes numpy.core.multiarray, numpy 2 numpy._core.multiarray). Dicts, lists, str
+# and int need no lookup. Anything else (os.system, builtins.eval ...) is refused unrun.
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+_SCALAR = np.float32(0).__reduce__()[0]
+_CLS_LABEL_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{(module, "_reconstruct"): _RECONSTRUCT for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "scalar"): _SCALAR for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+}
+
+
+class _ClsLabelUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        found = _CLS_LABEL_GLOBALS.get((module, name))
+        if found is None:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return found
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+def read_cls_label_table(path):
+    """The {image id: vector} dictionary of a `cls_labels.npy` file (ToCo's, IRN's, ours).
+
+    `numpy.save` writes a dictionary as a pickle, and `np.load(allow_pickle=True)` would run
+    whatever a crafted file asks for; this reads the .npy header itself and unpickles with an
+    allow-list of the NumPy classes a dictionary of arrays needs.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: class-label file not found; pass the path of a cls_labels .npy file.")
+    fix = "save a dict {image_id: multi-hot vector} with numpy.save"
+    with open(path, "rb") as handle:
+        data = handle.read()
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f".npy format version {version}")
+        shape, _, dtype = read_header[version](stream)
+    except ValueError as error:
+        raise DataError(f"{path}: not a NumPy .npy file ({error}); {fix}.") from None
+    if dtype != np.dtype(object) or shape != ():
+        raise DataError(f"{path}: holds a {dtype} array of shape {shape}, not a dictionary; {fix}.")
+    try:
+        table = _ClsLabelUnpickler(stream, encoding="ASCII").load()
+    except _RefusedGlobal as refused:
+        raise DataError(
+            f"{path}: refused: unpickling it would call {refused}, which a cls_labels dictionary never holds "
+            f"(a crafted or foreign file; loading it could run code); {fix}."
+        ) from None
+    except Exception as error:  # truncated or damaged pickle data
+        raise DataError(f"{path}: a damaged .npy file ({type(error).__name__}: {error}); copy it again or {fix}.") from None
+    if isinstance(table, np.ndarray) and table.dtype == object and table.shape == ():
+        table = table.item()
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: holds a {type(table).__name__}, not a dictionary; {fix}.")
+    return table
 
 
 def read_split_file(path):

@@ -33,16 +33,70 @@ def voc_palette(num_entries=256):
 
 
 def read_image(path):
-    """Read an image file as an RGB uint8 array of shape (H, W, 3)."""
+    """Read an image file as an RGB uint8 array of shape (H, W, 3).
+
+    JPEG and PNG files cut short are refused: OpenCV decodes them anyway, with a grey or
+    black remainder and only a libjpeg warning on stderr, which would train on a broken image.
+    """
     if not os.path.isfile(path):
         raise DataError(f"{path}: image file not found; check the dataset root and the split file.")
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    # One read for both the completeness check and the decode.
+    with open(path, "rb") as handle:
+        data = handle.read()
+    missing_end = _missing_end_marker(data)
+    if missing_end:
+        raise DataError(
+            f"{path}: cannot decode this image: the file is truncated ({missing_end}); "
+            "copy or download it again, or remove its name from the split file."
+        )
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None or image.size == 0:
         raise DataError(
             f"{path}: cannot decode this image (corrupt or not a JPEG/PNG); "
             "re-export it or remove its name from the split file."
         )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and its fixed CRC
+# JPEG markers that stand alone, without a length field: TEM, RST0..7, SOI, EOI.
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xDA)}
+
+
+def _missing_end_marker(data):
+    """Why a JPEG or PNG file is incomplete ("" when it is complete or another format).
+
+    A JPEG must hold its end-of-image marker (FF D9) after the first start-of-scan; the header
+    segments before it are skipped by their lengths, so an EXIF thumbnail's own FF D9 does not
+    count. Bytes after the marker (padding, appended data) are allowed. A PNG must hold its
+    IEND chunk.
+    """
+    if data.startswith(b"\xff\xd8"):
+        position = 2
+        while True:
+            if position >= len(data) or data[position] != 0xFF:
+                # Not at a marker: malformed rather than cut short; the decoder reports it.
+                return "" if position < len(data) else "JPEG header ends before the image data"
+            while position < len(data) and data[position] == 0xFF:  # fill bytes before a marker
+                position += 1
+            if position >= len(data):
+                return "JPEG header ends before the image data"
+            marker = data[position]
+            if marker == 0xD9:
+                return ""
+            if marker in _JPEG_STANDALONE:
+                position += 1
+                continue
+            segment_end = position + 1 + int.from_bytes(data[position + 1 : position + 3], "big")
+            if segment_end > len(data):
+                return "JPEG header ends before the image data"
+            if marker == 0xDA:  # start of scan: entropy-coded data follows, never holding FF D9
+                return "" if data.find(b"\xff\xd9", segment_end) >= 0 else "no JPEG end-of-image marker"
+            position = segment_end
+    if data.startswith(_PNG_SIGNATURE):
+        return "" if data.rfind(_PNG_END) >= 0 else "no PNG IEND chunk"
+    return ""
 
 
 def read_label_map(path, num_classes=None):

@@ -8,6 +8,7 @@ Every method registers its classes with `@keras.saving.register_keras_serializab
 import importlib
 import os
 import pkgutil
+import zipfile
 
 from wsss_keras.errors import ModelError
 
@@ -66,6 +67,12 @@ def load_model(path):
         raise ModelError(f"{path}: model file not found; pass the .keras file saved after training (model.save('model.keras')).")
     if not path.endswith(".keras"):
         raise ModelError(f"{path}: expected a .keras file (Keras 3 format); re-save the trained model with model.save('model.keras').")
+    # Keras reports any file it cannot open as a zip as "File not found", even when it exists.
+    if not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"{path}: the file exists but is not a Keras model archive (a .keras file is a zip written by "
+            "model.save('model.keras')); pass the .keras file saved after training, or copy it again if it was cut short."
+        )
     import keras
 
     failures = import_method_modules()
