@@ -1,6 +1,7 @@
 """AMR on the current backend: the Gaussian projection and its stop-gradient, the AMM's gates on
-hand-set weights, the cross-branch loss in both pairings, which parts train, and .keras round
-trips (spec methods/amr.md §2.3-2.5, §3.2)."""
+hand-set weights, per-image CAMs (each image's gates see only it and its mirror, as in the
+reference's CAM pass), the cross-branch loss in both pairings, which parts train, and .keras
+round trips (spec methods/amr.md §2.3-2.5, §3.2, §4.1)."""
 
 import math
 
@@ -10,7 +11,8 @@ import pytest
 from keras import ops
 
 from wsss_keras.backbones.resnet import build
-from wsss_keras.methods.amr import AMM, AMR, CamNetwork, SpatialGate, gaussian_projection
+from wsss_keras.methods.amr import AMM, AMR, BatchStatNorm, CamNetwork, SpatialGate, gaussian_projection
+from wsss_keras.pipelines.inference import MultiScaleCams
 from wsss_keras.training.optimizers import GroupedSGD, path_multiplier
 
 TINY = {"block_counts": (1, 1, 1, 1), "base_width": 8, "output_stride": 8}
@@ -103,6 +105,28 @@ def test_spatial_gate_amplitude_is_set_by_gamma_alone():
     np.testing.assert_allclose(ops.convert_to_numpy(gate(x)), expected, rtol=1e-3, atol=1e-5)
 
 
+def test_paired_statistics_are_each_image_and_its_mirror_alone():
+    # Rows i and B + i (an image and its mirror) share statistics computed from those two rows only.
+    rng = np.random.default_rng(10)
+    logits = rng.normal(size=(6, 5)).astype("float32")  # B = 3 pairs of channel-gate logits
+    expected = np.empty_like(logits)
+    for i in range(3):
+        expected[[i, i + 3]] = numpy_gaussian(logits[[i, i + 3]])
+    np.testing.assert_allclose(ops.convert_to_numpy(gaussian_projection(logits, paired=True)), expected, rtol=1e-5)
+
+    maps = rng.normal(size=(4, 3, 5, 1)).astype("float32")  # B = 2 pairs of spatial-gate maps
+    norm = BatchStatNorm()
+    norm.build(maps.shape)
+    norm.set_weights([np.array([1.5], "float32"), np.array([-0.2], "float32")])
+    expected = np.empty_like(maps)
+    for i in range(2):
+        pair = maps[[i, i + 2]]
+        expected[[i, i + 2]] = 1.5 * (pair - pair.mean()) / np.sqrt(pair.var() + 1e-5) - 0.2
+    np.testing.assert_allclose(ops.convert_to_numpy(norm(maps, paired=True)), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="even batch"):
+        gaussian_projection(logits[:5], paired=True)
+
+
 def make_amr(**kwargs):
     keras.utils.set_random_seed(0)
     spotlight = CamNetwork(build("resnet50", name="cam_backbone", frozen_batchnorm="none", **TINY), 3)
@@ -134,6 +158,53 @@ def test_cps_code_mode_pairs_image_0_with_mirrored_image_1_only():
     assert abs(float(model.cps_loss(changed, b)) - base) > 1.0
     with pytest.raises(ValueError, match="batches of 2"):
         model.cps_loss(a[:1], b[:1])
+
+
+def test_an_images_cam_is_the_same_alone_and_inside_a_batch_of_8():
+    model = make_amr()
+    images = np.random.default_rng(11).normal(size=(8, 32, 40, 3)).astype("float32")
+    images[5] *= 3.0  # an outlier image: whole-batch statistics would move every other image's CAM
+    k = 2
+    alone = images[k : k + 1]
+
+    # The reference's CAM pass: the image and its mirror as a batch of 2, gates on that batch's
+    # statistics (the whole-batch path, which training uses).
+    pair = np.concatenate([alone, alone[:, :, ::-1]])
+    reference = ops.convert_to_numpy(model._compensation_maps(pair, training=False))[:1]
+    spotlight_alone, compensation_alone = (ops.convert_to_numpy(m) for m in model.branch_cam_maps(alone))
+    np.testing.assert_allclose(compensation_alone, reference, atol=1e-5)
+    spotlight_batch, compensation_batch = (ops.convert_to_numpy(m) for m in model.branch_cam_maps(images))
+    np.testing.assert_allclose(compensation_batch[k : k + 1], reference, atol=1e-5)
+    np.testing.assert_allclose(spotlight_batch[k : k + 1], spotlight_alone, atol=1e-5)
+    # The batch does matter to gates on whole-batch statistics: the check above has teeth.
+    whole_batch = ops.convert_to_numpy(model._compensation_maps(images, training=False))
+    assert np.abs(whole_batch[k : k + 1] - reference).max() > 1e-3
+
+    # The fused CAM (what an export runs), and `wsss cams`' views, whose mirrors pair up in place.
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model.cam_maps(images))[k : k + 1], ops.convert_to_numpy(model.cam_maps(alone)), atol=1e-5
+    )
+    runner = MultiScaleCams(model, scales=(1.0, 0.5), flip=True)
+    in_batch = ops.convert_to_numpy(runner.predict_on_batch(images))[k : k + 1]
+    np.testing.assert_allclose(in_batch, ops.convert_to_numpy(runner.predict_on_batch(alone)), atol=1e-5)
+
+
+def test_exported_amr_cams_do_not_depend_on_the_batch(tmp_path):
+    from wsss_keras.export import artifact_runner, export_model
+
+    model = make_amr()
+    path = str(tmp_path / "amr.keras")
+    model.save(path)
+    manifest, = export_model(path, str(tmp_path / "onnx"), formats=["onnx"], input_size=(32, 32), output="cams",
+                             echo=lambda line: None)
+    assert manifest["check"]["passed"] and [o["name"] for o in manifest["outputs"]] == ["cams"]
+    run = artifact_runner(str(tmp_path / "onnx" / manifest["artifact"]["file"]), "onnx")
+    images = np.random.default_rng(12).integers(0, 256, size=(8, 36, 44, 3), dtype=np.uint8)
+    images[5] = 255 - images[5] // 8  # a bright outlier
+    batch = run(images)["cams"]
+    assert batch.shape == (8, 36, 44, 3)
+    for k in (0, 2, 7):
+        np.testing.assert_allclose(batch[k : k + 1], run(images[k : k + 1])["cams"], atol=1e-5)
 
 
 def snapshot(layers):
@@ -217,10 +288,12 @@ def test_amr_on_vit_patch_grids_gates_every_block_and_round_trips(tmp_path):
 
     # Training reaches the AMMs through the attention hook and leaves the frozen spotlight alone.
     ungated = ops.convert_to_numpy(model._compensation_maps(images))
-    before = snapshot(model.amms)
+    before, spotlight_before = snapshot(model.amms), snapshot([spotlight.backbone])
+    assert spotlight_before and before
     model.compile(optimizer=GroupedSGD(0.1, lr_multipliers=model.lr_multipliers, momentum=0.0, weight_decay=0.0))
     model.fit(images, {"labels": labels}, batch_size=2, verbose=0)
-    assert changed(before, model.amms) and not changed(snapshot([spotlight.backbone]), [spotlight.backbone])
+    assert changed(before, model.amms)
+    assert not changed(spotlight_before, [spotlight.backbone])
     assert not np.allclose(ungated, ops.convert_to_numpy(model._compensation_maps(images)))
     multipliers = {v.path.split("/")[0]: path_multiplier(model.lr_multipliers, v) for v in model.trainable_weights}
     assert multipliers["compensation_vit"] == multipliers["compensation_amm_block1"] == 10.0

@@ -222,6 +222,10 @@ class AMM(keras.layers.Layer):
         reduction: channel gate reduction (16).
         kernel_size: spatial gate kernel (7).
 
+    Call with `paired=True` on a batch [images, their mirrors] to gate each image with the
+    statistics of itself and its mirror only (the reference's CAM pass); by default the
+    statistics are the whole batch's (training).
+
     Example:
     >>> import numpy as np
     >>> AMM(32, reduction=4)(np.random.rand(2, 5, 6, 32).astype("float32")).shape
@@ -281,15 +285,16 @@ def dense_features(backbone, images, training=None, hooks=None):
 
 class TokenGridAMM:
     """An attention hook that gates each block's attention branch with that block's AMM on the
-    patch grid (the ViT analogue of AMR's residual-branch AMMs); class tokens pass ungated."""
+    patch grid (the ViT analogue of AMR's residual-branch AMMs); class tokens pass ungated.
+    `paired`: the AMMs' statistics per image and mirror (`AMM`)."""
 
-    def __init__(self, amms, num_class_tokens, grid):
-        self.amms, self.num_class_tokens, self.grid = amms, num_class_tokens, grid
+    def __init__(self, amms, num_class_tokens, grid, paired=False):
+        self.amms, self.num_class_tokens, self.grid, self.paired = amms, num_class_tokens, grid, paired
 
     def attention_output(self, output, block_index, tokens):
         height, width = self.grid
         classes, patches = output[:, : self.num_class_tokens], output[:, self.num_class_tokens :]
-        gated = self.amms[block_index](ops.reshape(patches, (-1, height, width, patches.shape[-1])))
+        gated = self.amms[block_index](ops.reshape(patches, (-1, height, width, patches.shape[-1])), paired=self.paired)
         patches = ops.reshape(ops.cast(gated, patches.dtype), (-1, height * width, patches.shape[-1]))
         return ops.concatenate([classes, patches], axis=1)
 
@@ -474,12 +479,14 @@ class AMR(keras.Model, WSSSModel):
 
     def _add_bottleneck_amms(self):
         """An AMM on every bottleneck's residual branch; the stem, stage 1 and its AMMs frozen."""
-        self.amms, hooks = [], {}
+        self.amms, hooks, paired = [], {}, {}
         for stage, blocks in enumerate(self.compensation.stages, start=1):
             for block in blocks:
                 amm = self._new_amm(block.filters * 4, f"compensation_amm_{stage}_{block.index}", trainable=stage > 1)
                 hooks[(stage, block.index, "residual")] = lambda x, context, amm=amm: amm(x)
+                paired[(stage, block.index, "residual")] = lambda x, context, amm=amm: amm(x, paired=True)
         self.amm_hooks = BottleneckHooks(hooks)
+        self.paired_hooks = BottleneckHooks(paired)
         # The reference detaches stage 1's output in training: the stem, stage 1 and its AMMs
         # never learn. (Its CAM pass does not, so AdvCAM's input gradients flow through.)
         last = len(self.compensation.stages[0]) - 1
@@ -492,12 +499,14 @@ class AMR(keras.Model, WSSSModel):
         self.amms = []
         for index in range(self.compensation.num_layers):
             self._new_amm(self.compensation.hidden_dim, f"compensation_amm_block{index}")
-        self.amm_hooks = self.training_hooks = None
+        self.amm_hooks = self.training_hooks = self.paired_hooks = None
 
-    def _hooks_for(self, images, training=None):
+    def _hooks_for(self, images, training=None, paired=False):
         if self.amm_hooks is not None:
-            return self.training_hooks if training else self.amm_hooks
-        return TokenGridAMM(self.amms, self.compensation.num_class_tokens, self.compensation.patch_grid(images))
+            if training:
+                return self.training_hooks
+            return self.paired_hooks if paired else self.amm_hooks
+        return TokenGridAMM(self.amms, self.compensation.num_class_tokens, self.compensation.patch_grid(images), paired)
 
     @property
     def lr_multipliers(self):
@@ -509,14 +518,15 @@ class AMR(keras.Model, WSSSModel):
         features = ops.stop_gradient(dense_features(self.spotlight.backbone, images, training=False))
         return self.spotlight.classifier(features)
 
-    def _compensation_maps(self, images, training=None):
-        features = dense_features(self.compensation, images, training=training, hooks=self._hooks_for(images, training))
-        return self.classifier(features)
+    def _compensation_maps(self, images, training=None, paired=False):
+        hooks = self._hooks_for(images, training, paired)
+        return self.classifier(dense_features(self.compensation, images, training=training, hooks=hooks))
 
     def call(self, images, training=None):
         compensation = self._compensation_maps(images, training=training)
         logits = ops.mean(compensation, axis=(1, 2))
         if not training:
+            # Whole-batch gate statistics, as the reference's validation pass; CAMs are per image.
             return logits
         spotlight = self._spotlight_maps(images)
         return {
@@ -526,22 +536,38 @@ class AMR(keras.Model, WSSSModel):
             "compensation_maps": compensation,
         }
 
-    def branch_cam_maps(self, images):
-        """Raw class maps (spotlight, compensation), each (B, h, w, C), before ReLU."""
-        return self._spotlight_maps(images), self._compensation_maps(images, training=False)
+    def branch_cam_maps(self, images, mirrored=False):
+        """Raw class maps (spotlight, compensation), each (B, h, w, C), before ReLU; an image's
+        maps do not depend on the other images of the batch.
+
+        The compensation AMMs see the statistics of the image and its mirror, as in the
+        reference's CAM pass (each image with its mirror, a batch of 2). `mirrored=True`: the
+        batch already is [x_1..x_B, mirror(x_1)..mirror(x_B)] (`multiscale_cams`' flip views),
+        and each row is paired with its mirror there. Otherwise the mirrors are run here, in
+        the compensation branch only, and their maps dropped (one more pass of that branch).
+        """
+        spotlight = self._spotlight_maps(images)
+        if mirrored:
+            return spotlight, self._compensation_maps(images, training=False, paired=True)
+        views = ops.concatenate([images, ops.flip(images, axis=2)], axis=0)
+        compensation, _ = ops.split(self._compensation_maps(views, training=False, paired=True), 2, axis=0)
+        return spotlight, compensation
 
     def cam_branches(self):
-        """[(raw-maps function, classifier kernel (channels, C), weight)] per branch, for AdvCAM."""
+        """[(raw-maps function, classifier kernel (channels, C), weight)] per branch, for AdvCAM,
+        whose views are always [x, mirror(x)]: the compensation AMMs pair them."""
         spotlight_weight, compensation_weight = self.cam_branch_weights
         return [
             # The spotlight's own maps: `_spotlight_maps` detaches the features, for training.
             (self.spotlight.cam_maps, self.spotlight.classifier.kernel[0, 0], spotlight_weight),
-            (lambda images: self._compensation_maps(images, training=False), self.classifier.kernel[0, 0], compensation_weight),
+            (lambda views: self._compensation_maps(views, training=False, paired=True), self.classifier.kernel[0, 0],
+             compensation_weight),
         ]
 
     def cam_maps(self, images):
         """The fused CAM of one forward pass: each branch's ReLU'd maps divided by their
-        per-image, per-class max, then mixed with `cam_branch_weights`."""
+        per-image, per-class max, then mixed with `cam_branch_weights`. Per image, whatever
+        the batch (`branch_cam_maps`): what an exported CAM graph runs."""
         fused = 0.0
         for weight, maps in zip(self.cam_branch_weights, self.branch_cam_maps(images)):
             maps = ops.relu(maps)

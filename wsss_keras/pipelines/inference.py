@@ -57,7 +57,10 @@ class MultiScaleCams(PerShapeInference):
 
     def call(self, images):
         if hasattr(self.method, "branch_cam_maps"):
-            branches = multiscale_cams(self.method.branch_cam_maps, images, self.scales, self.flip)
+            # The flip views are [images, mirrors]: AMR pairs each image with its mirror there.
+            branches = multiscale_cams(
+                lambda views: self.method.branch_cam_maps(views, mirrored=self.flip), images, self.scales, self.flip
+            )
             weights = self.method.cam_branch_weights
             return sum(weight * cams for weight, cams in zip(weights, branches))
         return multiscale_cams(self.method.cam_maps, images, self.scales, self.flip)
