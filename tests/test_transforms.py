@@ -5,6 +5,7 @@ import pytest
 
 from wsss_keras.data.transforms import (
     EvalTransform,
+    ToCoTrainTransform,
     TrainTransform,
     colour_jitter,
     denormalize,
@@ -85,3 +86,43 @@ def test_multiscale_flip_views():
     assert [(s, f) for s, f, _ in views] == [(1.0, False), (1.0, True), (0.5, False), (0.5, True), (1.5, False), (1.5, True)]
     assert views[2][2].shape == (10, 15, 3) and views[4][2].shape == (30, 45, 3)
     np.testing.assert_array_equal(views[1][2], image[:, ::-1])
+
+
+def toco_views(seed, follow, colour=False):
+    """ToCoTrainTransform's main input and local source for one seed (colour changes optional)."""
+    image = np.random.default_rng(100).integers(0, 256, (30, 40, 3)).astype(np.uint8)
+    options = {} if colour else dict(
+        jitter=None, grayscale_probability=0.0, main_blur_probability=0.0, local_blur_probability=0.0,
+    )
+    transform = ToCoTrainTransform(crop_size=24, scale_range=(0.8, 1.2), local_crops_follow_flip=follow, **options)
+    return transform(np.random.default_rng(seed), image, np.zeros((30, 40), np.uint8))
+
+
+def test_toco_local_source_follows_the_main_flip_when_asked():
+    # Without colour changes the local source is the main input's crop itself, so a pixel-wise
+    # comparison shows its orientation: ToCo crops it where the main input's CAMs say.
+    mirrored = 0
+    for seed in range(16):
+        main, _, _, extras = toco_views(seed, follow=True)
+        np.testing.assert_array_equal(extras["local_source"], main)
+        reference_main, _, _, reference_extras = toco_views(seed, follow=False)
+        np.testing.assert_array_equal(reference_main, main)
+        if not np.array_equal(reference_extras["local_source"], main):
+            # The reference's independent flip: then it is the main input's mirror.
+            np.testing.assert_array_equal(reference_extras["local_source"], main[:, ::-1])
+            mirrored += 1
+    assert 0 < mirrored < 16  # the default keeps the reference's behaviour, which mirrors about half
+
+
+def test_toco_flip_knob_changes_only_the_local_orientation():
+    for seed in range(8):
+        follow = toco_views(seed, follow=True, colour=True)
+        reference = toco_views(seed, follow=False, colour=True)
+        np.testing.assert_array_equal(follow[0], reference[0])
+        np.testing.assert_array_equal(follow[1], reference[1])
+        assert follow[2] == reference[2]
+        np.testing.assert_array_equal(follow[3]["global_view"], reference[3]["global_view"])
+        local, reference_local = follow[3]["local_source"], reference[3]["local_source"]
+        assert np.array_equal(local, reference_local) or np.array_equal(local, reference_local[:, ::-1])
+    with pytest.raises(TypeError, match="local_crops_follow_flip='yes'"):
+        ToCoTrainTransform(local_crops_follow_flip="yes")

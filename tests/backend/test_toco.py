@@ -158,6 +158,118 @@ def test_one_training_step_with_every_loss(with_doei):
     )
 
 
+def test_evaluate_leaves_the_teacher_and_the_step_counter_alone():
+    keras.utils.set_random_seed(0)
+    model = tiny_toco()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, targets = toco_batch()
+    model(images)
+    model.train_on_batch(images, targets)  # the student moves, so an EMA step would move the teacher
+
+    def training_state():
+        teacher = [ops.convert_to_numpy(weight).copy() for weight in model.teacher_head.weights]
+        return teacher, int(ops.convert_to_numpy(model.train_steps)), ops.convert_to_numpy(model.crop_seed.state).copy()
+
+    teacher, steps, crop_state = training_state()
+    first = model.evaluate(images, targets, batch_size=2, verbose=0, return_dict=True)
+    second = model.evaluate(images, targets, batch_size=2, verbose=0, return_dict=True)
+    after_teacher, after_steps, after_crop_state = training_state()
+    for weight, before, after in zip(model.teacher_head.weights, teacher, after_teacher):
+        np.testing.assert_array_equal(after, before, err_msg=weight.path)
+    assert after_steps == steps == 1
+    np.testing.assert_array_equal(after_crop_state, crop_state)
+    # Nothing moved, and evaluation's crops come from a fixed seed: the same loss twice.
+    assert second["ctc_loss"] == pytest.approx(first["ctc_loss"], rel=1e-6)
+
+    model.train_on_batch(images, targets)
+    moved_teacher, moved_steps, moved_crop_state = training_state()
+    moved = [not np.allclose(before, after) for before, after in zip(teacher, moved_teacher)]
+    assert all(moved), [weight.path for weight, flag in zip(model.teacher_head.weights, moved) if not flag]
+    assert moved_steps == 2
+    assert not np.array_equal(moved_crop_state, crop_state)
+
+
+def torch_bilinear(images, size):
+    """NumPy bilinear resize of NHWC arrays as PyTorch's align_corners=False does it (half-pixel
+    centres, source index clamped at 0, no antialiasing), one interpolation matrix per axis."""
+
+    def matrix(source, target):
+        position = np.maximum((np.arange(target) + 0.5) * source / target - 0.5, 0.0)
+        low = np.minimum(np.floor(position).astype(int), source - 1)
+        high = np.minimum(low + 1, source - 1)
+        fraction = position - low
+        weights = np.zeros((target, source))
+        np.add.at(weights, (np.arange(target), low), 1.0 - fraction)
+        np.add.at(weights, (np.arange(target), high), fraction)
+        return weights
+
+    rows, cols = matrix(images.shape[1], size[0]), matrix(images.shape[2], size[1])
+    return np.einsum("yh,bhwc,xw->byxc", rows, np.asarray(images, "float64"), cols)
+
+
+def numpy_multiscale_cams(single_scale, images, scales, flip):
+    """ToCo's `multi_scale_cam2` from single-scale CAM passes: per scale the CAM of the resized
+    image and the un-mirrored CAM of its mirror, each resized to the image, max, ReLU; the sum
+    over scales, minus its minimum, over its maximum + 1e-5, per image and class."""
+    height, width = images.shape[1:3]
+    total = 0.0
+    for scale in scales:
+        view = images if scale == 1.0 else torch_bilinear(images, (int(scale * height), int(scale * width)))
+        cams = torch_bilinear(single_scale(view), (height, width))
+        if flip:
+            cams = np.maximum(cams, torch_bilinear(single_scale(view[:, :, ::-1]), (height, width))[:, :, ::-1])
+        total = total + np.maximum(cams, 0.0)
+    total = total - total.min(axis=(1, 2), keepdims=True)
+    return total / (total.max(axis=(1, 2), keepdims=True) + 1e-5)
+
+
+def test_multiscale_cams_match_an_independent_fusion_of_single_scale_passes():
+    from wsss_keras.ops.cam import multiscale_cams
+
+    keras.utils.set_random_seed(0)
+    model = tiny_toco(stem=False)
+    images = np.random.default_rng(3).normal(size=(2, 32, 48, 3)).astype("float32")
+    model(images)
+    scales = (1.0, 0.5, 1.5)
+
+    def final_cams(view):
+        return ops.convert_to_numpy(model.cam_maps(np.ascontiguousarray(view, "float32")))
+
+    def aux_cams(view):
+        return ops.convert_to_numpy(model.cam_pair(np.ascontiguousarray(view, "float32"))[1])
+
+    expected = numpy_multiscale_cams(final_cams, images, scales, flip=True)
+    assert expected.max() > 0.9 and (expected.std(axis=(1, 2)) > 0.05).all()  # not a flat map
+    inference = np.asarray(MultiScaleCams(model, scales=scales, flip=True).predict_on_batch(images))
+    np.testing.assert_allclose(inference, expected, atol=2e-4)
+    # The training pass's online CAMs (both heads, the tuple path of compute_loss).
+    online, online_aux = multiscale_cams(lambda view: model.cam_pair(view), images, scales, True)
+    np.testing.assert_allclose(ops.convert_to_numpy(online), expected, atol=2e-4)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(online_aux), numpy_multiscale_cams(aux_cams, images, scales, flip=True), atol=2e-4
+    )
+
+
+@pytest.mark.parametrize("weights_from", ["toco_voc", "distinct"])
+def test_logged_total_is_the_weighted_sum_of_the_logged_terms(weights_from):
+    from wsss_keras.recipes import load_recipe
+
+    if weights_from == "toco_voc":
+        weights = {key: value for key, value in load_recipe("toco_voc")["losses"].items() if key.endswith("_weight")}
+    else:  # all different, so a swapped or missing weight shows
+        weights = dict(cls_weight=0.3, aux_weight=0.7, ptc_weight=0.4, ctc_weight=0.9, seg_weight=0.6, reg_weight=2.0)
+    keras.utils.set_random_seed(0)
+    # CTC starts later: its term is logged from step 0 but weighs nothing in the total yet.
+    model = tiny_toco(losses={**weights, "ctc_start": 5})
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, targets = toco_batch()
+    logs = model.train_on_batch(images, targets, return_dict=True)
+    active = ("cls", "aux", "ptc", "seg", "reg")
+    assert all(logs[f"{name}_loss"] != 0.0 for name in active + ("ctc",)), logs
+    expected = sum(weights[f"{name}_weight"] * logs[f"{name}_loss"] for name in active)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
 def test_seg_and_reg_are_skipped_until_their_start_step():
     keras.utils.set_random_seed(0)
     model = tiny_toco(losses={"seg_start": 1, "reg_start": 2, "ctc_weight": 0.0, "cam_scales": [1.0], "cam_flip": False})
@@ -182,6 +294,14 @@ def test_ctc_needs_the_extra_views():
     images, targets = toco_batch()
     del targets["global_view"]
     with pytest.raises(ValueError, match="ToCoTrainTransform"):
+        model.train_on_batch(images, targets)
+
+
+def test_local_crops_larger_than_the_training_crop_are_named():
+    model = tiny_toco(losses={"local_crop_size": 32})  # the batch's crops are 32 x 32: no centre fits
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, targets = toco_batch()
+    with pytest.raises(ValueError, match="local_crop_size=32"):
         model.train_on_batch(images, targets)
 
 

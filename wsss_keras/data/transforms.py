@@ -218,6 +218,12 @@ class ToCoTrainTransform:
       crops from it around uncertain CAM regions during training.
     Unlike the reference, the main input's flip also flips its crop box and label map.
 
+    `local_crops_follow_flip`: the reference flips `local_source` independently of the main
+    input (False, the default), so half the time ToCo cuts the local crops from the mirror of
+    the view whose uncertainty map placed them. True mirrors `local_source` whenever its own
+    flip differs from the main input's, so the crops come from the pixels the map describes;
+    every random draw is the same either way, so only the orientation changes.
+
     Returns (image, label_map, box, {"global_view", "local_source"}), all images normalised.
     """
 
@@ -232,8 +238,14 @@ class ToCoTrainTransform:
     global_blur_probability: float = 0.1
     local_blur_probability: float = 0.5
     solarize_probability: float = 0.2
+    local_crops_follow_flip: bool = False
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+
+    def __post_init__(self):
+        if not isinstance(self.local_crops_follow_flip, bool):
+            # A TypeError, so that the train pipeline names the recipe's [train] augment table.
+            raise TypeError(f"local_crops_follow_flip={self.local_crops_follow_flip!r}; set it to true or false.")
 
     def _flip_and_jitter(self, rng, image):
         flipped = bool(rng.random() < 0.5)
@@ -251,10 +263,14 @@ class ToCoTrainTransform:
             image, label_map, _ = random_flip(rng, image, label_map)
         image, label_map, box = random_crop(rng, image, label_map, self.crop_size, image_fill=0)
 
-        local, _ = self._flip_and_jitter(rng, image)
+        local, local_flipped = self._flip_and_jitter(rng, image)
         local = gaussian_blur(rng, local, self.local_blur_probability)
         main, flipped = self._flip_and_jitter(rng, image)
         main = gaussian_blur(rng, main, self.main_blur_probability)
+        if self.local_crops_follow_flip and local_flipped != flipped:
+            # Mirroring after the colour changes and the (symmetric) blur, not before, keeps
+            # the random draws of both settings in step.
+            local = np.ascontiguousarray(local[:, ::-1])
         if flipped:
             y0, y1, x0, x1 = box
             box = (y0, y1, self.crop_size - x1, self.crop_size - x0)

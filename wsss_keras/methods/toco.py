@@ -27,6 +27,11 @@ Where this differs from the reference, on purpose:
   and of the second view (the reference runs both views through the encoder again; without
   dropout the values are the same).
 
+The local crops are cut from the loader's `local_source`, which the reference flips independently
+of the main input whose CAMs place them; `[train] augment.local_crops_follow_flip = true`
+(`ToCoTrainTransform`) makes it follow the main input's flip. Only training steps move the EMA
+teacher, the step counter and the crop sampler's seed; `evaluate` leaves them as they were.
+
 DOEI (`wsss_keras.methods.doei.DOEI`) plugs in through the encoder's attention hook: pass
 `doei=DOEI(...)` and it runs in every forward pass (CAMs, segmentation, and the CTC crop passes
 unless `doei.in_crop_passes` is False).
@@ -551,16 +556,28 @@ class ToCo(WSSSModel, keras.Model):
             )
         use_doei = self.doei is None or self.doei.in_crop_passes
         count, size = settings["local_crops"], settings["local_crop_size"]
+        source_h, source_w = y["local_source"].shape[1], y["local_source"].shape[2]
+        if None not in (source_h, source_w) and (source_h - 2 * (size // 2)) * (source_w - 2 * (size // 2)) < count:
+            # Else the crop centres fall outside the image (garbage crops or an index error).
+            raise ValueError(
+                f"losses.local_crop_size={size} leaves fewer than local_crops={count} crop centres inside "
+                f"the {source_h}x{source_w} training crops; set local_crop_size well below the crop size "
+                "(ToCo: 96 for 448)."
+            )
         roi = uncertainty_roi(aux_cams, labels, settings["high_threshold"], settings["low_threshold"])
         local_source = ops.convert_to_tensor(y["local_source"], "float32")
+        # Evaluation leaves the model as it was: the crop stream advances only in training
+        # steps; an evaluation draws its crops from the fixed seed (the same crops every time).
+        crop_seed = self.crop_seed if training else (0 if self.seed is None else int(self.seed))
         crops, local_positive = sample_local_crops(
-            local_source, roi, count, size, settings["negative_ratio"], self.crop_seed
+            local_source, roi, count, size, settings["negative_ratio"], crop_seed
         )
         crops = ops.reshape(crops, (-1, size, size, crops.shape[-1]))
         second_token = self.encode(y["global_view"], training=training, use_doei=use_doei)[2]
         local_tokens = ops.reshape(self.encode(crops, training=training, use_doei=use_doei)[2], (-1, count, second_token.shape[-1]))
         global_tokens = ops.stack([y_pred["class_token"], second_token], axis=1)
-        self._update_teacher()
+        if training:  # the EMA is a training step's update (the reference moves it in its train loop)
+            self._update_teacher()
         teacher = self.teacher_head(ops.stop_gradient(global_tokens))
         student = self.projection_head(ops.concatenate([global_tokens, local_tokens], axis=1))
         positive = ops.concatenate([ops.ones_like(global_tokens[:, :, 0]), local_positive], axis=1)
