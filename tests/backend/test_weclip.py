@@ -85,19 +85,73 @@ def test_gradcam_equals_finite_differences():
     np.testing.assert_allclose(cams, expected, atol=2e-3 * scale)
 
 
+def clip_head_probabilities(model, tokens, labels):
+    """The Grad-CAM softmax from block L's output tokens, written here from the encoder's parts:
+    the projected patch tokens' mean against the class and background prompts, over the
+    present classes and the background prompts."""
+    projected = model.image_encoder.project(tokens)[:, 1:]
+    image = ops.mean(projected, axis=1)
+    image = image / ops.sqrt(ops.sum(ops.square(image), axis=-1, keepdims=True))
+    text = unit_rows(np.concatenate([text_features(), text_features(1, 2)]))
+    logits = 5.0 * ops.matmul(image, ops.convert_to_tensor(text.T))
+    allowed = np.concatenate([labels > 0, np.ones((len(labels), 2), bool)], axis=1)
+    return ops.softmax(ops.where(allowed, logits, -1e9), axis=-1)
+
+
 def test_gradcam_flows_through_the_attention_branch_only():
+    """CLIP-ES differentiates block L's `ln_1` output, which feeds only the attention branch:
+    the code's gradient, taken back through `ln_1` to the block input X, equals ∂π/∂X with the
+    residual X held fixed (stop_gradient), and differs from the full ∂π/∂X."""
+    from wsss_keras.ops.grad import value_and_gradient
+
     model = tiny_weclip()
     images, labels, _ = batch()
     tokens, _ = model.frozen_pass(images)
     last = tokens[-1]
+    block = model.image_encoder.blocks[-1]
+    normed = block.norm1(last)
+
+    def held_block(x):
+        branch, _ = block.attend(block.norm1(x))
+        mid = ops.stop_gradient(x) + branch
+        return mid + block.mlp(block.norm2(mid))
+
+    # Same forward values: stop_gradient changes only the gradient.
+    np.testing.assert_allclose(numpy_of(held_block(last)), numpy_of(block(last)[0]), atol=1e-5)
     allowed = model.softmax_allowed(labels, 2)
-    normed = model.image_encoder.blocks[-1].norm1(last)
-    changed = ops.convert_to_tensor(numpy_of(last) + np.random.default_rng(3).normal(size=last.shape).astype("float32"))
-    # The residual input is passed separately: the probabilities change with it, but Grad-CAM
-    # differentiates only `attention_input`.
-    first = numpy_of(model.gradcam_probabilities(normed, last, allowed)[0])
-    second = numpy_of(model.gradcam_probabilities(normed, changed, allowed)[0])
-    assert np.abs(first - second).max() > 1e-4
+    np.testing.assert_allclose(numpy_of(model.gradcam_probabilities(normed, last, allowed)[0]),
+                               numpy_of(clip_head_probabilities(model, block(last)[0], labels)), atol=1e-5)
+
+    # One target, a fixed mix of the classes' probabilities: gradients are linear in it, so the
+    # mix checks every class at once (one compiled gradient per path on JAX).
+    mix_values = np.array([0.5, -1.0, 2.0], "float32")
+    mix = ops.convert_to_tensor(mix_values)
+
+    def code_target(a):
+        return ops.sum(model.gradcam_probabilities(a, last, allowed)[0][:, :CLASSES] * mix), ops.zeros(())
+
+    def held_target(x):
+        return ops.sum(clip_head_probabilities(model, held_block(x), labels)[:, :CLASSES] * mix), ops.zeros(())
+
+    def full_target(x):
+        return ops.sum(clip_head_probabilities(model, block(x)[0], labels)[:, :CLASSES] * mix), ops.zeros(())
+
+    _, code_gradient = value_and_gradient(code_target, normed)  # ∂π/∂A, A = ln_1(X)
+    # Back through ln_1 to X: the vector-Jacobian product of ln_1 with the code's gradient.
+    _, code_through_norm = value_and_gradient(lambda x: (ops.sum(block.norm1(x) * code_gradient), ops.zeros(())), last)
+    _, held = value_and_gradient(held_target, last)
+    _, full = value_and_gradient(full_target, last)
+    code_through_norm, held, full = numpy_of(code_through_norm), numpy_of(held), numpy_of(full)
+    scale = np.abs(held).max()
+    assert scale > 1e-4
+    np.testing.assert_allclose(code_through_norm, held, atol=1e-3 * scale)
+    # The residual path carries a gradient of its own: holding it fixed is not a no-op.
+    assert np.abs(full - held).max() > 0.1 * scale
+    # And this gradient is the one grad_cams weights its CAMs with (CAMs are linear in it).
+    weights = numpy_of(code_gradient)[:, 1:].mean(axis=1)  # (B, D)
+    expected = np.einsum("bnd,bd->bn", numpy_of(normed)[:, 1:], weights)
+    mixed_cams = numpy_of(model.grad_cams(last, labels)[0]) @ mix_values
+    np.testing.assert_allclose(mixed_cams, expected, atol=1e-4 * np.abs(expected).max())
 
 
 def test_decoder_shapes_and_fused_features():
@@ -120,11 +174,55 @@ def test_online_pseudo_labels_use_only_present_classes():
     assert cams.shape == (2, 4, 4, CLASSES) and np.isfinite(cams).all()
 
 
+def numpy_balanced_cross_entropy(logits, label_map, valid):
+    """0.5 · (mean CE over valid background pixels + mean CE over valid foreground pixels)."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    losses = -np.take_along_axis(log_probs, label_map[..., None].astype(np.int64), axis=-1)[..., 0]
+    return 0.5 * (losses[valid & (label_map == 0)].mean() + losses[valid & (label_map > 0)].mean())
+
+
+@pytest.mark.parametrize("ignore_padding", [False, True])
+def test_seg_loss_and_the_crop_padding(ignore_padding):
+    """WeCLIP's training loop loads `img_box` and never reads it: by default padded pixels are
+    trained on with their pseudo-labels; `ignore_padding` leaves out every pixel outside
+    `crop_boxes`, so the decoder's outputs there cannot change the loss."""
+    model = tiny_weclip(ignore_padding=ignore_padding)
+    images, labels, _ = batch()
+    boxes = np.array([[0, 12, 0, 10], [2, 16, 0, 16]], "int32")  # (y0, y1, x0, x1) of the real pixels
+    inside = np.zeros((2, 16, 16), bool)
+    for mask, (y0, y1, x0, x1) in zip(inside, boxes):
+        mask[y0:y1, x0:x1] = True
+    images = np.where(inside[..., None], images, 0.0).astype("float32")  # padding: the mean colour
+    targets = {"labels": labels, "crop_boxes": boxes}
+    y_pred = model(images, training=True)
+    pseudo = numpy_of(model.online_pseudo_labels(images, labels, targets))
+    rng = np.random.default_rng(5)
+    # Logits at the crop's size, so the loss's bilinear resize is the identity.
+    logits = rng.normal(size=(2, 16, 16, CLASSES + 1)).astype("float32")
+    changed = np.where(inside[..., None], logits, logits + 3.0 * rng.normal(size=logits.shape)).astype("float32")
+
+    def loss(values):
+        return float(numpy_of(model.compute_loss(images, targets, {**y_pred, "logits": ops.convert_to_tensor(values)})))
+
+    valid = inside if ignore_padding else np.ones_like(inside)
+    assert (pseudo[valid] == 0).any() and (pseudo[valid] > 0).any()  # both halves of the loss hold pixels
+    for values in (logits, changed):
+        np.testing.assert_allclose(loss(values), numpy_balanced_cross_entropy(values, pseudo, valid), rtol=1e-5)
+    if ignore_padding:
+        assert abs(loss(changed) - loss(logits)) < 1e-6
+    else:
+        assert abs(loss(changed) - loss(logits)) > 1e-2
+
+
 def test_bad_text_features_are_named():
     with pytest.raises(ValueError, match="text_features"):
         WeCLIP(CLIPImageEncoder(**IMAGE), CLASSES, np.zeros((2, WIDTH), "float32"), **SMALL)
     with pytest.raises(ValueError, match="gradcam_softmax"):
         tiny_weclip(gradcam_softmax="sometimes")
+    with pytest.raises(ValueError, match="ignore_padding"):
+        tiny_weclip(ignore_padding="yes")
 
 
 @pytest.mark.parametrize("build", [tiny_weclip, tiny_ssr])
@@ -202,28 +300,84 @@ def test_caption_clip_trains_and_captions_name_the_classes():
     assert {"caption", "prompt", "token"} <= set(first) and last["loss"] < first["loss"]
 
 
+def numpy_class_prototypes(features, labels):
+    """Per class, the unit mean of the unit foreground features of the images labelled with it
+    (the bank's prototypes before any K-means step)."""
+    means = []
+    for k in range(labels.shape[1]):
+        rows = features[labels[:, k] > 0, k]
+        means.append((rows / np.linalg.norm(rows, axis=-1, keepdims=True)).mean(axis=0))
+    means = np.stack(means)
+    return means / np.linalg.norm(means, axis=-1, keepdims=True)
+
+
 def test_prototype_refresh_reaches_the_training_loop():
-    """The refresh callback's prototypes are the ones the next steps train with, on every
-    backend (JAX's fit holds the variables in its own state between steps)."""
+    """The image prototypes CMPA's loss reads in each training step are those of the last
+    refresh, computed here in NumPy from the same pass's foreground features, on every backend
+    (JAX's fit holds the variables in its own state between steps)."""
     from wsss_keras.pipelines.ssr import prototype_refresh
 
-    model = tiny_ssr(prototype_refresh=3)
-    images, labels, regions = batch(count=2)
+    probe = np.random.default_rng(7).normal(size=(CLASSES, 4)).astype("float32")
+
+    class ProbedSSR(SSR):
+        # A zero-weight term logs a fingerprint of the prototypes the train step reads.
+        loss_names = SSR.loss_names + ("probe",)
+
+        def extra_losses(self, *args):
+            terms = super().extra_losses(*args)
+            terms["probe"] = (0.0, ops.sum(self.image_prototypes * ops.convert_to_tensor(probe)))
+            return terms
+
+    keras.utils.set_random_seed(0)
+    # No K-means step: the prototypes are the class means of the bank.
+    model = ProbedSSR(CLIPImageEncoder(**IMAGE), CLASSES, text_features(), text_features(1, 2), num_regions=4,
+                      options={"logit_scale": 5.0, "projection_hidden": 8, "projection_dim": 4,
+                               "prototype_refresh": 3, "kmeans_iterations": 0}, **SMALL)
+    batches = [batch(seed=index) for index in range(3)]
 
     class Loader(keras.utils.PyDataset):
         batch_size = 2
 
         def __len__(self):
-            return 2
+            return len(batches)
 
         def __getitem__(self, index):
+            images, labels, regions = batches[index]
             return images, {"labels": labels, "regions": regions}
 
-    refreshes = []
+    class Recorder(keras.callbacks.Callback):
+        """Runs after the refresh: the expected prototypes from the weights the refresh read,
+        and each step's logged fingerprint."""
+
+        def __init__(self):
+            super().__init__()
+            self.expected, self.logged, self.steps, self.running_mean = [], [], 0, 0.0
+
+        def expect(self):
+            features = np.concatenate([numpy_of(model.prototype_features(images, labels)) for images, labels, _ in batches])
+            labels = np.concatenate([labels for _, labels, _ in batches])
+            self.expected.append(numpy_class_prototypes(features.astype(np.float64), labels))
+
+        def on_train_begin(self, logs=None):
+            self.expect()
+
+        def on_train_batch_end(self, index, logs=None):
+            # The tracker logs the epoch's running mean (reset each epoch): undo it to get this
+            # step's value.
+            mean = float(logs["probe"])
+            self.logged.append((index + 1) * mean - index * self.running_mean)
+            self.running_mean = mean
+            self.steps += 1
+            if self.steps % 3 == 0:
+                self.expect()
+
+    refreshes, recorder = [], Recorder()
     callback = prototype_refresh({"recipe": {"name": "t"}}, model, Loader(), echo=refreshes.append)
     model.compile(optimizer=keras.optimizers.AdamW(1e-2))
-    model.fit(Loader(), epochs=2, verbose=0, callbacks=[callback])
-    assert len(refreshes) == 2  # at the start and after step 3; step 4 then trains on the new ones
-    assert float(numpy_of(model.prototypes_ready)) == 1.0
-    prototypes = numpy_of(model.image_prototypes)
-    np.testing.assert_allclose(np.linalg.norm(prototypes, axis=1), 1.0, atol=1e-5)
+    model.fit(Loader(), epochs=2, verbose=0, callbacks=[callback, recorder])
+    assert len(refreshes) == 3  # at the start, after step 3 and after step 6
+    fingerprints = [float(np.sum(prototypes * probe)) for prototypes in recorder.expected]
+    # Training between refreshes moved the features: a stale bank would show.
+    assert abs(fingerprints[1] - fingerprints[0]) > 1e-3
+    np.testing.assert_allclose(recorder.logged, [fingerprints[0]] * 3 + [fingerprints[1]] * 3, atol=1e-4)
+    np.testing.assert_allclose(numpy_of(model.image_prototypes), recorder.expected[2], atol=1e-5)

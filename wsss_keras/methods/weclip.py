@@ -11,7 +11,9 @@ A frozen CLIP image tower gives, per image,
   normalised, symmetrised and squared, which propagates each class's CAM inside a mask (the
   CAM's boxes, `scoremap2bbox`; SSR replaces it);
 - online pseudo-labels: min-max, bilinear to the crop, background `(1 − max)^bg_power`, PAR,
-  argmax.
+  argmax; no ignore region: the crop's padding is trained on like any pixel, as WeCLIP's
+  training loop does (it loads `img_box` and never reads it); `ignore_padding` masks it with
+  255 from the targets' `crop_boxes` instead, as ToCo does.
 A light decoder (per-layer MLPs over the L−1 layers, a 1x1 fusion, a 3-block transformer) is
 the only trained part (CE on the pseudo-labels, ToCo/WeCLIP's balanced form) and the only one
 used for prediction.
@@ -33,7 +35,7 @@ from wsss_keras.backbones.transformer import TransformerBlock
 from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_keras.methods.base import WSSSModel
 from wsss_keras.methods.initializers import torch_bias_uniform, torch_uniform
-from wsss_keras.ops.cam import min_max_normalize, resize_bilinear
+from wsss_keras.ops.cam import IGNORE_INDEX, crop_box_mask, min_max_normalize, resize_bilinear
 from wsss_keras.ops.grad import value_and_gradient
 from wsss_keras.ops.losses import balanced_segmentation_loss
 from wsss_keras.ops.par import DEFAULT_DILATIONS, par_refine
@@ -53,6 +55,8 @@ WECLIP_DEFAULTS = {
     "par_iterations": 20,
     "par_dilations": list(DEFAULT_DILATIONS),
     "seg_weight": 1.0,
+    "ignore_padding": False,          # False: padding keeps its pseudo-label (WeCLIP's code);
+                                      # True: 255 outside `crop_boxes` in the seg loss (ToCo's way)
 }
 
 
@@ -68,6 +72,8 @@ def weclip_options(overrides=None, defaults=None, source="weclip"):
         raise ValueError(f"[{source}] gradcam_softmax = {options['gradcam_softmax']!r}; choose 'present' or 'all'.")
     if int(options["affinity_layers"]) < 1:
         raise ValueError(f"[{source}] affinity_layers = {options['affinity_layers']}; give at least 1.")
+    if not isinstance(options["ignore_padding"], bool):
+        raise ValueError(f"[{source}] ignore_padding = {options['ignore_padding']!r}; give true or false.")
     return options
 
 
@@ -442,6 +448,10 @@ class WeCLIP(keras.Model, WSSSModel):
         frozen = (y_pred["tokens"], y_pred["attention"])
         refined, initial, projected = self.refined_cams(x, labels, targets, frozen)
         pseudo = ops.stop_gradient(self.pseudo_labels_from_cams(x, refined, labels))
+        boxes = targets.get("crop_boxes")
+        if self.options["ignore_padding"] and boxes is not None:
+            inside = crop_box_mask(boxes, x.shape[1], x.shape[2])
+            pseudo = ops.where(inside, ops.cast(pseudo, "int32"), IGNORE_INDEX)
         logits = resize_bilinear(y_pred["logits"], (x.shape[1], x.shape[2]))
         terms = {"seg": balanced_segmentation_loss(logits, pseudo)}
         total = float(self.options["seg_weight"]) * terms["seg"]
