@@ -108,3 +108,31 @@ def test_bank_errors_and_empty_refresh():
         bank.add(np.ones((1, 2, 5), np.float32), np.ones((1, 2)))
     with pytest.raises(ValueError):
         PrototypeBank.from_state({"features": np.zeros((0, 4))})
+
+
+def test_uncapped_bank_keeps_every_sample_and_add_samples_matches_add(tmp_path):
+    """SSR's "epoch" bank keeps the whole pass (per_class=None); the "recent" bank is filled
+    row by row from the model's memory (add_samples)."""
+    rng = np.random.default_rng(3)
+    whole = PrototypeBank(num_classes=2, per_class=None)
+    features = rng.normal(size=(300, 2, 4)).astype(np.float32)
+    labels = np.ones((300, 2))
+    labels[::3, 1] = 0
+    whole.add(features, labels)
+    assert whole.counts().tolist() == [300, 200]  # nothing dropped
+    held, held_labels = whole.samples()
+    np.testing.assert_allclose(held[held_labels == 1], unit(features[labels[:, 1] > 0, 1]), rtol=1e-5)
+    path = tmp_path / "bank.npz"
+    np.savez(path, **whole.state())
+    with np.load(path) as stored:
+        restored = PrototypeBank.from_state(dict(stored))
+    assert restored.per_class is None and restored.counts().tolist() == [300, 200]
+
+    rows = PrototypeBank(num_classes=2, per_class=150)
+    rows.add_samples(held, held_labels)
+    assert rows.counts().tolist() == [150, 150]  # the cap keeps the newest rows
+    np.testing.assert_allclose(rows.samples()[0][rows.samples()[1] == 0], held[held_labels == 0][-150:], rtol=1e-6)
+    with pytest.raises(ValueError, match="class ids"):
+        rows.add_samples(held[:2], np.array([0, 2]))
+    with pytest.raises(ValueError):
+        PrototypeBank(num_classes=2, per_class=0)

@@ -112,3 +112,46 @@ def test_all_zero_cam_image_is_finite():
     assert numpy_loss(pooled[1:], labels[1:], text, 20.0) == pytest.approx(np.log(4))
     np.testing.assert_array_equal(gradient[1], 0.0)
     assert np.abs(gradient[0]).sum() > 0
+
+
+def test_background_negatives_enter_only_the_denominator():
+    features, labels, text, image = random_case(seed=4)
+    negatives = np.random.default_rng(5).normal(size=(2, 6)).astype(np.float32)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    rows = unit(np.concatenate([text, negatives]).astype(np.float64))
+    expected = []
+    for b, c in zip(*np.nonzero(labels)):
+        z = 20.0 * rows @ unit(features[b, c].astype(np.float64))
+        expected.append(np.log(np.exp(z).sum()) - z[c])
+    got = prototype_contrastive_loss(features, labels, text, 20.0, negatives=negatives)
+    np.testing.assert_allclose(float(ops.convert_to_numpy(got)), np.mean(expected), rtol=1e-4)
+    # The cluster positive is still one of the C class prototypes.
+    cluster = prototype_contrastive_loss(features, labels, text, 20.0, image_prototypes=image, pos_idx_mode="cluster",
+                                         negatives=negatives)
+    assert np.isfinite(float(ops.convert_to_numpy(cluster)))
+    with pytest.raises(ValueError, match="negatives"):
+        prototype_contrastive_loss(features, labels, text, 20.0, negatives=negatives[:, :3])
+
+
+def test_text_to_image_loss_matches_numpy_and_only_reaches_the_text():
+    from wsss_keras.ops.prototypes import text_to_image_loss
+
+    rng = np.random.default_rng(6)
+    text, image = rng.normal(size=(4, 6)).astype(np.float32), rng.normal(size=(4, 6)).astype(np.float32)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    z = 20.0 * unit(text.astype(np.float64)) @ unit(image.astype(np.float64)).T
+    expected = np.mean(np.log(np.exp(z).sum(axis=1)) - np.diag(z))
+    np.testing.assert_allclose(float(ops.convert_to_numpy(text_to_image_loss(text, image, 20.0))), expected, rtol=1e-4)
+    np.testing.assert_allclose(float(ops.convert_to_numpy(text_to_image_loss(text, image, 500.0))),
+                               float(ops.convert_to_numpy(text_to_image_loss(text, image, 100.0))), rtol=1e-6)
+    image_tensor = ops.convert_to_tensor(image)
+    # `+ sum(p)` keeps p in the graph (torch refuses a gradient of a function that ignores p):
+    # its gradient, ones, is all that reaches p.
+    _, gradient = value_and_gradient(lambda p: (text_to_image_loss(text, p, 20.0) + ops.sum(p), ()), image_tensor)
+    np.testing.assert_array_equal(ops.convert_to_numpy(gradient), 1.0)

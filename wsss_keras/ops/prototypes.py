@@ -6,10 +6,11 @@ Spec methods/ssr.md §2.5 (paper Eq. 1-6; shapes and details are the spec's inte
 - `masked_average_pool` pools per-token features into one foreground feature per class, the
   detached CAM as soft weights.
 - `prototype_contrastive_loss` is cross-entropy over the C text prototypes of the cosine
-  similarities times 1/τ (clamped at 100); the positive is the sample's class ("label") or its
-  nearest image prototype ("cluster", the paper-literal cluster pseudo-label).
+  similarities times 1/τ (clamped at 100), optionally with extra negative rows; the positive
+  is the sample's class ("label") or its nearest image prototype ("cluster", the paper-literal
+  cluster pseudo-label). `text_to_image_loss` is the spec's optional symmetric L_t2i.
 - `spherical_kmeans` and `PrototypeBank` (NumPy, outside the compiled step) build the image
-  prototypes P_I: a FIFO memory of detached foreground features per class, clustered with
+  prototypes P_I: detached foreground features per class (all, or a FIFO of the last few), clustered with
   cosine K-means whose centroid k starts at the class-k mean, so cluster k stays class k and
   lines up with text prototype k.
 """
@@ -60,11 +61,13 @@ def _normalize(tensor):
     return tensor / ops.sqrt(ops.maximum(squared, NORM_EPS * NORM_EPS))
 
 
-def prototype_contrastive_loss(image_features, labels, text_prototypes, inverse_temperature, image_prototypes=None, pos_idx_mode="label"):
+def prototype_contrastive_loss(image_features, labels, text_prototypes, inverse_temperature, image_prototypes=None,
+                               pos_idx_mode="label", negatives=None):
     """L_proto: cross-entropy of each present (image, class) feature over the text prototypes.
 
-    z[b, c, k] = cos(f[b, c], P_T[k]) · min(1/τ, 100); the positive index is c ("label") or
-    argmax_k cos(f[b, c], P_I[k]) ("cluster"); the loss is the mean of -log softmax(z)[pos]
+    z[b, c, k] = cos(f[b, c], P_T[k]) · min(1/τ, 100), k over the C prototypes and then the
+    `negatives` rows if any; the positive index is c ("label") or argmax_k cos(f[b, c], P_I[k])
+    ("cluster"), always a class prototype; the loss is the mean of -log softmax(z)[pos]
     over the samples with labels[b, c] = 1, and exactly 0 (with zero gradients) when there is
     none. Cosines use max(||x||, 1e-8) norms, so a zero feature (an all-zero CAM) gives
     z = 0, a finite loss and finite gradients.
@@ -76,6 +79,8 @@ def prototype_contrastive_loss(image_features, labels, text_prototypes, inverse_
         inverse_temperature: scalar tensor 1/τ (e.g. exp of a learnable log); clamped at 100.
         image_prototypes: (C, D) P_I, for "cluster" mode (treated as constant).
         pos_idx_mode: "label" or "cluster".
+        negatives: optional (M, D) rows that only enter the softmax's denominator (SSR's
+            background prompts through TSA).
 
     Returns:
         Scalar loss.
@@ -108,6 +113,11 @@ def prototype_contrastive_loss(image_features, labels, text_prototypes, inverse_
     unit = _normalize(features)
     scale = ops.minimum(ops.cast(inverse_temperature, features.dtype), MAX_INVERSE_TEMPERATURE)
     logits = ops.einsum("bcd,kd->bck", unit, _normalize(prototypes)) * scale
+    if negatives is not None:
+        negatives = ops.cast(negatives, features.dtype)
+        if len(negatives.shape) != 2 or negatives.shape[-1] != prototypes.shape[-1]:
+            raise ValueError(f"negatives {tuple(negatives.shape)} must be (M, {prototypes.shape[-1]}), like the text prototypes.")
+        negative_logits = ops.einsum("bcd,md->bcm", unit, _normalize(negatives)) * scale
     if pos_idx_mode == "label":
         positive = ops.eye(ops.shape(prototypes)[0], dtype=features.dtype)[None]
     else:
@@ -117,9 +127,37 @@ def prototype_contrastive_loss(image_features, labels, text_prototypes, inverse_
         bank = ops.stop_gradient(_normalize(bank))
         nearest = ops.argmax(ops.einsum("bcd,kd->bck", ops.stop_gradient(unit), bank), axis=-1)
         positive = ops.one_hot(nearest, ops.shape(prototypes)[0], dtype=features.dtype)
-    per_sample = ops.logsumexp(logits, axis=-1) - ops.sum(logits * positive, axis=-1)
+    positive_logit = ops.sum(logits * positive, axis=-1)
+    if negatives is not None:
+        logits = ops.concatenate([logits, negative_logits], axis=-1)
+    per_sample = ops.logsumexp(logits, axis=-1) - positive_logit
     count = ops.sum(labels)
     return ops.sum(per_sample * labels) / ops.maximum(count, 1.0)
+
+
+def text_to_image_loss(text_prototypes, image_prototypes, inverse_temperature):
+    """L_t2i, the spec's optional symmetric term (not in the paper's equations): each text
+    prototype's cross-entropy over the image prototypes, its own class the positive.
+
+    z[k, j] = cos(P_T[k], P_I[j]) · min(1/τ, 100); the loss is mean_k -log softmax(z[k])[k].
+    P_I is a constant (gradients reach TSA and τ only).
+
+    Example:
+    >>> import numpy as np
+    >>> loss = text_to_image_loss(np.eye(2, dtype="float32"), np.eye(2, dtype="float32"), 1.0)
+    >>> round(float(loss), 4) == round(float(np.log(1 + np.exp(-1.0))), 4)
+    True
+    """
+    text = ops.convert_to_tensor(text_prototypes)
+    if not str(text.dtype).startswith(("float", "bfloat")):
+        text = ops.cast(text, "float32")
+    images = ops.stop_gradient(_normalize(ops.cast(image_prototypes, text.dtype)))
+    if tuple(images.shape) != tuple(text.shape):
+        raise ValueError(f"image_prototypes {tuple(images.shape)} must match text_prototypes {tuple(text.shape)} (one per class).")
+    scale = ops.minimum(ops.cast(inverse_temperature, text.dtype), MAX_INVERSE_TEMPERATURE)
+    logits = ops.matmul(_normalize(text), ops.transpose(images)) * scale
+    positive = ops.sum(logits * ops.eye(ops.shape(text)[0], dtype=text.dtype), axis=-1)
+    return ops.mean(ops.logsumexp(logits, axis=-1) - positive)
 
 
 def _unit_rows(array):
@@ -205,7 +243,8 @@ class PrototypeBank:
 
     Args:
         num_classes: C.
-        per_class: the most samples kept per class (oldest dropped first).
+        per_class: the most samples kept per class (oldest dropped first); None keeps all
+            (SSR's "epoch" bank, the whole training set).
 
     Example:
     >>> import numpy as np
@@ -216,10 +255,10 @@ class PrototypeBank:
     """
 
     def __init__(self, num_classes, per_class=200):
-        if int(num_classes) < 1 or int(per_class) < 1:
-            raise ValueError(f"PrototypeBank needs num_classes >= 1 and per_class >= 1, got {num_classes} and {per_class}.")
+        if int(num_classes) < 1 or (per_class is not None and int(per_class) < 1):
+            raise ValueError(f"PrototypeBank needs num_classes >= 1 and per_class >= 1 (or None), got {num_classes} and {per_class}.")
         self.num_classes = int(num_classes)
-        self.per_class = int(per_class)
+        self.per_class = None if per_class is None else int(per_class)
         self.dim = None
         # Per class, the kept samples oldest first (unit rows, float32).
         self._samples = [None] * self.num_classes
@@ -242,17 +281,35 @@ class PrototypeBank:
                 f"PrototypeBank.add needs features (B, {self.num_classes}, D) and labels (B, {self.num_classes}), "
                 f"got {features.shape} and {labels.shape}."
             )
-        if self.dim is None:
-            self.dim = features.shape[2]
-        elif features.shape[2] != self.dim:
-            raise ValueError(f"PrototypeBank holds {self.dim}-d features, got {features.shape[2]}-d ones.")
+        self._check_dim(features.shape[2])
         unit = _unit_rows(features).astype(np.float32)
         for k in range(self.num_classes):
-            new = unit[labels[:, k] > 0, k]
-            if not len(new):
-                continue
-            kept = new if self._samples[k] is None else np.concatenate([self._samples[k], new])
-            self._samples[k] = kept[-self.per_class :]
+            self._append(k, unit[labels[:, k] > 0, k])
+
+    def add_samples(self, features, class_ids):
+        """Append samples given one per row: features (S, D), class_ids (S,) in [0, C)."""
+        features = _to_numpy(features).astype(np.float32)
+        class_ids = np.asarray(_to_numpy(class_ids)).astype(np.int64).reshape(-1)
+        if features.ndim != 2 or len(class_ids) != len(features):
+            raise ValueError(f"PrototypeBank.add_samples needs features (S, D) and class_ids (S,), got {features.shape} and {class_ids.shape}.")
+        if len(class_ids) and (class_ids.min() < 0 or class_ids.max() >= self.num_classes):
+            raise ValueError(f"class ids must lie in [0, {self.num_classes}), got [{class_ids.min()}, {class_ids.max()}].")
+        self._check_dim(features.shape[1])
+        unit = _unit_rows(features).astype(np.float32)
+        for k in range(self.num_classes):
+            self._append(k, unit[class_ids == k])
+
+    def _check_dim(self, dim):
+        if self.dim is None:
+            self.dim = dim
+        elif dim != self.dim:
+            raise ValueError(f"PrototypeBank holds {self.dim}-d features, got {dim}-d ones.")
+
+    def _append(self, k, new):
+        if not len(new):
+            return
+        kept = new if self._samples[k] is None else np.concatenate([self._samples[k], new])
+        self._samples[k] = kept if self.per_class is None else kept[-self.per_class :]
 
     def samples(self):
         """(features (S, D) float32, labels (S,) int64): everything held, class by class,
@@ -279,14 +336,14 @@ class PrototypeBank:
         return self.prototypes
 
     def state(self):
-        """A dict of arrays for `np.savez`: features, labels, num_classes, per_class, and
-        prototypes when a refresh has run."""
+        """A dict of arrays for `np.savez`: features, labels, num_classes, per_class (-1: no
+        cap), and prototypes when a refresh has run."""
         features, labels = self.samples()
         state = {
             "features": features,
             "labels": labels,
             "num_classes": np.array(self.num_classes, np.int64),
-            "per_class": np.array(self.per_class, np.int64),
+            "per_class": np.array(-1 if self.per_class is None else self.per_class, np.int64),
         }
         if self.prototypes is not None:
             state["prototypes"] = np.asarray(self.prototypes, np.float32)
@@ -298,7 +355,8 @@ class PrototypeBank:
         missing = [key for key in ("features", "labels", "num_classes", "per_class") if key not in state]
         if missing:
             raise ValueError(f"prototype bank state lacks {missing}; save it with PrototypeBank.state().")
-        bank = cls(int(state["num_classes"]), int(state["per_class"]))
+        per_class = int(state["per_class"])
+        bank = cls(int(state["num_classes"]), None if per_class < 0 else per_class)
         features = np.asarray(state["features"], np.float32)
         labels = np.asarray(state["labels"], np.int64)
         if features.ndim != 2 or labels.shape != (len(features),):
@@ -308,7 +366,7 @@ class PrototypeBank:
         for k in range(bank.num_classes):
             rows = features[labels == k]
             if len(rows):
-                bank._samples[k] = rows[-bank.per_class :]
+                bank._samples[k] = rows if bank.per_class is None else rows[-bank.per_class :]
         if "prototypes" in state:
             bank.prototypes = np.asarray(state["prototypes"], np.float32)
         return bank

@@ -7,8 +7,11 @@
   option b), with 0 for the crop's padding, which is never a target.
 - `load_dino`: the frozen DINO ViT-S/16 of `[dino] weights` (a local
   `dino_deitsmall16_pretrain.pth`); without one, SGC's affinity is CLIP's alone.
-- `prototype_refresh`: CMPA's image prototypes, rebuilt at the start and every
-  `prototype_refresh` steps from a no-grad pass over up to `prototype_images` training images.
+- `prototype_refresh`: CMPA's image prototypes, rebuilt every `prototype_refresh` steps
+  (`[ssr] prototype_bank`): "epoch", at the start too, from a no-grad pass over every training
+  batch of the current epoch (the paper's whole training set); "recent", from the loss
+  features the model remembered over the last `prototype_refresh` steps (the spec's cheaper
+  memory, at most `prototype_bank_size` per class).
 """
 
 import json
@@ -107,18 +110,17 @@ def load_dino(recipe, echo=print):
 
 
 def prototype_refresh(recipe, model, loader, echo=print):
-    """A callback that rebuilds CMPA's image prototypes at the start of training and every
-    `prototype_refresh` steps, from up to `prototype_images` images of `loader`'s dataset
-    (the training crops of the current epoch), and saves the bank's size in the log."""
+    """A callback that rebuilds CMPA's image prototypes every `prototype_refresh` steps (and,
+    for the "epoch" bank, at the start of training), and reports the bank's size."""
     import keras
 
-    from wsss_keras.methods.ssr import refresh_prototypes
+    from wsss_keras.methods.ssr import refresh_prototypes, refresh_prototypes_from_memory
     from wsss_keras.ops.prototypes import PrototypeBank
 
     every = int(model.options["prototype_refresh"])
-    limit = int(model.options["prototype_images"])
     if every < 1:
         raise recipe_error(recipe, f"[ssr] prototype_refresh = {every}; give a positive number of steps.")
+    recent = model.options["prototype_bank"] == "recent"
 
     class PrototypeRefresh(keras.callbacks.Callback):
         def __init__(self):
@@ -132,23 +134,33 @@ def prototype_refresh(recipe, model, loader, echo=print):
             sync = getattr(model, "jax_state_sync", None)
             if sync is not None:
                 sync()
-            bank = PrototypeBank(model.num_classes, int(model.options["prototype_bank_size"]))
-            batches, seen = [], 0
+            if recent:
+                bank = PrototypeBank(model.num_classes, int(model.options["prototype_bank_size"]))
+                if refresh_prototypes_from_memory(model, bank) is None:
+                    echo(f"[train] CMPA image prototypes not refreshed at step {self.steps}: no features remembered yet")
+                    return
+                echo(f"[train] CMPA image prototypes refreshed at step {self.steps} from {len(bank)} features "
+                     f"of the last {every} steps")
+                return
+            bank = PrototypeBank(model.num_classes, per_class=None)
             epoch = self.steps // len(loader)  # the crops training reads at this step
-            for index in range(len(loader)):
-                # A SegmentationLoader gives that epoch's batch; any other PyDataset its own.
-                images, targets = loader.batch_at(epoch, index) if hasattr(loader, "batch_at") else loader[index]
-                batches.append((images, targets["labels"]))
-                seen += len(images)
-                if seen >= limit:
-                    break
-            refresh_prototypes(model, bank, batches)
-            echo(f"[train] CMPA image prototypes refreshed at step {self.steps} from {len(bank)} features ({seen} images)")
+            seen = [0]
+
+            def batches():  # streamed: the whole training set does not fit in memory at once
+                for index in range(len(loader)):
+                    # A SegmentationLoader gives that epoch's batch; any other PyDataset its own.
+                    images, targets = loader.batch_at(epoch, index) if hasattr(loader, "batch_at") else loader[index]
+                    seen[0] += len(images)
+                    yield images, targets["labels"]
+
+            refresh_prototypes(model, bank, batches())
+            echo(f"[train] CMPA image prototypes refreshed at step {self.steps} from {len(bank)} features ({seen[0]} images)")
 
         def on_train_begin(self, logs=None):
             self.steps = self.start_step
-            # A resumed run restored the prototypes of its last refresh with the weights.
-            if not float(keras.ops.convert_to_numpy(model.prototypes_ready)):
+            # A resumed run restored the prototypes of its last refresh with the weights; the
+            # recent bank has nothing to cluster before the first steps.
+            if not recent and not float(keras.ops.convert_to_numpy(model.prototypes_ready)):
                 self.refresh()
 
         def on_train_batch_end(self, batch, logs=None):
