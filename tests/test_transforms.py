@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 from wsss_keras.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CamTrainTransform,
     EvalTransform,
     ToCoTrainTransform,
     TrainTransform,
@@ -126,3 +129,23 @@ def test_toco_flip_knob_changes_only_the_local_orientation():
         assert np.array_equal(local, reference_local) or np.array_equal(local, reference_local[:, ::-1])
     with pytest.raises(TypeError, match="local_crops_follow_flip='yes'"):
         ToCoTrainTransform(local_crops_follow_flip="yes")
+
+
+@pytest.mark.parametrize("pad_fill, rgb", [("mean", (124, 116, 104)), ("black", (0, 0, 0))])
+def test_cam_transform_pads_with_the_colour_asked_for(pad_fill, rgb):
+    """A 20x30 image in a 48 crop: outside the crop box every pixel is the padding colour,
+    read back in RGB 0..255 (ImageNet's mean is about (124, 116, 104))."""
+    image = np.full((20, 30, 3), 200, np.uint8)
+    transform = CamTrainTransform(crop_size=48, long_side=None, flip=False, pad_fill=pad_fill)
+    crop, _, (y0, y1, x0, x1) = transform(np.random.default_rng(0), image)
+    rgb_crop = (crop * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)) * 255.0
+    outside = np.ones(crop.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert outside.any() and not outside.all()
+    np.testing.assert_allclose(rgb_crop[outside], np.broadcast_to(rgb, rgb_crop[outside].shape), atol=0.6)
+    np.testing.assert_allclose(rgb_crop[~outside], 200.0, atol=1e-3)
+
+
+def test_cam_transform_refuses_an_unknown_pad_fill():
+    with pytest.raises(ValueError, match="pad_fill"):
+        CamTrainTransform(pad_fill="grey")

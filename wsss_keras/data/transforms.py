@@ -313,7 +313,8 @@ class CamTrainTransform:
     then returned as a fourth item, the extras dict.
 
     `scale_range` (instead of `long_side`) rescales by a random ratio, WeCLIP's random rescale
-    (0.5..2.0).
+    (0.5..2.0). `pad_fill` is the padding's colour: "mean" (0 after normalisation, IRN's) or
+    "black" (RGB 0 before normalisation, WeCLIP's `random_crop(mean_rgb=[0, 0, 0])`).
     """
 
     crop_size: int = 512
@@ -324,6 +325,11 @@ class CamTrainTransform:
     scale_range: tuple = None
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    pad_fill: str = "mean"
+
+    def __post_init__(self):
+        if self.pad_fill not in ("mean", "black"):
+            raise ValueError(f"pad_fill={self.pad_fill!r}: choose 'mean' or 'black'.")
 
     def __call__(self, rng, image, label_map=None, maps=None):
         maps = dict(maps or {})
@@ -345,7 +351,8 @@ class CamTrainTransform:
             if flipped:
                 maps = {name: values[:, ::-1] for name, values in maps.items()}
         crop_rng_state = rng.bit_generator.state
-        image, label_map, box = random_crop(rng, image, label_map, self.crop_size)
+        fill = 0.0 if self.pad_fill == "mean" else normalize(np.zeros((1, 1, 3), np.uint8), self.mean, self.std)[0, 0]
+        image, label_map, box = random_crop(rng, image, label_map, self.crop_size, image_fill=fill)
         for name, values in maps.items():
             # Replay the crop's random draws so every map gets the image's window.
             rng.bit_generator.state = crop_rng_state

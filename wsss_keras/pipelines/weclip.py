@@ -221,8 +221,11 @@ def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print
         from wsss_keras.pipelines.ssr import prototype_refresh, region_maps
 
         item_maps = region_maps(recipe, out_dir, dataset, model)
+    # WeCLIP pads its crops black before normalising (datasets/voc.py: mean_rgb=[0, 0, 0]) and
+    # trains on the padding, so its colour is part of what the decoder learns.
     transform = CamTrainTransform(crop_size=int(settings.get("crop_size", 320)),
-                                  scale_range=tuple(settings.get("scale_range", (0.5, 2.0))), long_side=None)
+                                  scale_range=tuple(settings.get("scale_range", (0.5, 2.0))), long_side=None,
+                                  pad_fill="black")
     loader = SegmentationLoader(
         dataset, int(settings.get("batch_size", 4)), transform, shuffle=True, seed=seed, drop_remainder=True,
         item_maps=item_maps, workers=int(settings.get("workers", 1)),
