@@ -1,6 +1,9 @@
 """Checkpoints and resuming on the current backend: a run stopped by a real SIGTERM mid-epoch and
-resumed ends with the weights of an uninterrupted run; a checkpoint is never half-written; a
-loss that stops being finite stops training and keeps the last good checkpoint."""
+resumed ends with the weights of an uninterrupted run, for a toy CAM network and for tiny ToCo,
+SSR and AMR models with state beyond their weights (random crops, dropout masks, the EMA
+teacher, the step counter, the CMPA prototypes, BatchNorm statistics, the optimiser's moments
+and schedule); a checkpoint is never half-written; a loss that stops being finite stops
+training and keeps the last good checkpoint."""
 
 import csv
 import os
@@ -9,7 +12,14 @@ import signal
 import keras
 import numpy as np
 import pytest
-from helpers import tiny_synthetic
+from helpers import (
+    plain_training_loader,
+    tiny_amr_for_training,
+    tiny_ssr_for_training,
+    tiny_synthetic,
+    tiny_toco_for_training,
+    toco_training_loader,
+)
 
 from wsss_keras.data.dataset import open_dataset
 from wsss_keras.data.loader import SegmentationLoader
@@ -85,6 +95,104 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(data, tmp
     with open(tmp_path / "cut" / "train_log.csv", newline="") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
     assert steps == [2, 4, 6, 8, 10, 12]  # rows after the checkpoint were dropped and written again
+
+
+class SigtermDuringStep(keras.callbacks.Callback):
+    """Sends this process a real SIGTERM as (1-based) step `step` of this fit begins, so
+    `fit_steps` checkpoints at that step's end and stops."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def prototype_callbacks(model, loader):
+    from wsss_keras.pipelines.ssr import prototype_refresh
+
+    return [prototype_refresh(RECIPE, model, loader, echo=lambda line: None)]
+
+
+# method: (model builder, loader builder, callbacks builder as the method's pipeline passes them)
+STATEFUL_METHODS = {
+    "toco": (tiny_toco_for_training, toco_training_loader, lambda model, loader: []),
+    "ssr-epoch-bank": (lambda: tiny_ssr_for_training("epoch"), lambda data: plain_training_loader(data, 16),
+                       prototype_callbacks),
+    "ssr-recent-bank": (lambda: tiny_ssr_for_training("recent"), lambda data: plain_training_loader(data, 16),
+                        prototype_callbacks),
+    "amr": (tiny_amr_for_training, lambda data: plain_training_loader(data, 32), lambda model, loader: []),
+}
+METHOD_STEPS, METHOD_CUT = 6, 3  # 8 images in batches of 2: the run crosses an epoch end at step 4
+
+
+@pytest.fixture(scope="module")
+def method_data(tmp_path_factory):
+    return tiny_synthetic(tmp_path_factory.mktemp("resume-methods") / "data", n_train=8, n_val=2, size=40, classes="3")
+
+
+def full_state(model):
+    """Every variable of the model (weights, non-trainable state, random-seed states) and of
+    its optimiser, with its path (which holds the layers' unique names, so differs between
+    two builds of one model: variables are matched by position)."""
+    variables = list(model.variables) + list(model.optimizer.variables)
+    return [(variable.path, keras.ops.convert_to_numpy(variable)) for variable in variables]
+
+
+def logged_losses(folder):
+    with open(os.path.join(folder, "train_log.csv"), newline="") as handle:
+        return [{key: float(value) for key, value in row.items() if key != "seconds"} for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("method", sorted(STATEFUL_METHODS))
+def test_a_stateful_method_stopped_halfway_and_resumed_ends_as_the_uninterrupted_run(method, method_data, tmp_path):
+    build, make_loader, make_callbacks = STATEFUL_METHODS[method]
+    options = TrainingOptions(checkpoint_every=0, log_every=1, tensorboard=False)
+
+    def run(folder, stop_at=None):
+        model, loader = build(), make_loader(method_data)  # what a new process builds
+        callbacks = make_callbacks(model, loader) + ([SigtermDuringStep(stop_at)] if stop_at else [])
+        fit_steps(model, loader, METHOD_STEPS, str(folder), "model.keras", RECIPE, echo=lambda line: None,
+                  callbacks=callbacks, options=options)
+        return model
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(TrainingInterrupted, match=f"after step {METHOD_CUT}"):
+        run(tmp_path / "cut", stop_at=METHOD_CUT)
+    assert latest_checkpoint(str(tmp_path / "cut" / "checkpoints" / "train"))["step"] == METHOD_CUT
+    resumed = run(tmp_path / "cut")
+
+    expected, got = full_state(whole), full_state(resumed)
+    assert [value.shape for _, value in got] == [value.shape for _, value in expected]
+    # Same operations on the same inputs from the same state: on CPU each backend repeats them
+    # bit for bit; 1e-6 leaves room only for a reduction order a thread pool might change.
+    for (path, value), (_, want) in zip(got, expected):
+        np.testing.assert_allclose(value, want, rtol=1e-6, atol=1e-7, err_msg=path)
+    # Per-step losses: the log recovers them from Keras's running means, (k·m_k − j·m_j)/(k − j),
+    # and the resumed run's means restart at step 3, so they agree to float32 rounding of sums
+    # over at most 6 steps (about 1e-6 of the losses, which are of order 1).
+    want_losses, got_losses = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "cut")
+    assert [row["step"] for row in got_losses] == list(range(1, METHOD_STEPS + 1))
+    assert len(want_losses) == METHOD_STEPS and set(got_losses[0]) == set(want_losses[0])
+    for got_row, want_row in zip(got_losses, want_losses):
+        for key, want in want_row.items():
+            assert got_row[key] == pytest.approx(want, rel=1e-5, abs=1e-5), (got_row["step"], key, got_row, want_row)
+
+    # The state the run must carry across the cut is there and moved (else the test proves little).
+    state = dict(expected)
+    if method == "toco":
+        assert int(keras.ops.convert_to_numpy(whole.train_steps)) == METHOD_STEPS
+        seeds = [path for path in state if path.endswith("seed_generator_state")]
+        assert seeds and all(state[path][1] > 0 for path in seeds), seeds  # crops were drawn
+        teacher = keras.ops.convert_to_numpy(whole.teacher_head.fc1.kernel)
+        assert not np.allclose(teacher, keras.ops.convert_to_numpy(whole.projection_head.fc1.kernel))
+        # the step counter switches the seg loss on at step 4 (0-based): the 5th logged step
+        assert want_losses[3]["seg_loss"] == 0.0 and want_losses[4]["seg_loss"] > 0.0
+    if method.startswith("ssr"):
+        assert float(keras.ops.convert_to_numpy(whole.prototypes_ready)) == 1.0
+        assert np.abs(keras.ops.convert_to_numpy(whole.image_prototypes)).max() > 0.1
 
 
 def test_checkpoints_are_never_half_written(data, tmp_path, monkeypatch):

@@ -3,7 +3,8 @@ an interruption at any moment leaves the previous checkpoint whole.
 
 A checkpoint is `step_<N>.weights.h5` (every model variable, the CMPA prototypes and other
 non-trainable state included) and `step_<N>.optimizer.npz` (every optimiser variable: moments,
-iteration count, loss scale), each written under a temporary name and renamed into place
+iteration count, loss scale; and the states of the model's random-number generators, which
+`save_weights` leaves out), each written under a temporary name and renamed into place
 (atomic on POSIX and Windows), and `latest.json` naming them, replaced last. A reader follows
 `latest.json` only, so it never sees a half-written file; the two newest checkpoints are kept.
 """
@@ -41,6 +42,14 @@ def _optimizer_variables(model):
     return list(optimizer.variables) if optimizer is not None else []
 
 
+def _random_states(model):
+    """The states of the model's `keras.random.SeedGenerator`s (ToCo's local crops, dropout
+    masks): in `model.variables` but not in `model.weights`, so `save_weights` skips them and a
+    resumed run would otherwise draw step 0's random numbers again."""
+    weights = {id(weight) for weight in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
+
+
 def write_checkpoint(model, folder, step, extra=None):
     """Save `model` (weights and optimiser state) as the checkpoint of `step` in `folder`."""
     from keras import ops
@@ -50,14 +59,16 @@ def write_checkpoint(model, folder, step, extra=None):
     weights, optimizer = f"{stem}.weights.h5", f"{stem}.optimizer.npz"
     _replace_atomically(model.save_weights, os.path.join(folder, weights))
     arrays = {f"v{index:05d}": ops.convert_to_numpy(variable) for index, variable in enumerate(_optimizer_variables(model))}
+    random_states = {f"seed{index:05d}": ops.convert_to_numpy(variable)
+                     for index, variable in enumerate(_random_states(model))}
 
     def save_optimizer(path):
         with open(path, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays, **random_states)
 
     _replace_atomically(save_optimizer, os.path.join(folder, optimizer))
     record = {"step": int(step), "weights": weights, "optimizer": optimizer, "optimizer_variables": len(arrays),
-              **(extra or {})}
+              "random_states": len(random_states), **(extra or {})}
 
     def save_record(path):
         with open(path, "w", encoding="utf-8") as handle:
@@ -98,7 +109,8 @@ def latest_checkpoint(folder):
 
 
 def restore_checkpoint(model, record):
-    """Load a checkpoint's weights and optimiser state into a built, compiled `model`."""
+    """Load a checkpoint's weights, optimiser state and random-number states into a built,
+    compiled `model`."""
     folder = record["folder"]
     try:
         model.load_weights(os.path.join(folder, record["weights"]))
@@ -107,10 +119,18 @@ def restore_checkpoint(model, record):
                               "was the recipe changed since? Delete the checkpoints to start over.") from None
     variables = _optimizer_variables(model)
     with np.load(os.path.join(folder, record["optimizer"])) as arrays:
-        stored = [arrays[f"v{index:05d}"] for index in range(len(arrays.files))]
+        stored = [arrays[name] for name in sorted(name for name in arrays.files if name.startswith("v"))]
+        seeds = [arrays[name] for name in sorted(name for name in arrays.files if name.startswith("seed"))]
     if len(stored) != len(variables) or any(tuple(a.shape) != tuple(v.shape) for a, v in zip(stored, variables)):
         raise CheckpointError(f"{folder}/{record['optimizer']}: {len(stored)} optimiser variables, the optimiser has "
                               f"{len(variables)} (or their shapes differ); was the recipe changed since? Delete the "
                               "checkpoints to start over.")
     for variable, value in zip(variables, stored):
+        variable.assign(value)
+    random_states = _random_states(model)
+    # A checkpoint written before random states were saved has none: it resumes with fresh ones.
+    if seeds and [tuple(a.shape) for a in seeds] != [tuple(v.shape) for v in random_states]:
+        raise CheckpointError(f"{folder}/{record['optimizer']}: {len(seeds)} random-number states, the model has "
+                              f"{len(random_states)}; was the recipe changed since? Delete the checkpoints to start over.")
+    for variable, value in zip(random_states, seeds):
         variable.assign(value)
