@@ -306,6 +306,174 @@ def test_full_queue_answers_503_with_retry_after(colour_model):
     assert metric(text, "wsss_refused_inputs_total", reason="queue_full") == len(refused)
 
 
+class GatedSegmenter:
+    """An OnnxSegmenter whose batches wait until `gate` is set, so that admitted requests stay in
+    flight for as long as the test needs (bounded: 60 s at most)."""
+
+    def __init__(self, inner, gate):
+        self.inner, self.gate = inner, gate
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, images, outputs=None):
+        self.gate.wait(60)
+        return self.inner.run(images, outputs)
+
+
+def test_pixel_budget_answers_503_with_retry_after_beyond_it(colour_model):
+    """Five 1024 x 1024 images and four 64 x 64 ones at once, with room for two large and the
+    small ones: while the admitted requests are held, the other three large ones are refused
+    (503, Retry-After); once the held ones are answered the budget is free again."""
+    from wsss_deploy.onnx_runner import OnnxSegmenter
+
+    big, small = 1024 * 1024, 64 * 64
+    settings = ServeSettings(colour_model, max_batch_size=8, max_wait_ms=0, max_queue=64,
+                             max_body_bytes=20 * 2**20, max_pixels=big, max_pixels_in_flight=2 * big + 4 * small)
+    big_images = [scene(1024, 1024, seed=i) for i in range(5)]
+    small_images = [scene(64, 64, seed=10 + i) for i in range(4)]
+    bodies = [encode(image) for image in big_images + small_images]
+    answers = [None] * len(bodies)
+    refused = threading.Semaphore(0)
+    gate = threading.Event()
+    with running_server(settings, GatedSegmenter(OnnxSegmenter(colour_model), gate)) as url:
+        def send(index):
+            answers[index] = call(f"{url}/v1/segment", bodies[index], {"Content-Type": "image/png"})
+            if answers[index][0] == 503:
+                refused.release()
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+        for thread in threads:
+            thread.start()
+        # The refusals come while the admitted requests wait at the gate (30 s at most in all).
+        deadline, refusals = time.monotonic() + 30, 0
+        while refusals < 3 and refused.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            refusals += 1
+        gate.set()
+        for thread in threads:
+            thread.join(60)
+        text = call(f"{url}/metrics")[2].decode()
+        # Everything was given back: a large image is served again.
+        status, _, body = call(f"{url}/v1/segment", bodies[0], {"Content-Type": "image/png"})
+        assert status == 200
+    assert refusals == 3, [answer and answer[0] for answer in answers]
+    statuses = [status for status, _, _ in answers]
+    assert sorted(statuses[:5]) == [200, 200, 503, 503, 503] and statuses[5:] == [200] * 4, statuses
+    for image, (status, headers, body) in zip(big_images + small_images, answers):
+        if status == 200:
+            np.testing.assert_array_equal(png_labels(body), expected_labels(image))
+        else:
+            error = json.loads(body)["error"]
+            assert error["code"] == "pixel_budget_full" and "--max-pixels-in-flight" in error["message"]
+            assert "1024 x 1024" in error["message"] and int(headers["Retry-After"]) >= 1
+    assert metric(text, "wsss_refused_inputs_total", reason="pixel_budget_full") == 3
+    assert metric(text, "wsss_pixels_in_flight") == 0
+
+
+def test_batcher_keeps_no_image_or_batch_output_after_answering():
+    """After its answer, nothing in the batcher holds a request's image (the idle loop used to keep
+    the last batch), and each answer is its own copy rather than a view keeping the whole batch's
+    output alive."""
+    import asyncio
+    import gc
+    import weakref
+
+    from wsss_deploy.serve.batching import DynamicBatcher
+
+    returned = []
+
+    def run_batch(images, outputs):
+        returned.append({"labels": images[..., 0] // 2})
+        return returned[-1]
+
+    async def scenario():
+        batcher = DynamicBatcher(run_batch, max_batch_size=4, max_wait_s=0.01)
+        await batcher.start()
+        images = [np.full((8, 8, 3), 10 * (i + 1), np.uint8) for i in range(3)]
+        refs = [weakref.ref(image) for image in images]
+        answers = await asyncio.gather(*(batcher.submit(image, ["labels"]) for image in images))
+        del images
+        await asyncio.sleep(0.05)  # the loop is idle again, waiting for the next request
+        gc.collect()
+        alive = [ref() is not None for ref in refs]
+        await batcher.stop()
+        return answers, alive
+
+    answers, alive = asyncio.run(scenario())
+    assert alive == [False, False, False]
+    assert len(returned) == 1  # one batch of three
+    for index, answer in enumerate(answers):
+        np.testing.assert_array_equal(answer["labels"], np.full((8, 8), 5 * (index + 1)))
+        assert not np.shares_memory(answer["labels"], returned[0]["labels"])
+
+
+def resident_mb():
+    """This process's resident memory (VmRSS) in MiB."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+# Within this much of its value before a burst of large requests, the process is back where it was
+# (measured: +22 MB; before the fix +790 MB. The burst itself adds 700-800 MB: four 2048 x 2048
+# images at once through the colour model).
+RSS_BOUND_MB = 100
+
+
+def test_memory_is_given_back_after_a_burst_of_large_images(colour_model):
+    size = 2048
+    settings = ServeSettings(colour_model, max_batch_size=8, max_wait_ms=20, max_body_bytes=20 * 2**20,
+                             max_pixels=size * size)  # the default budget: four such images in flight
+    jpeg = encode(scene(size, size), "JPEG", quality=90)
+    with running_server(settings) as url:
+        assert call(f"{url}/v1/segment", encode(scene(32, 32)), {"Content-Type": "image/png"})[0] == 200
+        before = resident_mb()
+        peak = [before]
+        for _ in range(2):  # two bursts: memory kept by the first would show after the second
+            done = threading.Event()
+
+            def watch():
+                while not done.wait(0.01):
+                    peak[0] = max(peak[0], resident_mb())
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            statuses = []
+            threads = [threading.Thread(target=lambda: statuses.append(
+                call(f"{url}/v1/segment", jpeg, {"Content-Type": "image/jpeg"})[0])) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            done.set()
+            watcher.join()
+            assert statuses == [200] * 4, statuses
+        # The heap is trimmed just after the last answer; give it a moment (bounded).
+        deadline = time.monotonic() + 10
+        while resident_mb() > before + RSS_BOUND_MB and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = resident_mb()
+    assert peak[0] - before > 4 * RSS_BOUND_MB, f"the burst took only {peak[0] - before:.0f} MB; the test tests nothing"
+    assert after <= before + RSS_BOUND_MB, (f"resident memory {before:.0f} MB before the bursts, {peak[0]:.0f} MB at "
+                                            f"the peak, {after:.0f} MB after")
+
+
+def test_pixel_budget_setting_is_checked_and_documented(colour_model):
+    from wsss_keras.cli import cli
+
+    assert ServeSettings(colour_model, max_pixels=1000).pixel_budget == 4000
+    problems = ServeSettings(colour_model, max_pixels=1000, max_pixels_in_flight=999).validate()
+    assert len(problems) == 1 and "max-pixels-in-flight is 999" in problems[0] and "at least 1000" in problems[0]
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    text = " ".join(result.output.split())
+    assert "--max-pixels-in-flight" in text and "4 x --max-pixels" in text
+    result = CliRunner().invoke(cli, ["serve", colour_model, "--max-pixels", "1000", "--max-pixels-in-flight", "999",
+                                      "--port", "1"])
+    assert result.exit_code == 2 and "max-pixels-in-flight is 999" in result.output
+
+
 # The other endpoints ------------------------------------------------------------------------
 def test_model_health_ready_docs_and_auth(colour_model, monkeypatch):
     settings = ServeSettings(colour_model, api_key="s3cret")
@@ -410,7 +578,8 @@ def test_python_m_server_with_two_workers_imports_no_keras(colour_model):
         for name in ("keras", "tensorflow", "jax", "torch", "wsss_keras"):
             sys.modules[name] = None  # importing them now raises ImportError
         from wsss_deploy.serve.__main__ import main
-        sys.exit(main([{colour_model!r}, "--port", "{port}", "--workers", "2", "--max-wait-ms", "0"]))
+        sys.exit(main([{colour_model!r}, "--port", "{port}", "--workers", "2", "--max-wait-ms", "0",
+                       "--max-pixels-in-flight", "9000000"]))
     """)
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PROMETHEUS_MULTIPROC_DIR")}
     env["PYTHONPATH"] = DEPLOY_ROOT
@@ -436,6 +605,8 @@ def test_python_m_server_with_two_workers_imports_no_keras(colour_model):
         text = call(f"{url}/metrics")[2].decode()
         assert metric(text, "wsss_requests_total", endpoint="/v1/segment", status="200") == 6
         assert metric(text, "wsss_batch_size_sum") == 6
+        limits = json.loads(call(f"{url}/v1/model")[2])["server"]["limits"]
+        assert limits["max_pixels_in_flight"] == 9_000_000
     finally:
         process.terminate()
         output = process.communicate(timeout=30)[0]

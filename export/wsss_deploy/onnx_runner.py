@@ -63,6 +63,8 @@ class OnnxSegmenter:
         provider: "auto", "cpu" or "cuda" (see `choose_providers`).
         threads: onnxruntime intra-op threads (None: onnxruntime's default).
         verify_hash: compare the file's SHA-256 with the manifest's.
+        memory_arena: onnxruntime's CPU memory arena, which keeps every block it grew for later
+            runs; the server turns it off, so the memory of a large image is freed after it.
 
     Example:
     >>> segmenter = OnnxSegmenter("exports/onnx_fp32")  # doctest: +SKIP
@@ -70,7 +72,7 @@ class OnnxSegmenter:
     (1, 240, 320)
     """
 
-    def __init__(self, path, provider="auto", threads=None, verify_hash=True):
+    def __init__(self, path, provider="auto", threads=None, verify_hash=True, memory_arena=True):
         import onnxruntime
 
         self.path, self.manifest = find_model(path)
@@ -81,6 +83,7 @@ class OnnxSegmenter:
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+        options.enable_cpu_mem_arena = bool(memory_arena)
         try:
             self.session = onnxruntime.InferenceSession(self.path, options, providers=choose_providers(provider))
         except Exception as error:  # onnxruntime raises its own exception types for bad files

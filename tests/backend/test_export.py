@@ -1,12 +1,17 @@
 """`wsss export` for a model of each method family, trained a few steps on the current backend:
-SavedModel, ONNX and TFLite (float32, float16, int8) pass their self-check against the Keras
-graph (exported from TensorFlow, in a subprocess on JAX and PyTorch), and the manifests say what
-the artifacts are."""
+SavedModel, ONNX and TFLite (float32, float16, int8) are written (from TensorFlow, in a subprocess
+on JAX and PyTorch), the manifests say what the artifacts are, and the ONNX and LiteRT artifacts,
+run here with onnxruntime and the LiteRT interpreter on real images, agree with the Keras model's
+own `segment_logits` on this backend."""
 
+import glob
 import json
+import os
 
 import keras
+import numpy as np
 import pytest
+from PIL import Image
 from helpers import tiny_synthetic
 from test_segmenter import batch as segmenter_batch
 from test_segmenter import tiny_model as tiny_deeplab
@@ -23,6 +28,15 @@ from wsss_keras.methods.doei import DOEI
 # int8) for JAX's CLIP model (measured: 99.1 %, 96.3 % at best before that level existed).
 TRAIN_STEPS = 10
 PAIRS = [("saved_model", "fp32"), ("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")]
+# The comparison is only meaningful where the logits are not nearly tied: at least MARGIN_SHARE of
+# the reference pixels must have their top two logits MIN_MARGIN apart (50 x the fp32 tolerance;
+# measured: 82 % for PyTorch's ToCo, the lowest, with a median margin of 0.29).
+FP32_TOLERANCE = 1e-3
+MIN_MARGIN, MARGIN_SHARE = 0.05, 0.75
+# Label agreement with the Keras model, over all pixels of these images, that each artifact must
+# reach. float32 and float16: the exporter's bars. int8: lower than the exporter's 98 %, which it
+# measures on the images it also calibrated on; on these PyTorch's SSR int8 agreed on 94.5 %.
+LABEL_AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.9}
 
 
 def trained_toco_doei():
@@ -38,7 +52,9 @@ def trained_toco_doei():
 
 def trained_deeplab():
     model = tiny_deeplab(class_names=["background", "a", "b", "c"])
-    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    # Adam at 1e-2, not SGD at 1e-3: ten SGD steps left every pixel on one class with its top two
+    # logits 0.04 apart (measured), too close to tell an export error from a tie.
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
     images, labels = segmenter_batch()
     for _ in range(TRAIN_STEPS):
         model.train_on_batch(images, {"label_maps": labels})
@@ -52,6 +68,50 @@ def trained_ssr():
     for _ in range(TRAIN_STEPS):
         model.train_on_batch(images, {"labels": labels, "regions": regions})
     return model, (16, 16)
+
+
+def network_images(folder, size, count=8):
+    """uint8 RGB images: the dataset's JPEGs resized to the network size, so that the graph's own
+    resize is the identity and the Keras model sees the very same pixels."""
+    paths = sorted(glob.glob(os.path.join(folder, "JPEGImages", "*.jpg")))[:count]
+    assert len(paths) == count, folder
+    return np.stack([np.asarray(Image.open(path).convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+                     for path in paths])
+
+
+def keras_logits(model, images):
+    """The model's `segment_logits` on normalised `images`, upsampled bilinearly (half-pixel
+    centres, no antialiasing) to the image size: what the exported graph must compute."""
+    mean = np.asarray(model.image_mean, "float32") * 255.0
+    std = np.asarray(model.image_std, "float32") * 255.0
+    logits = model.segment_logits(keras.ops.convert_to_tensor((images.astype("float32") - mean) / std))
+    upsampled = keras.ops.image.resize(keras.ops.cast(logits, "float32"), images.shape[1:3], interpolation="bilinear",
+                                       antialias=False)
+    return keras.ops.convert_to_numpy(upsampled)
+
+
+def top_two_margin(logits):
+    ordered = np.sort(logits, axis=-1)
+    return ordered[..., -1] - ordered[..., -2]
+
+
+def run_onnx(path, images):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    runs = [dict(zip(names, session.run(None, {"image": image[None]}))) for image in images]
+    return {name: np.concatenate([run[name] for run in runs]) for name in names}
+
+
+def run_litert(path, images):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    signature, spec = next(iter(interpreter.get_signature_list().items()))
+    runner = interpreter.get_signature_runner(signature)
+    runs = [runner(**{spec["inputs"][0]: image[None]}) for image in images]
+    return {name: np.concatenate([np.asarray(run[name]) for run in runs]) for name in runs[0]}
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +135,36 @@ def test_every_format_exports_and_passes_its_self_check(build, calibration, tmp_
         folder = tmp_path / "out" / f"{fmt}_{precision}"
         with open(folder / "manifest.json", encoding="utf-8") as handle:
             assert json.load(handle) == manifest
-        check = manifest["check"]
-        expected = AGREEMENT[precision]
-        assert check["passed"] and check["label_agreement"] >= expected == check["threshold_agreement"], (fmt, check)
-        if precision == "fp32":
-            assert check["max_abs_difference"] <= 1e-3, (fmt, check)
+        assert manifest["check"]["passed"] and manifest["check"]["threshold_agreement"] == AGREEMENT[precision]
         assert manifest["model"]["source_sha256"] == file_sha256(path)
         assert manifest["input"] == {**manifest["input"], "dtype": "uint8", "network_size": list(size)}
         assert [o["name"] for o in manifest["outputs"]] == ["logits", "labels"]
         channels = manifest["outputs"][0]["shape"][-1]
         assert len(manifest["classes"]) == len(manifest["palette"]) == channels and manifest["classes"][0] == "background"
     assert any("[check] tflite int8" in line for line in lines)
+
+    # The artifacts, run here, against the Keras model's own logits (not the exporter's check).
+    images = network_images(calibration, size)
+    reference = keras_logits(model, images)
+    margin = top_two_margin(reference)
+    assert np.mean(margin >= MIN_MARGIN) >= MARGIN_SHARE, f"logits nearly tied: margin median {np.median(margin):.4f}"
+    reference_labels = reference.argmax(-1)
+    assert len(np.unique(reference_labels)) >= 2, "the model predicts one class everywhere: nothing to compare"
+    out = tmp_path / "out"
+    runs = {("onnx", "fp32"): run_onnx(out / "onnx_fp32" / "model.onnx", images)}
+    for precision in ("fp32", "fp16", "int8"):
+        runs["tflite", precision] = run_litert(out / f"tflite_{precision}" / "model.tflite", images)
+    for (fmt, precision), outputs in runs.items():
+        assert outputs["logits"].shape == reference.shape, (fmt, precision, outputs["logits"].shape)
+        np.testing.assert_array_equal(outputs["labels"], outputs["logits"].argmax(-1))
+        agreement = float(np.mean(outputs["labels"] == reference_labels))
+        assert agreement >= LABEL_AGREEMENT[precision], (fmt, precision, agreement)
+        if precision == "fp32":
+            difference = float(np.max(np.abs(outputs["logits"] - reference)))
+            assert difference <= FP32_TOLERANCE, (fmt, difference)
+            # A difference under half the margin cannot flip a pixel: those must all agree.
+            clear = margin > 2 * difference
+            np.testing.assert_array_equal(outputs["labels"][clear], reference_labels[clear])
     # int8 quantised something; divisions stayed float (where the model has any), weights did not.
     int8_check = manifests[-1]["check"]
     with open(tmp_path / "out" / "tflite_int8" / "model.tflite", "rb") as handle:

@@ -1,7 +1,7 @@
 """`wsss serve`: the ONNX inference server (wsss_deploy.serve) on an export folder."""
 
 import click
-from wsss_deploy.serve.settings import ServeSettings
+from wsss_deploy.serve.settings import PIXEL_BUDGET_IMAGES, ServeSettings
 
 DEFAULTS = ServeSettings(model_dir="")  # one set of defaults for both ways of starting the server
 
@@ -22,11 +22,15 @@ DEFAULTS = ServeSettings(model_dir="")  # one set of defaults for both ways of s
               help="Largest request body (413 above it).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULTS.max_pixels,
               help="Most pixels of a decoded image, checked before decoding (413 above it).")
+@click.option("--max-pixels-in-flight", type=click.IntRange(min=1), default=None,
+              show_default=f"{PIXEL_BUDGET_IMAGES} x --max-pixels",
+              help="Most decoded pixels held at once per worker, summed over its requests; a request that would "
+                   "go over it is answered 503 with Retry-After before its image is decoded.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.provider,
               help="onnxruntime provider; auto uses CUDA when onnxruntime-gpu is installed.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads per worker.")
-def serve(model_dir, host, port, workers, max_batch_size, max_wait_ms, max_queue, max_body_mb, max_pixels, provider,
-          threads):
+def serve(model_dir, host, port, workers, max_batch_size, max_wait_ms, max_queue, max_body_mb, max_pixels,
+          max_pixels_in_flight, provider, threads):
     """Serve MODEL_DIR (model.onnx and manifest.json from `wsss export --format onnx`) over HTTP.
 
     POST an image to /v1/segment for a PNG label map (or JSON with Accept: application/json);
@@ -40,7 +44,10 @@ def serve(model_dir, host, port, workers, max_batch_size, max_wait_ms, max_queue
     except ImportError as error:
         raise click.UsageError(f"the server needs its packages ({error}): pip install \"wsss-keras[serve]\"") from None
     settings = ServeSettings.from_options(model_dir, max_batch_size, max_wait_ms, max_queue, max_body_mb, max_pixels,
-                                          provider, threads)
+                                          provider, threads, max_pixels_in_flight)
+    problems = settings.validate()
+    if problems:
+        raise click.UsageError("; ".join(problems))
     try:
         run_server(settings, host, port, workers)
     except ImportError as error:

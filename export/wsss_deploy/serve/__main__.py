@@ -6,7 +6,7 @@ The options are `wsss serve`'s (see `wsss serve --help`); the API key comes from
 import argparse
 import sys
 
-from wsss_deploy.serve.settings import ServeSettings
+from wsss_deploy.serve.settings import PIXEL_BUDGET_IMAGES, ServeSettings
 
 
 def main(argv=None):
@@ -21,11 +21,15 @@ def main(argv=None):
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue)
     parser.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20)
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels)
+    parser.add_argument("--max-pixels-in-flight", type=int, default=None,
+                        help="most decoded pixels held at once per worker, over all its requests (503 with "
+                             f"Retry-After beyond it; default {PIXEL_BUDGET_IMAGES} x --max-pixels)")
     parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=defaults.provider)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker")
     args = parser.parse_args(argv)
     settings = ServeSettings.from_options(args.model_dir, args.max_batch_size, args.max_wait_ms, args.max_queue,
-                                          args.max_body_mb, args.max_pixels, args.provider, args.threads)
+                                          args.max_body_mb, args.max_pixels, args.provider, args.threads,
+                                          args.max_pixels_in_flight)
     from wsss_deploy.onnx_runner import ModelError
     from wsss_deploy.serve import serve
 

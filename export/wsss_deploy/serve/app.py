@@ -21,14 +21,19 @@ import time
 import numpy as np
 
 from wsss_deploy.serve.batching import DynamicBatcher, QueueFull
-from wsss_deploy.serve.decoding import ACCEPTED_CONTENT_TYPES, InputError, check_content_type, decode_image, media_type
 from wsss_deploy.label_maps import label_png
+from wsss_deploy.serve.decoding import (ACCEPTED_CONTENT_TYPES, InputError, check_content_type, decode_opened,
+                                        media_type, open_image)
 from wsss_deploy.serve.encoding import JSON, NPY, PNG, cams_npy, cams_summary, label_summary, negotiate
+from wsss_deploy.serve.memory import PixelBudget, trim_heap
 from wsss_deploy.serve.metrics import ServerMetrics
 from wsss_deploy.serve.settings import ServeSettings
 
 log = logging.getLogger("wsss_deploy.serve")
 
+# The scope key under which a request's pixel reservations are kept, so that GuardAndMeasure can
+# give them back after the answer is sent, whatever happened on the way.
+RESERVED_PIXELS = "wsss.reserved_pixels"
 ENDPOINTS = ("/v1/segment", "/v1/cams", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 _IMAGE_BODY = {
     "requestBody": {
@@ -54,10 +59,12 @@ class _BodyTooLarge(Exception):
 
 class GuardAndMeasure:
     """Pure ASGI middleware: refuses bodies over the limit (by Content-Length at once, and by
-    counting while the body streams in) and records every request's status and latency."""
+    counting while the body streams in), records every request's status and latency, and gives
+    the request's decoded pixels back to the budget once the answer is sent (then, after the
+    last large request of a burst, the freed heap back to the system)."""
 
-    def __init__(self, app, metrics, max_body_bytes):
-        self.app, self.metrics, self.max_body_bytes = app, metrics, int(max_body_bytes)
+    def __init__(self, app, metrics, max_body_bytes, budget):
+        self.app, self.metrics, self.max_body_bytes, self.budget = app, metrics, int(max_body_bytes), budget
 
     async def _send_error(self, send, status, code, message):
         from starlette.responses import JSONResponse
@@ -70,6 +77,7 @@ class GuardAndMeasure:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         endpoint = path if path in ENDPOINTS else "other"
+        reserved = scope[RESERVED_PIXELS] = []
         start = time.perf_counter()
         state = {"status": 500, "started": False, "received": 0}
         too_large = (f"the request body is larger than this server's limit of {self.max_body_bytes} bytes "
@@ -102,6 +110,12 @@ class GuardAndMeasure:
                     await self._send_error(recording_send, 413, "body_too_large", too_large)
         finally:
             self.metrics.observe_request(endpoint, state["status"], time.perf_counter() - start)
+            if reserved:
+                for pixels in reserved:
+                    self.budget.release(pixels)
+                self.metrics.pixels_in_flight.set(self.budget.in_use)
+                if self.budget.should_trim():
+                    await asyncio.get_running_loop().run_in_executor(None, trim_heap)
 
 
 class ServerState:
@@ -110,6 +124,7 @@ class ServerState:
     def __init__(self, settings, segmenter=None):
         self.settings, self.segmenter = settings, segmenter
         self.metrics = ServerMetrics()
+        self.budget = PixelBudget(settings.pixel_budget)
         self.batcher = None
         self.ready = False
 
@@ -126,6 +141,20 @@ class ServerState:
         log.info("serving %s (%s) with %s", self.segmenter.path, self.segmenter.manifest["model"].get("name"),
                  self.segmenter.providers)
 
+    def reserve_pixels(self, request, width, height):
+        """Take the image's pixels from the budget until its answer is sent (GuardAndMeasure
+        gives them back); 503 with Retry-After when they do not fit now."""
+        pixels = int(width) * int(height)
+        if not self.budget.reserve(pixels):
+            retry = self.batcher.retry_after()
+            raise InputError(503, "pixel_budget_full",
+                             f"the server holds {self.budget.in_use} decoded pixels of other requests and takes at "
+                             f"most {self.budget.limit} at once (--max-pixels-in-flight); this {width} x {height} "
+                             f"image does not fit now. Retry after {retry} s, or send a smaller image.",
+                             headers={"Retry-After": str(retry)})
+        request.scope[RESERVED_PIXELS].append(pixels)
+        self.metrics.pixels_in_flight.set(self.budget.in_use)
+
     async def stop(self):
         self.ready = False
         if self.batcher is not None:
@@ -141,7 +170,10 @@ def load_model(settings):
     `ModelError`s naming the file and the fix."""
     from wsss_deploy.onnx_runner import ModelError, OnnxSegmenter
 
-    segmenter = OnnxSegmenter(settings.model_dir, provider=settings.provider, threads=settings.threads)
+    # No CPU arena: it keeps for good the memory the largest batch ever needed (3.6 GB after
+    # eight 4096 x 2048 images); without it a large batch's memory is freed after it.
+    segmenter = OnnxSegmenter(settings.model_dir, provider=settings.provider, threads=settings.threads,
+                              memory_arena=False)
     try:
         warm_up(segmenter)
     except Exception as error:  # onnxruntime's own exception types, or a shape the manifest contradicts
@@ -188,7 +220,8 @@ def create_app(settings, segmenter=None):
     app = FastAPI(title="wsss-keras segmentation server", lifespan=lifespan,
                   description="Semantic segmentation with a model exported by `wsss export --format onnx`.")
     app.state.server = state
-    app.add_middleware(GuardAndMeasure, metrics=state.metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(GuardAndMeasure, metrics=state.metrics, max_body_bytes=settings.max_body_bytes,
+                       budget=state.budget)
 
     @app.exception_handler(InputError)
     async def input_error(request, error):
@@ -226,7 +259,8 @@ def create_app(settings, segmenter=None):
                              "(or Authorization: Bearer KEY).", headers={"WWW-Authenticate": "Bearer"})
 
     async def read_image(request):
-        """The decoded image and conversion notes, from a raw body or a multipart upload."""
+        """The decoded image and conversion notes, from a raw body or a multipart upload; its
+        pixels are reserved from the budget (from the header) before it is decoded."""
         kind = media_type(request.headers.get("content-type"))
         if kind == "multipart/form-data":
             form = await request.form(max_files=1, max_fields=8)
@@ -245,7 +279,10 @@ def create_app(settings, segmenter=None):
         else:
             check_content_type(kind)
             data = await request.body()
-        return await asyncio.get_running_loop().run_in_executor(None, decode_image, data, settings.max_pixels)
+        loop = asyncio.get_running_loop()
+        opened = await loop.run_in_executor(None, open_image, data, settings.max_pixels)
+        state.reserve_pixels(request, *opened.size)
+        return await loop.run_in_executor(None, decode_opened, opened, settings.max_pixels)
 
     async def infer(image, output):
         try:
@@ -311,7 +348,7 @@ def create_app(settings, segmenter=None):
         manifest["model"] = {k: v for k, v in manifest.get("model", {}).items() if k != "source"}
         limits = {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms,
                   "max_queue": settings.max_queue, "max_body_bytes": settings.max_body_bytes,
-                  "max_pixels": settings.max_pixels}
+                  "max_pixels": settings.max_pixels, "max_pixels_in_flight": settings.pixel_budget}
         return {"manifest": manifest, "server": {"providers": state.segmenter.providers, "limits": limits,
                                                  "endpoints": sorted(e for e in ENDPOINTS if e.startswith("/v1"))}}
 

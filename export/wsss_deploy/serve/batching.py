@@ -140,9 +140,12 @@ class DynamicBatcher:
             batch = [pending for pending in batch if not pending.future.done()]  # drop cancelled requests
             if batch:
                 await self._run(loop, batch)
+            del batch  # else the last batch's requests stay referenced while the loop waits
 
     async def _run(self, loop, batch):
         images = np.stack([pending.image for pending in batch])
+        for pending in batch:
+            pending.image = None  # the stack is the copy inference needs
         start = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self._executor, self.run_batch, images, batch[0].outputs)
@@ -157,4 +160,6 @@ class DynamicBatcher:
             self.on_batch(len(batch), seconds)
         for index, pending in enumerate(batch):
             if not pending.future.done():
-                pending.future.set_result({name: np.asarray(value[index]) for name, value in outputs.items()})
+                # A copy, not a view: a view would keep the whole batch's output alive as long as
+                # any one of its requests is still being answered.
+                pending.future.set_result({name: np.array(value[index]) for name, value in outputs.items()})

@@ -59,7 +59,13 @@ def check_content_type(content_type):
 
 def decode_image(data, max_pixels):
     """(uint8 (H, W, 3) RGB array, [conversion notes]) for the bytes of an image file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    return decode_opened(open_image(data, max_pixels), max_pixels)
+
+
+def open_image(data, max_pixels):
+    """The Pillow image of `data`, its header read and checked but no pixel decoded yet (Pillow
+    opens lazily), so `image.size` can be budgeted before `decode_opened` spends the memory."""
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise InputError(400, "empty_body", "the request has no image bytes; send the image file as the body.")
@@ -85,6 +91,14 @@ def decode_image(data, max_pixels):
         raise _too_many_pixels(f"{width} x {height} = {width * height} pixels", max_pixels)
     if width < 1 or height < 1:
         raise InputError(400, "empty_image", f"the image is {width} x {height} pixels; send a non-empty image.")
+    return image
+
+
+def decode_opened(image, max_pixels):
+    """(uint8 (H, W, 3) RGB array, [conversion notes]) of an `open_image` result, EXIF
+    orientation applied."""
+    from PIL import Image, ImageOps
+
     try:
         image.load()
         image = ImageOps.exif_transpose(image)

@@ -1,5 +1,5 @@
 """Prometheus metrics of the server: requests by endpoint and status, latency, batch sizes, queue
-depth, inference time, refused inputs.
+depth, decoded pixels in flight, inference time, refused inputs.
 
 With several workers (`--workers N`), each is a process with its own counters; the server then
 runs prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `serve` before the
@@ -35,6 +35,9 @@ class ServerMetrics:
                                    buckets=LATENCY_BUCKETS, registry=registry)
         self.queue_depth = Gauge("wsss_queue_depth", "Requests waiting for a batch.", registry=registry,
                                  multiprocess_mode="livesum")
+        self.pixels_in_flight = Gauge("wsss_pixels_in_flight", "Decoded image pixels held by requests "
+                                      "(--max-pixels-in-flight bounds it).", registry=registry,
+                                      multiprocess_mode="livesum")
         self.refused = Counter("wsss_refused_inputs", "Requests refused before inference, by reason.", ["reason"],
                                registry=registry)
 
