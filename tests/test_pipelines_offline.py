@@ -313,7 +313,10 @@ def test_bad_models_give_one_line_errors(setup, tmp_path):
     assert_one_line_error(invoke("cams", missing, "--data", setup["root"], "--out", tmp_path / "o"), str(missing), "not found")
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"not a zip archive")
-    assert_one_line_error(invoke("predict", corrupt, "--data", setup["root"], "--out", tmp_path / "o"), str(corrupt), "cannot load")
+    assert_one_line_error(invoke("predict", corrupt, "--data", setup["root"], "--out", tmp_path / "o"), str(corrupt), "not a Keras model archive")
+    cut = tmp_path / "cut.keras"  # a real archive cut short: a zip header, then nothing Keras can read
+    cut.write_bytes(open(setup["model"], "rb").read()[:200])
+    assert_one_line_error(invoke("predict", cut, "--data", setup["root"], "--out", tmp_path / "o"), str(cut))
     plain = tmp_path / "plain.keras"
     keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 1)]).save(plain)
     assert_one_line_error(invoke("cams", plain, "--data", setup["root"], "--out", tmp_path / "o"), str(plain), "WSSSModel")
