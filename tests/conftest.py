@@ -26,5 +26,7 @@ def pytest_terminal_summary(terminalreporter, config):
     summaries = config.stash.get(BACKEND_SUMMARIES, {})
     if summaries:
         terminalreporter.section("backend suites (tests/backend, one subprocess per backend)")
-        for backend, line in summaries.items():
+        for backend, (line, *slowest) in summaries.items():
             terminalreporter.write_line(f"{backend:>10}: {line}")
+            for duration in slowest:  # where the suite's time goes, for whoever shortens it next
+                terminalreporter.write_line(f"{'':>12}{duration}")
