@@ -10,7 +10,8 @@ from wsss_keras.cli import cli
 from wsss_keras.errors import RecipeError
 from wsss_keras.methods.doei import DOEI
 from wsss_keras.methods.toco import toco_losses
-from wsss_keras.recipes import STEP_COUNTS, available, load_recipe, with_steps
+from wsss_keras.recipes import available, load_recipe, with_steps
+from wsss_keras.step_counts import STEP_COUNTS
 
 
 def test_every_shipped_recipe_loads_with_valid_settings():

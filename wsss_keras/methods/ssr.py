@@ -49,6 +49,7 @@ from wsss_keras.ops.prototypes import (
 )
 from wsss_keras.ops.region_masks import correction_mask, pixel_to_token_mask, target_region_mask
 from wsss_keras.ops.token_affinity import box_token_mask, fuse_attention, sinkhorn_transition
+from wsss_keras.step_counts import SSR_STEP_KNOBS
 
 _PACKAGE = "wsss_keras"
 
@@ -62,13 +63,13 @@ SSR_DEFAULTS = {
     "pos_idx_mode": "cluster",        # "cluster" (paper) or "label" [INTERP]
     "background_negatives": False,    # TSA(background prompts) as extra negatives of L_proto [INTERP]
     "t2i_weight": 0.0,                # weight of L_t2i = CE(cos(P_T, P_I) / τ, diag), not in the paper [INTERP]
-    "prototype_refresh": 5000,        # steps between image-prototype refreshes [PAPER]
+    "prototype_refresh": SSR_STEP_KNOBS["prototype_refresh"],  # steps between image-prototype refreshes [PAPER]
     "prototype_bank": "epoch",        # "epoch": a pass over the whole training set (paper); "recent": the
                                       # loss's features of the last refresh interval [INTERP]
     "prototype_bank_size": 200,       # "recent": features kept per class [INTERP]
     "kmeans_iterations": 20,          # [UNSPEC]
     "cam_space": "aligned",           # Grad-CAM through ISA/TSA ("aligned") or in CLIP's space ("clip") [INTERP]
-    "cmpa_warmup_steps": 500,         # first steps with Grad-CAM in CLIP's space while the heads learn; 0 = paper [INTERP]
+    "cmpa_warmup_steps": SSR_STEP_KNOBS["cmpa_warmup_steps"],  # first steps with Grad-CAM in CLIP's space while the heads learn; 0 = paper [INTERP]
     "aligned_logit_scale": "clip",    # aligned-space softmax scale: "clip" (logit_scale) or "inverse_temperature" (1/τ) [INTERP]
     "isa_input": "tokens",            # ISA on every token ("tokens") or on the pooled feature ("pooled") [INTERP]
     "clip_weight": 0.4,               # CLIP : DINO attention [PAPER]

@@ -61,12 +61,12 @@ from wsss_keras.ops.losses import (
     multilabel_soft_margin_loss,
     patch_token_contrast_loss,
 )
+from wsss_keras.step_counts import TOCO_LOSS_STARTS, default_steps
 
 _PACKAGE = "wsss_keras"
 
-# ToCo's VOC settings (scripts/dist_train_voc_seg_neg.py, model/losses.py, utils/camutils.py).
-# A term is active from its 0-based `*_start` step: the reference adds seg and reg when
-# `n_iter > 2000`, i.e. from step 2001.
+# ToCo's VOC settings (scripts/dist_train_voc_seg_neg.py, model/losses.py, utils/camutils.py);
+# the loss start steps are in wsss_keras.step_counts, which --steps scales.
 TOCO_LOSS_DEFAULTS = {
     "cls_weight": 1.0,
     "aux_weight": 1.0,
@@ -74,11 +74,7 @@ TOCO_LOSS_DEFAULTS = {
     "ctc_weight": 0.5,
     "seg_weight": 0.1,
     "reg_weight": 0.05,
-    "ptc_start": 0,
-    "ctc_start": 0,
-    "seg_start": 2001,
-    "reg_start": 2001,
-    "aux_pseudo_labels_until": 0,
+    **TOCO_LOSS_STARTS,
     "high_threshold": 0.7,
     "low_threshold": 0.25,
     "cam_scales": [1.0, 0.5, 1.5],
@@ -294,7 +290,7 @@ class ToCo(WSSSModel, keras.Model):
         projection=(2048, 256, 1024),
         losses=None,
         doei=None,
-        max_steps=20000,
+        max_steps=default_steps("toco", "train"),
         pooling="max",
         class_names=None,
         image_mean=IMAGENET_MEAN,

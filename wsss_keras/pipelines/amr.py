@@ -18,6 +18,7 @@ stand-in for the ImageNet initialisation of the paper.
 import os
 
 from wsss_keras.recipes import recipe_error, section
+from wsss_keras.step_counts import default_steps
 
 CAM_NETWORK_FILE = "cam_network.keras"
 AMR_BACKBONE = {"output_stride": 16, "dilation": "none", "frozen_batchnorm": "statistics", "freeze_stem": True}
@@ -95,7 +96,7 @@ def train_cam_network(recipe, data_dir, out_dir, weights=None, steps=None, echo=
     from wsss_keras.pipelines.train import fit_steps, make_optimizer
 
     settings = section(recipe, "cam_network")
-    steps = int(steps or settings.get("steps", 5288))
+    steps = int(steps or settings.get("steps", default_steps("amr", "cam_network")))
     keras.utils.set_random_seed(int(settings.get("seed", section(recipe, "train").get("seed", 0))))
     dataset = open_dataset(data_dir, settings.get("split", "train"))
     loader = classification_loader(recipe, "cam_network", dataset, cutout_default=3)
@@ -129,7 +130,7 @@ def train_amr(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
 
     settings = section(recipe, "train")
     knobs = section(recipe, "amr")
-    steps = int(steps or settings.get("steps", 5288))
+    steps = int(steps or settings.get("steps", default_steps("amr", "train")))
     keras.utils.set_random_seed(int(settings.get("seed", 0)))
     spotlight_file = os.path.join(out_dir, CAM_NETWORK_FILE)
     if not os.path.isfile(spotlight_file):

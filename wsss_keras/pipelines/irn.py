@@ -22,6 +22,7 @@ import numpy as np
 
 from wsss_keras.errors import DataError
 from wsss_keras.recipes import recipe_error, section
+from wsss_keras.step_counts import IRN_STEPS
 
 IRN_FILE = "irn.keras"
 
@@ -72,7 +73,7 @@ def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=Non
     from wsss_keras.pipelines.train import fit_steps, make_optimizer
 
     settings = section(recipe, "irn")
-    steps = int(steps or settings.get("steps", 1983))
+    steps = int(steps or settings.get("steps", IRN_STEPS))
     seed = int(settings.get("seed", section(recipe, "train").get("seed", 0)))
     keras.utils.set_random_seed(seed)
     label_dir = label_dir or os.path.join(out_dir, "ir_labels")

@@ -14,6 +14,7 @@ import os
 
 from wsss_keras.errors import WSSSError
 from wsss_keras.recipes import recipe_error, section
+from wsss_keras.step_counts import SEGMENTATION_STEPS
 
 SEGMENTER_FILE = "segmenter.keras"
 
@@ -115,7 +116,7 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     from wsss_keras.pipelines.train import fit_steps, make_optimizer
 
     settings = section(recipe, "segmentation")
-    steps = int(steps or settings.get("steps", 20000))
+    steps = int(steps or settings.get("steps", SEGMENTATION_STEPS))
     seed = int(settings.get("seed", section(recipe, "train").get("seed", 0)))
     keras.utils.set_random_seed(seed)
     label_dir = label_dir or os.path.join(out_dir, "pseudo_labels")

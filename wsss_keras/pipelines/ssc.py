@@ -21,6 +21,7 @@ local image structure but is not the paper's loss network (the recipe says so).
 import os
 
 from wsss_keras.recipes import recipe_error, section
+from wsss_keras.step_counts import default_steps
 
 SUPERPIXEL_DIR = "superpixels"
 # IRN's PolyOptimizer as SSC runs it (spec §3.1): backbone 0.1, classifier 1.0, wd 1e-4, momentum 1e-4.
@@ -131,7 +132,7 @@ def train_ssc(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
 
     settings = section(recipe, "train")
     knobs = section(recipe, "ssc")
-    steps = int(steps or settings.get("steps", 17630))
+    steps = int(steps or settings.get("steps", default_steps("ssc", "train")))
     vgg_path = loss_network_source(recipe)
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)

@@ -11,6 +11,7 @@ import time
 
 from wsss_keras.errors import WSSSError
 from wsss_keras.recipes import recipe_error, recipe_source, section, with_steps
+from wsss_keras.step_counts import default_steps, default_warmup
 
 MODEL_FILE = "model.keras"
 
@@ -68,7 +69,7 @@ def build_model(recipe, dataset, weights=None, max_steps=None):
             projection=model_settings.get("projection", (2048, 256, 1024)),
             losses=section(recipe, "losses"),
             doei=doei,
-            max_steps=int(max_steps or train_settings.get("steps", 20000)),
+            max_steps=int(max_steps or train_settings.get("steps", default_steps("toco", "train"))),
             pooling=model_settings.get("pooling", "max"),
             class_names=dataset.class_names,
             recipe=saved_recipe,
@@ -112,7 +113,7 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
 
         return train_weclip(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
     settings = section(recipe, "train")
-    steps = int(steps or settings.get("steps", 20000))
+    steps = int(steps or settings.get("steps", default_steps("toco", "train")))
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)
     dataset = open_dataset(data_dir, settings.get("split", "train"))
@@ -130,7 +131,7 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         workers=int(settings.get("workers", 1)),
     )
     model = build_model(recipe, dataset, weights, max_steps=steps)
-    model.compile(optimizer=make_optimizer(recipe, "train", steps, model, defaults={"warmup_steps": 1500}))
+    model.compile(optimizer=make_optimizer(recipe, "train", steps, model, defaults={"warmup_steps": default_warmup("toco", "train")}))
     return fit_steps(
         model, loader, steps, out_dir, MODEL_FILE, recipe, stage="train", echo=echo,
         summary={"batch_size": batch_size, "images": len(dataset)},

@@ -20,12 +20,14 @@ import numpy as np
 
 from wsss_keras.errors import WSSSError
 from wsss_keras.recipes import recipe_error, section
+from wsss_keras.step_counts import default_steps, default_warmup
 
 CLIP_FILE = "clip.keras"
 CLIP_WORDS_FILE = "clip_words.json"
 # WeCLIP's training schedule (configs/voc_attn_reg.yaml, utils/optimizer.py): AdamW, lr 2e-4
 # with every trained parameter in the 10x group, wd 0.01, 50 warm-up steps, poly power 1.
-WECLIP_OPTIMIZER = {"optimizer": "adamw", "learning_rate": 2e-4, "weight_decay": 0.01, "warmup_steps": 50, "power": 1.0}
+WECLIP_OPTIMIZER = {"optimizer": "adamw", "learning_rate": 2e-4, "weight_decay": 0.01, "warmup_steps": default_warmup("weclip", "train"),
+                    "power": 1.0}
 WECLIP_BACKGROUND_VOC = (
     "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway", "railroad",
     "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley", "bridge", "sign",
@@ -69,7 +71,7 @@ def train_clip(recipe, data_dir, out_dir, steps=None, echo=print):
         echo("[train-clip] the recipe runs on pretrained CLIP weights; nothing to train")
         return None
     settings = section(recipe, "clip")
-    steps = int(steps or settings.get("steps", 1000))
+    steps = int(steps or settings.get("steps", default_steps("weclip", "clip")))
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)
     dataset = open_dataset(data_dir, section(recipe, "train").get("split", "train"))
@@ -95,7 +97,8 @@ def train_clip(recipe, data_dir, out_dir, steps=None, echo=print):
         dataset, int(settings.get("batch_size", 16)), transform, shuffle=True, seed=seed, drop_remainder=True,
         item_extras=caption_extras(dataset, tokenizer, caption_template), workers=int(settings.get("workers", 1)),
     )
-    defaults = {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_steps": 30, "power": 0.9}
+    defaults = {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 0.01,
+                "warmup_steps": default_warmup("weclip", "clip"), "power": 0.9}
     model.compile(optimizer=make_optimizer(recipe, "clip", steps, None, defaults=defaults))
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, CLIP_WORDS_FILE), "w", encoding="utf-8") as handle:
@@ -211,7 +214,7 @@ def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print
     from wsss_keras.pipelines.train import MODEL_FILE, fit_steps, make_optimizer
 
     settings = section(recipe, "train")
-    steps = int(steps or settings.get("steps", 30000))
+    steps = int(steps or settings.get("steps", default_steps("weclip", "train")))
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)
     dataset = open_dataset(data_dir, settings.get("split", "train"))

@@ -36,6 +36,7 @@ import os
 import tomllib
 
 from wsss_keras.errors import RecipeError
+from wsss_keras.step_counts import PERIODS, STEP_COUNTS
 
 # What each method's pipelines read, table by table: `load_recipe` refuses a table or key its
 # method would ignore. Adding a key a pipeline reads is one word in one of these sets. ANY_KEY:
@@ -281,47 +282,6 @@ def check_recipe(recipe, path="<recipe>", origins=None):
     return recipe
 
 
-# What a method counts in steps, per training table: {table trained: {table holding the count:
-# {key: the pipeline's default, or None where an absent key is not a step count}}}. `with_steps`
-# sets each training table's `steps` and scales the rest with it.
-_SCHEDULE = {"steps": None, "warmup_steps": 0}
-_IRN_SCHEDULES = {
-    "irn": {"irn": {**_SCHEDULE, "steps": 1983}},
-    "segmentation": {"segmentation": {**_SCHEDULE, "steps": 20000}},
-}
-_CLIP_SCHEDULES = {
-    "clip": {"clip": {"steps": 1000, "warmup_steps": 30}},  # trained only with [clip] source = "train"
-    "train": {"train": {"steps": 30000, "warmup_steps": 50}},
-    **_IRN_SCHEDULES,
-}
-STEP_COUNTS = {
-    "toco": {
-        "train": {
-            "train": {"steps": 20000, "warmup_steps": 1500},
-            # ToCo's loss phases; DOEI's schedule follows the model's max_steps, [train] steps.
-            "losses": {"seg_start": 2001, "reg_start": 2001, "ptc_start": 0, "ctc_start": 0, "aux_pseudo_labels_until": 0},
-        },
-        **_IRN_SCHEDULES,
-    },
-    "amr": {
-        "cam_network": {"cam_network": {**_SCHEDULE, "steps": 5288}},
-        "train": {"train": {**_SCHEDULE, "steps": 5288}},
-        **_IRN_SCHEDULES,
-    },
-    "ssc": {
-        # self_modulation_start_fraction needs no scaling; an absolute self_modulation_start does.
-        "train": {"train": {**_SCHEDULE, "steps": 17630}, "ssc": {"self_modulation_start": None}},
-        **_IRN_SCHEDULES,
-    },
-    "weclip": _CLIP_SCHEDULES,
-    "ssr": {
-        **_CLIP_SCHEDULES,
-        "train": {**_CLIP_SCHEDULES["train"], "ssr": {"prototype_refresh": 5000, "cmpa_warmup_steps": 500}},
-    },
-}
-_PERIODS = {"prototype_refresh"}  # every N steps: at least 1
-
-
 def with_steps(recipe, steps):
     """The recipe with every training stage set to `steps` steps (`--steps`), and everything it
     counts in steps (`STEP_COUNTS`: warm-up, ToCo's loss start steps and so DOEI's schedule,
@@ -342,7 +302,7 @@ def with_steps(recipe, steps):
             for key, default in keys.items():
                 value = table.get(key, default)
                 if key != "steps" and value:
-                    table[key] = max(int(round(int(value) * steps / length)), 1 if key in _PERIODS else 0)
+                    table[key] = max(int(round(int(value) * steps / length)), 1 if key in PERIODS else 0)
             if "steps" in keys and (table or name in recipe):
                 table["steps"] = steps  # also what makes a second call a no-op
             if not table and name not in recipe:
