@@ -9,8 +9,9 @@ both arms run on a copy of it through `run_recipe` (`weclip_synthetic_cpu`,
 each run's best background threshold; pseudo-labels are the online ones on train (affinity,
 PAR); segmentation is the decoder on val. The CNN baseline (`bench_cam_baseline`) is scored the
 same way on train. SSR's reconstructed parts run at the spec's defaults (methods/ssr.md), not
-the paper's unpublished values, except where `ssr_synthetic_cpu` says otherwise; the arm
-`ssr_aligned` is that recipe with Grad-CAM in CMPA's aligned space, the spec's default.
+the paper's unpublished values, except where `ssr_synthetic_cpu` says otherwise; the arms
+`ssr_aligned` and `ssr_aligned_warmup` are that recipe with Grad-CAM in CMPA's aligned space,
+the spec's default, from the first step (the paper) or after a warm-up in CLIP's space.
 
 With --keep DIR, a run resumes: each arm's finished stages (`run_recipe` skips them) and each
 CNN arm's score (`cnn_seed<seed>.json`) are reused.
@@ -28,7 +29,12 @@ from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, report, synthe
 ARMS = {
     "weclip": ("WeCLIP host", "weclip_synthetic_cpu", None),
     "ssr": ("SSR (CMPA + SGC, no DINO; Grad-CAM in CLIP space)", "ssr_synthetic_cpu", None),
-    "ssr_aligned": ("SSR, Grad-CAM in CMPA's aligned space", "ssr_synthetic_cpu", {"ssr": {"cam_space": "aligned"}}),
+    # The spec's aligned space from untrained heads (the paper), and after 200 of the 500 steps in
+    # CLIP's space while the heads learn (`cmpa_warmup_steps`, the spec's suggested deviation).
+    "ssr_aligned": ("SSR, Grad-CAM in CMPA's aligned space from step 0", "ssr_synthetic_cpu",
+                    {"ssr": {"cam_space": "aligned", "cmpa_warmup_steps": 0}}),
+    "ssr_aligned_warmup": ("SSR, Grad-CAM in CMPA's aligned space after 200 steps in CLIP's", "ssr_synthetic_cpu",
+                           {"ssr": {"cam_space": "aligned", "cmpa_warmup_steps": 200}}),
     "cnn": ("plain CNN CAM, CLIP + SSR training time", None, None),
 }
 
