@@ -407,6 +407,18 @@ def test_batcher_keeps_no_image_or_batch_output_after_answering():
         assert not np.shares_memory(answer["labels"], returned[0]["labels"])
 
 
+def statuses_of_concurrent_calls(url, body, content_type, count):
+    """The HTTP statuses of `count` identical POSTs sent at once, in the order they came back."""
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(call(url, body, {"Content-Type": content_type})[0]))
+               for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return statuses
+
+
 def resident_mb(pid="self"):
     """A process's resident memory (VmRSS) in MiB."""
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
@@ -484,13 +496,7 @@ def test_memory_is_given_back_after_a_burst_of_large_images(colour_model):
 
             watcher = threading.Thread(target=watch)
             watcher.start()
-            statuses = []
-            threads = [threading.Thread(target=lambda: statuses.append(
-                call(f"{url}/v1/segment", jpeg, {"Content-Type": "image/jpeg"})[0])) for _ in range(4)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(120)
+            statuses = statuses_of_concurrent_calls(f"{url}/v1/segment", jpeg, "image/jpeg", 4)
             done.set()
             watcher.join()
             assert statuses == [200] * 4, statuses
@@ -521,13 +527,7 @@ def test_heap_is_trimmed_once_a_burst_of_large_requests_is_over(colour_model, mo
         assert trims == [], "small requests trimmed the heap"
         assert call(f"{url}/v1/segment", large, {"Content-Type": "image/png"})[0] == 200
         assert trims == [], "trimmed after less than LARGE_PIXELS"
-        statuses = []
-        threads = [threading.Thread(target=lambda: statuses.append(
-            call(f"{url}/v1/segment", large, {"Content-Type": "image/png"})[0])) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        statuses = statuses_of_concurrent_calls(f"{url}/v1/segment", large, "image/png", 3)
         assert statuses == [200] * 3, statuses
         # Four large images since the start: one trim, once nothing was in flight any more (just
         # after the last answer went out, so possibly after the client has it).
