@@ -256,8 +256,9 @@ def test_every_variant_runs_and_changes_the_output(variant):
     changed = _run(encoder, rgb, DOEI(**VARIANTS[variant]), progress=progress)
     assert np.isfinite(changed).all()
     assert np.abs(changed - default).max() > 1e-4, variant
-    # stop-gradient on W changes nothing in the forward pass
-    np.testing.assert_array_equal(_run(encoder, rgb, DOEI(stop_gradient_weights=True)), default)
+    # stop-gradient on W (the default) changes nothing in the forward pass
+    assert DOEI().stop_gradient_weights
+    np.testing.assert_array_equal(_run(encoder, rgb, DOEI(stop_gradient_weights=False)), default)
 
 
 def test_multi_class_tokens_move_with_cpdo():
@@ -362,7 +363,7 @@ def test_config_round_trip():
     doei = DOEI(layers=[1, 3], sigma_rgb=0.2, colour_space="lab", combine="matmul", hybrid_weight=0.5,
                 threshold_rule="mean_std", tau_high=0.8, tau_low=0.1, alpha_max=0.3, alpha_schedule="iteration",
                 injection_scale=0.4, head_handling="per_head", inject_at="block_output",
-                stop_gradient_weights=True, in_crop_passes=False)
+                stop_gradient_weights=False, in_crop_passes=False)
     config = json.loads(json.dumps(doei.get_config()))
     assert DOEI.from_config(config).get_config() == doei.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(doei))

@@ -269,7 +269,7 @@ class DOEI:
     | `injection_scale` | 1.0 | β in `O′ = O + β·concat(X̃_cls, X̃_pat)` |
     | `head_handling` | `"mean"` | `"mean"`: Ā = head mean; `"per_head"`: hybrid + reweighting per head, mean of the re-embeddings |
     | `inject_at` | `"attention_output"` | add to the attention output before the residual, or `"block_output"`: to the block's output |
-    | `stop_gradient_weights` | False | stop the gradient through the reweighted matrices W |
+    | `stop_gradient_weights` | True | stop the gradient through the reweighted matrices W (ablated: README) |
     | `in_crop_passes` | True | read by the host only: DOEI also in ToCo's CTC crop passes / SeCo's key encoder (False: main view only) |
 
     Always: the indicator g carries no gradient; CPDO (the class↔class block) is skipped when
@@ -312,7 +312,7 @@ class DOEI:
         injection_scale=1.0,
         head_handling="mean",
         inject_at="attention_output",
-        stop_gradient_weights=False,
+        stop_gradient_weights=True,
         in_crop_passes=True,
     ):
         self.layers = _layers(layers)
