@@ -66,6 +66,33 @@ def quality_table(records):
     return "\n".join(lines)
 
 
+def paired_verdicts(records):
+    """For each quality bench, its method (second arm) against its baseline (first arm), seed by
+    seed: on how many seeds it is ahead per figure, and the mean and range of the paired
+    differences. A gain that does not hold on every seed is within what a CPU change moves a seed
+    (README, "What reproduces"), so the page says which gains hold on each seed."""
+    lines = []
+    for record in records:
+        arms = list(record["labels"])
+        if len(arms) < 2:
+            continue
+        baseline, method = arms[0], arms[1]
+        base_rows, method_rows = record["rows"].get(baseline, []), record["rows"].get(method, [])
+        parts = []
+        for key, header in record["columns"]:
+            pairs = [(m[key], b[key]) for m, b in zip(method_rows, base_rows) if key in m and key in b]
+            if not pairs:
+                continue
+            differences = [m - b for m, b in pairs]
+            ahead, behind = sum(d > 0.05 for d in differences), sum(d < -0.05 for d in differences)
+            spread = f"{min(differences):+.1f} to {max(differences):+.1f}"
+            parts.append(f"{header} ahead on {ahead}, behind on {behind} of {len(pairs)} seeds "
+                         f"(mean {sum(differences) / len(pairs):+.1f}, {spread})")
+        if parts:
+            lines.append(f"- {record['labels'][method]} vs {record['labels'][baseline]}: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
 def provenance(record):
     return f"commit {record.get('commit') or '?'}, {record.get('date', '?')}, {record.get('cores', '?')} cores"
 
@@ -83,6 +110,8 @@ def render(results_dir):
     if quality:
         parts.append("**Quality on the synthetic data** (mIoU %, mean ± std over seeds, then each seed's figure; CAMs and pseudo-labels on "
                      "train, segmentation on val; each bench's own notes in its docstring):\n\n" + quality_table(quality))
+        parts.append("**Seed by seed** (method minus baseline, same seed, same run; a difference under 0.05 "
+                     "counts as a tie):\n\n" + paired_verdicts(quality))
         parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)}" + (f"; {r['note']}" if r.get("note") else "")
                                               + ")" for r in quality) + ".")
     for name in ("train_step", "export", "serve"):
