@@ -28,8 +28,9 @@ the file that set it, the table and key, and the fix. `with_steps` is `--steps`.
   `[ir_labels]` (confident-label thresholds, CRF) and `[irn]` (IRNet and its training); the
   random walk's settings are in `[pseudo_labels]` with `mode = "random_walk"`.
 
-The recipes shipped with wsss-keras live next to this module; `load_recipe` takes a path or
-one of their names (`wsss_keras.recipes.available()`).
+The recipes shipped with wsss-keras live in the repository's top-level `recipes/` folder, which
+installs inside the package (`RECIPE_DIR`); `load_recipe` takes a path or one of their names
+(`wsss_keras.recipes.available()`).
 """
 
 import os
@@ -144,7 +145,18 @@ ONLY_WHEN = {
 }
 # `momentum` is SGD's; the tables whose optimizer is AdamW unless they say otherwise.
 ADAMW_BY_DEFAULT = {("toco", "train"), ("weclip", "train"), ("ssr", "train"), ("weclip", "clip"), ("ssr", "clip")}
-RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _recipe_dir():
+    """The folder of the shipped recipes: the top-level `recipes/` of the source tree, which a
+    built wheel installs as `wsss_keras/recipes/shipped/` (pyproject.toml's package-dir maps it);
+    a source checkout (an editable install, or the repository on PYTHONPATH) reads it in place."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "shipped")
+    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(os.path.dirname(here)), "recipes")
+
+
+RECIPE_DIR = _recipe_dir()
 
 
 def available():
