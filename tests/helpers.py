@@ -89,7 +89,7 @@ def tiny_toco_for_training(stem=True):
 
 
 def toco_training_loader(data, batch_size=2):
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import ToCoTrainTransform
 
@@ -145,7 +145,7 @@ def tiny_amr_for_training(cps_mode="per_image", model_class=None):
 
 
 def plain_training_loader(data, crop_size, batch_size=2):
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import TrainTransform
 

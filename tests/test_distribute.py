@@ -23,7 +23,6 @@ import sys
 import textwrap
 
 import pytest
-
 from helpers import tiny_synthetic
 
 SCRIPT = textwrap.dedent("""
@@ -36,11 +35,11 @@ SCRIPT = textwrap.dedent("""
     import keras
     import numpy as np
     from keras import ops
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import TrainTransform
     from wsss_keras.ops.losses import multilabel_soft_margin_loss
-    from wsss_keras.pipelines.train import fit_steps
+    from wsss_keras.pipelines.fitting import fit_steps
     from wsss_keras.training.options import TrainingOptions, training_session
 
     class TinyClassifier(keras.Model):
@@ -110,7 +109,7 @@ METHODS_SCRIPT = textwrap.dedent("""
                          toco_training_loader)
     from wsss_keras.methods.amr import AMR
     from wsss_keras.pipelines.ssr import prototype_refresh
-    from wsss_keras.pipelines.train import fit_steps
+    from wsss_keras.pipelines.fitting import fit_steps
     from wsss_keras.training.options import TrainingOptions, training_session
 
     class PerReplicaAMR(AMR):

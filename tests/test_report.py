@@ -14,12 +14,12 @@ import subprocess
 
 import numpy as np
 from click.testing import CliRunner
+from helpers import tiny_synthetic
 from PIL import Image
 
-from helpers import tiny_synthetic
 from wsss_keras.cli import cli
-from wsss_keras.data.dataset import open_dataset
 from wsss_keras.data.imageio import read_label_map, voc_palette, write_label_map
+from wsss_keras.data.layouts import open_dataset
 from wsss_keras.evaluation.cams import save_cams
 from wsss_keras.pipelines.run import evaluate_run
 

@@ -21,13 +21,17 @@ from helpers import (
     toco_training_loader,
 )
 
-from wsss_keras.data.dataset import open_dataset
+from wsss_keras.data.layouts import open_dataset
 from wsss_keras.data.loader import SegmentationLoader
 from wsss_keras.data.transforms import TrainTransform
 from wsss_keras.errors import WSSSError
 from wsss_keras.methods.cam_baseline import CamBaseline
-from wsss_keras.pipelines.train import TrainingInterrupted, fit_steps
-from wsss_keras.training.checkpoints import latest_checkpoint, restore_checkpoint, write_checkpoint
+from wsss_keras.pipelines.fitting import TrainingInterrupted, fit_steps
+from wsss_keras.training.checkpoints import (
+    latest_checkpoint,
+    restore_checkpoint,
+    write_checkpoint,
+)
 from wsss_keras.training.options import TrainingOptions
 
 RECIPE = {"recipe": {"name": "resume-test"}}

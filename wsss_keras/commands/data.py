@@ -5,7 +5,11 @@ import os
 
 import click
 
-from wsss_keras.commands.options import dataset_options, open_dataset_from_options, progress_printer
+from wsss_keras.commands.options import (
+    dataset_options,
+    open_dataset_from_options,
+    progress_printer,
+)
 
 
 @click.group()
@@ -56,25 +60,14 @@ def check(root, split, labels_from, cls_labels, instances, class_names, label_ma
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 def stats(root, split, labels_from, cls_labels, instances, class_names, as_json):
     """Print images per class, co-occurrence and pixel shares of a split."""
+    from wsss_keras.data.dataset import format_statistics
+
     dataset = open_dataset_from_options(root, split, labels_from, cls_labels, instances, class_names)
     statistics = dataset.statistics()
     if as_json:
         click.echo(json.dumps(statistics, indent=2))
     else:
         click.echo(format_statistics(dataset, statistics))
-
-
-def format_statistics(dataset, statistics):
-    """Human-readable statistics of a dataset split."""
-    lines = [f"{dataset}", f"  labels per image: {statistics['labels_per_image']:.2f}", "  class        images  pixels"]
-    pixels = statistics.get("pixel_fraction", {})
-    for name in dataset.class_names:
-        count = statistics["images_per_class"].get(name, "")
-        share = f"{100 * pixels[name]:6.2f}%" if name in pixels else ""
-        lines.append(f"  {name:<12} {count!s:>6}  {share}")
-    if "ignore_fraction" in statistics:
-        lines.append(f"  {'ignore (255)':<12} {'':>6}  {100 * statistics['ignore_fraction']:6.2f}%")
-    return "\n".join(lines)
 
 
 @data.command()

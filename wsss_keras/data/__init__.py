@@ -6,7 +6,8 @@ checked and generated without importing Keras.
 
 from wsss_keras.data.classes import COCO_CLASSES, VOC_CLASSES, read_class_names
 from wsss_keras.data.coco import CocoDataset
-from wsss_keras.data.dataset import SegmentationDataset, open_dataset
+from wsss_keras.data.dataset import SegmentationDataset
+from wsss_keras.data.layouts import open_dataset
 from wsss_keras.data.voc import VocDataset
 
 __all__ = [

@@ -20,9 +20,9 @@ from wsss_keras.data.dataset import (
     labels_from_label_maps,
     read_split_file,
     require_files,
+    resolve_class_names,
 )
 from wsss_keras.data.imageio import IGNORE_INDEX, write_label_map
-from wsss_keras.data.voc import _resolve_class_names
 from wsss_keras.errors import DataError
 
 CATEGORY_TO_INDEX = {category: index + 1 for index, category in enumerate(COCO_CATEGORY_IDS)}
@@ -43,7 +43,7 @@ class CocoDataset(SegmentationDataset):
     """
 
     def __init__(self, root, split="train2014", labels_from="auto", cls_labels=None, instances=None, class_names=None):
-        class_names = _resolve_class_names(root, class_names, COCO_CLASSES)
+        class_names = resolve_class_names(root, class_names, COCO_CLASSES)
         image_folder = os.path.join(root, "JPEGImages", split)
         if not os.path.isdir(image_folder):
             raise DataError(f"{image_folder}: COCO image folder not found; expected ROOT/JPEGImages/{split}/.")

@@ -11,6 +11,7 @@ import pickle
 
 import numpy as np
 
+from wsss_keras.data.classes import CLASS_NAMES_FILE, read_class_names
 from wsss_keras.data.imageio import IGNORE_INDEX, read_image, read_label_map
 from wsss_keras.errors import DataError
 
@@ -151,6 +152,19 @@ class SegmentationDataset:
         return stats
 
 
+def format_statistics(dataset, statistics):
+    """Human-readable statistics of a dataset split."""
+    lines = [f"{dataset}", f"  labels per image: {statistics['labels_per_image']:.2f}", "  class        images  pixels"]
+    pixels = statistics.get("pixel_fraction", {})
+    for name in dataset.class_names:
+        count = statistics["images_per_class"].get(name, "")
+        share = f"{100 * pixels[name]:6.2f}%" if name in pixels else ""
+        lines.append(f"  {name:<12} {count!s:>6}  {share}")
+    if "ignore_fraction" in statistics:
+        lines.append(f"  {'ignore (255)':<12} {'':>6}  {100 * statistics['ignore_fraction']:6.2f}%")
+    return "\n".join(lines)
+
+
 def labels_from_label_maps(label_map_paths, num_classes, description):
     """Image-level labels read off the label maps: a class is present if any pixel has it."""
     labels = np.zeros((len(label_map_paths), num_classes - 1), dtype=np.float32)
@@ -281,13 +295,12 @@ def require_files(paths, names, what, split_path):
         )
 
 
-def open_dataset(root, split, **options):
-    """Open `root` as COCO when it has `JPEGImages/<split>/`, else as a VOC-layout folder."""
-    from wsss_keras.data.coco import CocoDataset
-    from wsss_keras.data.voc import VocDataset
-
-    if not os.path.isdir(root):
-        raise DataError(f"{root}: dataset folder not found.")
-    if os.path.isdir(os.path.join(root, "JPEGImages", split)):
-        return CocoDataset(root, split, **options)
-    return VocDataset(root, split, **options)
+def resolve_class_names(root, class_names, default):
+    """A dataset's class names: `class_names` (a list, or a class-names file), else the
+    `class_names.txt` in `root`, else `default`."""
+    if class_names is None:
+        path = os.path.join(root, CLASS_NAMES_FILE)
+        return read_class_names(path) if os.path.isfile(path) else tuple(default)
+    if isinstance(class_names, (str, os.PathLike)):
+        return read_class_names(os.fspath(class_names))
+    return tuple(class_names)

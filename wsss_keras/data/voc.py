@@ -13,13 +13,14 @@ import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 
-from wsss_keras.data.classes import CLASS_NAMES_FILE, VOC_CLASSES, read_class_names
+from wsss_keras.data.classes import CLASS_NAMES_FILE, VOC_CLASSES
 from wsss_keras.data.dataset import (
     SegmentationDataset,
     labels_from_cls_file,
     labels_from_label_maps,
     read_split_file,
     require_files,
+    resolve_class_names,
 )
 from wsss_keras.errors import DataError
 
@@ -84,7 +85,7 @@ class VocDataset(SegmentationDataset):
             raise DataError(f"labels_from={labels_from!r}; choose one of {', '.join(LABEL_SOURCES)}.")
         if not os.path.isdir(root):
             raise DataError(f"{root}: dataset folder not found.")
-        class_names = _resolve_class_names(root, class_names, VOC_CLASSES)
+        class_names = resolve_class_names(root, class_names, VOC_CLASSES)
         split_path = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
         names = read_split_file(split_path)
         image_paths = [os.path.join(root, "JPEGImages", f"{name}.jpg") for name in names]
@@ -122,11 +123,3 @@ class VocDataset(SegmentationDataset):
         super().__init__(names, image_paths, label_map_paths, class_names, labels, description)
         self.root, self.split, self.labels_from = root, split, labels_from
 
-
-def _resolve_class_names(root, class_names, default):
-    if class_names is None:
-        path = os.path.join(root, CLASS_NAMES_FILE)
-        return read_class_names(path) if os.path.isfile(path) else tuple(default)
-    if isinstance(class_names, (str, os.PathLike)):
-        return read_class_names(os.fspath(class_names))
-    return tuple(class_names)

@@ -17,53 +17,23 @@ stand-in for the ImageNet initialisation of the paper.
 
 import os
 
+from wsss_keras.pipelines.cam_backbone import build_backbone
+from wsss_keras.pipelines.fitting import (
+    MODEL_FILE,
+    fit_steps,
+    make_optimizer,
+    saved_recipe,
+)
 from wsss_keras.recipes import recipe_error, section
 from wsss_keras.step_counts import default_steps
 
 CAM_NETWORK_FILE = "cam_network.keras"
-AMR_BACKBONE = {"output_stride": 16, "dilation": "none", "frozen_batchnorm": "statistics", "freeze_stem": True}
 # AMR's train_cam / train_amr with IRN's PolyOptimizer (spec §3.1-3.3): SGD, lr 0.01, poly 0.9,
 # wd 1e-4 and the momentum the reference really runs with (1e-4, see IRN_DEFAULTS).
 AMR_OPTIMIZER = {
     "optimizer": "sgd", "learning_rate": 0.01, "momentum": 1e-4, "weight_decay": 1e-4, "warmup_steps": 0, "power": 0.9,
 }
 AMR_KNOBS = ("cps_mode", "cls_weight_spotlight", "cls_weight_compensation", "cps_weight", "amm_reduction", "cam_branch_weights")
-
-
-def saved_recipe(recipe):
-    """The recipe as a model saves it (without the file path, which is machine-specific)."""
-    tables = dict(recipe)
-    tables["recipe"] = {key: value for key, value in recipe["recipe"].items() if key != "path"}
-    return tables
-
-
-def build_backbone(recipe, table, weights=None, name=None):
-    """The backbone of `[model]` (arch, backbone, weights), updated by `[table] backbone`, named
-    `name` (its variable paths start with it: AMR's learning-rate groups select by them).
-
-    A ResNet arch gets AMR's defaults (`AMR_BACKBONE`); a ViT arch (`vit_b16`, `deit_s16`, ...;
-    spec §7, an option) takes `backbone` as `ViTEncoder` overrides, and its CAMs are the patch
-    grid's.
-    """
-    from wsss_keras.backbones import registry, resnet
-
-    model_settings = section(recipe, "model")
-    arch = model_settings.get("arch", "resnet50")
-    overrides = {**dict(model_settings.get("backbone", {})), **dict(section(recipe, table).get("backbone", {}))}
-    weights = weights or model_settings.get("weights")
-    try:
-        if arch in resnet.ARCHS:
-            kwargs = {**AMR_BACKBONE, **overrides, "name": name}
-            return resnet.load_pretrained(weights, arch, **kwargs) if weights else resnet.build(arch, **kwargs)
-        if weights:
-            return registry.load_pretrained(weights, arch, name=name, **overrides)
-        from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
-        from wsss_keras.backbones.vit.vit_weights import resolve_arch
-
-        registry.family(arch)  # an unknown arch is named with the list of known ones
-        return ViTEncoder(**resolve_arch(arch, **overrides, name=name))
-    except (TypeError, ValueError) as error:
-        raise recipe_error(recipe, f"[model] / [{table}] backbone: {error}") from None
 
 
 def classification_loader(recipe, table, dataset, cutout_default=0):
@@ -91,9 +61,8 @@ def train_cam_network(recipe, data_dir, out_dir, weights=None, steps=None, echo=
     """
     import keras
 
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.methods.amr import CamNetwork
-    from wsss_keras.pipelines.train import fit_steps, make_optimizer
 
     settings = section(recipe, "cam_network")
     steps = int(steps or settings.get("steps", default_steps("amr", "cam_network")))
@@ -122,11 +91,10 @@ def train_amr(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     """
     import keras
 
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.methods.amr import AMR
     from wsss_keras.pipelines.model_io import load_model
     from wsss_keras.pipelines.segmentation import init_backbone_from
-    from wsss_keras.pipelines.train import MODEL_FILE, fit_steps, make_optimizer
 
     settings = section(recipe, "train")
     knobs = section(recipe, "amr")

@@ -68,9 +68,9 @@ def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=Non
     """
     import keras
 
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.pipelines.fitting import fit_steps, make_optimizer
     from wsss_keras.pipelines.segmentation import init_backbone_from, label_map_loader
-    from wsss_keras.pipelines.train import fit_steps, make_optimizer
 
     settings = section(recipe, "irn")
     steps = int(steps or settings.get("steps", IRN_STEPS))

@@ -43,7 +43,7 @@ def run_quickstart(out, echo=print, progress=None, steps=None):
     Args:
         steps: train for this many steps instead of the recipe's (smoke runs).
     """
-    from wsss_keras.commands.data import format_statistics
+    from wsss_keras.data.dataset import format_statistics
     from wsss_keras.pipelines.run import run_recipe
     from wsss_keras.recipes import load_recipe
 

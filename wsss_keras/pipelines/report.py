@@ -186,8 +186,8 @@ figure { margin: 0; } figcaption { font-size: 12px; color: #555; max-width: 160p
 
 def build_report(run_dir, data_dir=None, out_dir=None, samples=6, echo=print):
     """Write the report of `run_dir`; returns the path of its index.html."""
-    from wsss_keras.data.dataset import open_dataset
     from wsss_keras.data.imageio import read_label_map, voc_palette
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.evaluation.cams import load_cams
 
     method_dir, metrics, recorded_data = find_run(run_dir)

@@ -26,7 +26,7 @@ pseudo-labels are written by the pseudo-labels stage.
 import json
 import os
 
-from wsss_keras.pipelines.train import MODEL_FILE
+from wsss_keras.pipelines.fitting import MODEL_FILE
 from wsss_keras.recipes import recipe_error, section, with_steps
 
 STAGES = (
@@ -57,7 +57,7 @@ def ground_truth_dir(dataset):
 
 def evaluate_run(out_dir, data_dir, recipe, echo=print):
     """Score what the run folder holds; returns the metrics dict (also written to metrics.json)."""
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.evaluation.cams import parse_thresholds, sweep_cam_folder
     from wsss_keras.evaluation.folders import score_folders
 
@@ -111,7 +111,7 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
             to match (`wsss_keras.recipes.with_steps`).
         progress: optional factory label -> callable(done, total) for per-image stages.
     """
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.pipelines.model_io import load_model
     from wsss_keras.pipelines.segmentation import SEGMENTER_FILE
 
@@ -201,7 +201,11 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
                 progress=progress("pseudo-labels"), overwrite=overwrite,
             )
         elif mode == "random_walk":
-            from wsss_keras.pipelines.irn import IRN_FILE, walk_pseudo_labels, walk_settings
+            from wsss_keras.pipelines.irn import (
+                IRN_FILE,
+                walk_pseudo_labels,
+                walk_settings,
+            )
 
             written = walk_pseudo_labels(
                 saved(IRN_FILE), dataset, os.path.join(out_dir, "cams"), os.path.join(out_dir, "pseudo_labels"),

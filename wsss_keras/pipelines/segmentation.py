@@ -112,8 +112,8 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     """
     import keras
 
-    from wsss_keras.data.dataset import open_dataset
-    from wsss_keras.pipelines.train import fit_steps, make_optimizer
+    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.pipelines.fitting import fit_steps, make_optimizer
 
     settings = section(recipe, "segmentation")
     steps = int(steps or settings.get("steps", SEGMENTATION_STEPS))

@@ -42,7 +42,7 @@ def superpixel_folder(recipe, out_dir):
 
 def make_superpixels(recipe, data_dir, out_dir, progress=None, overwrite=False, echo=print):
     """SLIC superpixels of the `[train]` split (`[superpixels]`: n_segments, compactness, sigma)."""
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.ops.superpixels import SLIC_DEFAULTS, compute_superpixels
 
     settings = section(recipe, "superpixels")
@@ -122,13 +122,18 @@ def train_ssc(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     """
     import keras
 
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import CamTrainTransform
     from wsss_keras.methods.ssc import SSC
     from wsss_keras.ops.superpixels import SuperpixelCache
-    from wsss_keras.pipelines.amr import build_backbone, saved_recipe
-    from wsss_keras.pipelines.train import MODEL_FILE, fit_steps, make_optimizer
+    from wsss_keras.pipelines.cam_backbone import build_backbone
+    from wsss_keras.pipelines.fitting import (
+        MODEL_FILE,
+        fit_steps,
+        make_optimizer,
+        saved_recipe,
+    )
 
     settings = section(recipe, "train")
     knobs = section(recipe, "ssc")

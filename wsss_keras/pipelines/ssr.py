@@ -31,7 +31,7 @@ def region_folder(recipe, out_dir):
 
 def make_regions(recipe, data_dir, out_dir, progress=None, overwrite=False, echo=print):
     """Colour regions of the `[train]` split's superpixels; returns how many were written."""
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.ops.region_masks import colour_regions
     from wsss_keras.ops.superpixels import META_FILE, SuperpixelCache, write_ids_png
     from wsss_keras.pipelines.cams import run_per_image
@@ -114,7 +114,10 @@ def prototype_refresh(recipe, model, loader, echo=print):
     for the "epoch" bank, at the start of training), and reports the bank's size."""
     import keras
 
-    from wsss_keras.methods.ssr import refresh_prototypes, refresh_prototypes_from_memory
+    from wsss_keras.methods.ssr import (
+        refresh_prototypes,
+        refresh_prototypes_from_memory,
+    )
     from wsss_keras.ops.prototypes import PrototypeBank
 
     every = int(model.options["prototype_refresh"])

@@ -2,81 +2,30 @@
 
 The trained model is saved as one `.keras` file (weights, architecture, class names, the
 recipe) that loads on every backend; `train_log.csv` holds the per-epoch losses.
+
+Each method's trainer lives in its own pipeline module (`TRAINERS`), loaded only when its
+method runs; they all share the training loop of `wsss_keras.pipelines.fitting`, below them,
+so no trainer imports this module back.
 """
 
-import json
-import os
-import shutil
-import time
+import importlib
 
-from wsss_keras.errors import WSSSError
-from wsss_keras.recipes import recipe_error, recipe_source, section, with_steps
-from wsss_keras.step_counts import default_steps, default_warmup
+from wsss_keras.recipes import with_steps
 
-MODEL_FILE = "model.keras"
-
-
-def build_encoder(model_settings, weights, stem, recipe):
-    """The ViT encoder: a backbone arch loaded from local weights, or an explicit encoder table."""
-    from wsss_keras.backbones import registry
-    from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
-
-    backbone = model_settings.get("backbone")
-    if backbone:
-        weights = weights or model_settings.get("weights")
-        if not weights:
-            raise recipe_error(
-                recipe,
-                f"backbone {backbone!r} trains from pretrained weights: pass --weights PATH (a local timm/Hugging "
-                "Face/keras-hub checkpoint; see the recipe's notes) or set [model] weights.",
-            )
-        return registry.load_pretrained(weights, backbone, **dict(model_settings.get("encoder", {})))
-    encoder_settings = dict(model_settings.get("encoder", {}))
-    if not encoder_settings:
-        raise recipe_error(recipe, "[model] needs a backbone (with weights) or an encoder table.")
-    encoder_settings.setdefault("image_channels", stem.output_channels if stem is not None else 3)
-    try:
-        return ViTEncoder(**encoder_settings)
-    except (TypeError, ValueError) as error:
-        raise recipe_error(recipe, f"[model.encoder] {error}") from None
+# method -> "module:function" of its `train` stage (the stages of each method: `run.METHOD_STAGES`).
+TRAINERS = {
+    "toco": "wsss_keras.pipelines.toco:train_toco",
+    "amr": "wsss_keras.pipelines.amr:train_amr",
+    "ssc": "wsss_keras.pipelines.ssc:train_ssc",
+    "weclip": "wsss_keras.pipelines.weclip:train_weclip",
+    "ssr": "wsss_keras.pipelines.weclip:train_weclip",
+}
 
 
-def build_model(recipe, dataset, weights=None, max_steps=None):
-    """The method's untrained model for `dataset`'s classes; `max_steps` (default `[train]
-    steps`) is the length DOEI's schedule runs against."""
-    from wsss_keras.backbones.conv_stem import ConvStem
-    from wsss_keras.methods.doei import DOEI
-    from wsss_keras.methods.toco import ToCo
-
-    model_settings = section(recipe, "model")
-    train_settings = section(recipe, "train")
-    try:
-        stem = ConvStem(**model_settings["stem"]) if model_settings.get("stem") else None
-        doei = DOEI(**recipe["doei"]) if "doei" in recipe else None
-    except (TypeError, ValueError) as error:
-        raise recipe_error(recipe, error) from None
-    encoder = build_encoder(model_settings, weights, stem, recipe)
-    saved_recipe = {name: table for name, table in recipe.items()}
-    saved_recipe["recipe"] = {key: value for key, value in recipe["recipe"].items() if key != "path"}
-    try:
-        return ToCo(
-            encoder,
-            dataset.num_classes - 1,
-            stem=stem,
-            aux_layer=model_settings.get("aux_layer", -3),
-            decoder_channels=model_settings.get("decoder_channels", 512),
-            decoder_dilation=model_settings.get("decoder_dilation", 5),
-            projection=model_settings.get("projection", (2048, 256, 1024)),
-            losses=section(recipe, "losses"),
-            doei=doei,
-            max_steps=int(max_steps or train_settings.get("steps", default_steps("toco", "train"))),
-            pooling=model_settings.get("pooling", "max"),
-            class_names=dataset.class_names,
-            recipe=saved_recipe,
-            seed=train_settings.get("seed", 0),
-        )
-    except (TypeError, ValueError) as error:
-        raise recipe_error(recipe, error) from None
+def trainer(method):
+    """The `train` function of `method` (a key of `TRAINERS`), imported on first use."""
+    module, _, function = TRAINERS[method].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
@@ -93,247 +42,5 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     Returns:
         the path of the saved model.
     """
-    import keras
-
-    from wsss_keras.data.dataset import open_dataset
-    from wsss_keras.data.loader import SegmentationLoader
-    from wsss_keras.data.transforms import ToCoTrainTransform
-
     recipe = with_steps(recipe, steps)
-    if recipe["recipe"]["method"] == "amr":
-        from wsss_keras.pipelines.amr import train_amr
-
-        return train_amr(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
-    if recipe["recipe"]["method"] == "ssc":
-        from wsss_keras.pipelines.ssc import train_ssc
-
-        return train_ssc(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
-    if recipe["recipe"]["method"] in ("weclip", "ssr"):
-        from wsss_keras.pipelines.weclip import train_weclip
-
-        return train_weclip(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
-    settings = section(recipe, "train")
-    steps = int(steps or settings.get("steps", default_steps("toco", "train")))
-    seed = int(settings.get("seed", 0))
-    keras.utils.set_random_seed(seed)
-    dataset = open_dataset(data_dir, settings.get("split", "train"))
-    try:
-        transform = ToCoTrainTransform(
-            crop_size=settings.get("crop_size", 448),
-            scale_range=tuple(settings.get("scale_range", (0.5, 2.0))),
-            **dict(settings.get("augment", {})),
-        )
-    except TypeError as error:
-        raise recipe_error(recipe, f"[train] augment: {error}") from None
-    batch_size = int(settings.get("batch_size", 4))
-    loader = SegmentationLoader(
-        dataset, batch_size, transform, shuffle=True, seed=seed, drop_remainder=True,
-        workers=int(settings.get("workers", 1)),
-    )
-    model = build_model(recipe, dataset, weights, max_steps=steps)
-    model.compile(optimizer=make_optimizer(recipe, "train", steps, model, defaults={"warmup_steps": default_warmup("toco", "train")}))
-    return fit_steps(
-        model, loader, steps, out_dir, MODEL_FILE, recipe, stage="train", echo=echo,
-        summary={"batch_size": batch_size, "images": len(dataset)},
-    )
-
-
-def make_optimizer(recipe, table, steps, model=None, defaults=None, adam_group=None):
-    """The optimiser a recipe table asks for, on a poly schedule with linear warm-up.
-
-    Keys of the table: `optimizer` ("adamw", ToCo's PolyWarmupAdamW; or "sgd", IRN's
-    PolyOptimizer), `learning_rate`, `warmup_steps`, `power`, `weight_decay`, `momentum` (SGD)
-    and `lr_multipliers` ({variable-path substring: factor}, added to the model's own groups).
-
-    Args:
-        recipe: the loaded recipe.
-        table: the table holding the stage's settings ("train", "irn", "segmentation", ...).
-        steps: the schedule's length.
-        model: the model to train; its own parameter groups (`lr_multipliers`, and for SGD
-            `weight_decay_multipliers`), when it has them, come before the table's.
-        defaults: fallback values for keys the table leaves out.
-        adam_group: for SGD, an optional second group trained with Adam (SSC's decoder): a dict
-            with `paths` (variable-path substrings) and `learning_rate`, `beta_1`, `beta_2`,
-            `epsilon`, `power` (its own poly schedule over the same steps).
-    """
-    from wsss_keras.training.schedules import PolyWarmup
-
-    settings = section(recipe, table)
-    defaults = defaults or {}
-
-    def setting(key, fallback):
-        # Looked up in the table itself, so a recording table (tests) sees what is read.
-        return settings[key] if key in settings else defaults.get(key, fallback)
-
-    kind = setting("optimizer", "adamw")
-    multipliers = {**dict(getattr(model, "lr_multipliers", None) or {}), **dict(setting("lr_multipliers", {}))}
-    schedule = PolyWarmup(
-        float(setting("learning_rate", 6e-5)), int(setting("warmup_steps", 0)), steps,
-        power=float(setting("power", 0.9)),
-    )
-    if kind == "adamw":
-        from wsss_keras.training.optimizers import GroupedAdamW
-
-        return GroupedAdamW(schedule, lr_multipliers=multipliers, weight_decay=float(setting("weight_decay", 0.01)))
-    if kind == "sgd":
-        from wsss_keras.training.optimizers import GroupedSGD, GroupedSGDWithAdam
-
-        options = dict(
-            lr_multipliers=multipliers, momentum=float(setting("momentum", 0.0)),
-            weight_decay=float(setting("weight_decay", 1e-4)),
-            weight_decay_multipliers=dict(getattr(model, "weight_decay_multipliers", None) or {}),
-        )
-        if not adam_group:
-            return GroupedSGD(schedule, **options)
-        adam_schedule = PolyWarmup(float(adam_group["learning_rate"]), 0, steps, power=float(adam_group.get("power", 0.9)))
-        return GroupedSGDWithAdam(
-            schedule, adam_paths=tuple(adam_group["paths"]), adam_learning_rate=adam_schedule,
-            adam_beta_1=float(adam_group.get("beta_1", 0.5)), adam_beta_2=float(adam_group.get("beta_2", 0.999)),
-            adam_epsilon=float(adam_group.get("epsilon", 1e-8)), **options,
-        )
-    raise recipe_error(recipe, f"[{table}] optimizer = {kind!r}; choose \"adamw\" or \"sgd\".")
-
-
-def _average_loss_over_replicas(model):
-    """Under tf.distribute, Keras sums the replicas' gradients and expects each replica's loss
-    divided by the replica count (its `Loss` objects do that); the methods' own `compute_loss`
-    returns the plain mean over the replica's batch, so it is divided here, for this run only."""
-    import tensorflow as tf
-
-    method = model.compute_loss
-
-    def compute_loss(*args, **kwargs):
-        loss = method(*args, **kwargs)
-        return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
-
-    model.__dict__["compute_loss"] = compute_loss
-
-
-class TrainingInterrupted(WSSSError):
-    """Training stopped on SIGTERM or Ctrl-C after writing a checkpoint; `exit_code` is the
-    shell's convention for that signal (143, 130)."""
-
-    def __init__(self, message, signal_name):
-        import signal
-
-        super().__init__(message)
-        self.exit_code = 128 + int(signal.Signals[signal_name])
-
-
-def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", echo=print, summary=None, callbacks=(),
-              options=None):
-    """Fit a compiled `model` for `steps` steps of `loader`; save it and its logs into `out_dir`.
-
-    Every training stage of every method ends here, so they all print the same progress, write
-    the same logs and checkpoints, resume the same way and stop on a diverged loss. They leave
-    `<model_file>`, `<stem>_log.csv` (one row per `log_every` steps: the losses' means over
-    those steps and the learning rate) and `<stem>_summary.json` (`train_log.csv` /
-    `train_summary.json` for the main model), and while training
-    `checkpoints/<stem>/` (removed once the model is saved) and `tensorboard/<stem>/`.
-
-    Args:
-        model: a compiled Keras model whose `compute_loss` reads the loader's targets.
-        loader: a `SegmentationLoader`; step s trains on batch s % len(loader) of epoch
-            s // len(loader) (`StepStream`), so a resumed run reads what an uninterrupted one would.
-        steps: optimiser steps.
-        model_file: the file name of the saved model inside `out_dir`; the log files take its
-            stem (`segmenter.keras` -> `segmenter_log.csv`), except `model.keras` -> `train_*`.
-        recipe: the loaded recipe (its name and path go into messages and the summary).
-        stage: the stage's name, the prefix of its messages.
-        summary: extra entries for the summary JSON.
-        callbacks: further Keras callbacks (SSR's prototype refresh); one with a `start_step`
-            attribute is told the step training starts at.
-        options: a `TrainingOptions` (default: the command's, `training.options.current_options`).
-
-    Raises:
-        TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint was written, rerun to resume.
-        WSSSError: the loss stopped being finite; the last good checkpoint is kept.
-
-    Returns:
-        the path of the saved model.
-    """
-    import keras
-
-    from wsss_keras.data.loader import StepStream
-    from wsss_keras.training.callbacks import Checkpointing, StepClock, StepCounter, StepLog, StepProgress
-    from wsss_keras.training.checkpoints import latest_checkpoint, restore_checkpoint
-    from wsss_keras.training.options import current_options
-
-    options = options or current_options()
-    os.makedirs(out_dir, exist_ok=True)
-    stem = "train" if model_file == MODEL_FILE else os.path.splitext(model_file)[0]
-    folder = os.path.join(out_dir, "checkpoints", stem)
-    record = None if options.resume is False else latest_checkpoint(folder)
-    if record is None and os.path.isdir(folder):
-        shutil.rmtree(folder)  # --restart, or leftovers without a whole checkpoint
-    if record is not None and record["step"] >= steps:
-        raise WSSSError(f"[{stage}] {folder} holds a checkpoint at step {record['step']}, past this run's {steps} "
-                        "steps; pass --restart to start over, or the steps it was started with.")
-    start = record["step"] if record else 0
-    if loader.batch_size % options.replicas:
-        raise WSSSError(f"[{stage}] the batch of {loader.batch_size} images is the global batch and must split evenly "
-                        f"over the {options.replicas} replicas; set this stage's batch_size in {recipe_source(recipe)} "
-                        f"to a multiple of {options.replicas}.")
-    if options.resume and record is None:
-        echo(f"[{stage}] no checkpoint in {folder}; starting at step 0")
-    echo(
-        f"[{stage}] {recipe['recipe']['name']}: {steps} steps of {loader.batch_size} images "
-        f"({steps / len(loader):.1f} epochs), backend {keras.backend.backend()}"
-        + (f", {options.replicas} replicas of {loader.batch_size // options.replicas}" if options.replicas > 1 else "")
-        + (f", {options.precision}" if options.precision != "float32" else "")
-        + (f", resuming at step {start}" if start else "")
-    )
-    clock = StepClock(start, steps)
-    log_every = options.log_interval(steps)
-    progress = StepProgress(clock, echo, every=log_every, stage=stage)
-    log = StepLog(clock, os.path.join(out_dir, f"{stem}_log.csv"), every=log_every,
-                  tensorboard_dir=os.path.join(out_dir, "tensorboard", stem) if options.tensorboard else None)
-    checkpointing = Checkpointing(clock, folder, every=options.checkpoint_interval(steps))
-    for callback in callbacks:
-        if hasattr(callback, "start_step"):
-            callback.start_step = start
-    stream = StepStream(loader, start, steps)
-    if options.replicas > 1 and keras.backend.backend() == "tensorflow":
-        _average_loss_over_replicas(model)
-    if record:
-        # Build the model's and the optimiser's variables from one batch, as `fit` does itself
-        # (on TensorFlow only when tracing its first step), so the checkpoint can fill them.
-        model._symbolic_build(data_batch=stream[0])
-        restore_checkpoint(model, record)
-    begun = time.perf_counter()
-    try:
-        # shuffle=False: Keras would otherwise shuffle the order of a PyDataset's batches; the
-        # order is the StepStream's, so that a resumed run reads what an uninterrupted one would.
-        model.fit(stream, epochs=1, verbose=0, shuffle=False,
-                  callbacks=[StepCounter(clock), progress, log, checkpointing, *callbacks])
-    finally:
-        model.__dict__.pop("compute_loss", None)  # `_average_loss_over_replicas`'s wrapper
-    seconds = time.perf_counter() - begun
-    if checkpointing.diverged:
-        kept = (f"the checkpoint of step {checkpointing.last_saved or record['step']} in {folder} is kept"
-                if (checkpointing.last_saved or record) else "no checkpoint was written before it")
-        losses = ", ".join(f"{key} {value}" for key, value in checkpointing.diverged["losses"].items())
-        hint = " or train in float32 (--precision float32)" if options.precision != "float32" else ""
-        raise WSSSError(f"[{stage}] training diverged at step {checkpointing.diverged['step']} ({losses}); {kept}. "
-                        f"Lower the learning_rate of this stage in {recipe_source(recipe)}{hint}.")
-    if checkpointing.interrupted:
-        raise TrainingInterrupted(f"[{stage}] stopped by {checkpointing.interrupted} after step {clock.step}; checkpoint "
-                                  f"in {folder}. Run the same command again to resume.", checkpointing.interrupted)
-    path = os.path.join(out_dir, model_file)
-    temporary = os.path.join(out_dir, f"tmp-{os.getpid()}-{model_file}")
-    model.save(temporary)
-    os.replace(temporary, path)  # a model file is whole or absent
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        os.rmdir(os.path.dirname(folder))  # OUT/checkpoints, once no stage has one left
-    except OSError:
-        pass
-    record = {
-        "recipe": recipe["recipe"]["name"], "stage": stage, "backend": keras.backend.backend(), "steps": steps,
-        "train_seconds": round(seconds, 1), **({"resumed_at": start} if start else {}), **(summary or {}),
-        "final": {key: value for key, value in log.last.items() if key not in ("step", "seconds")},
-    }
-    with open(os.path.join(out_dir, f"{stem}_summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-    echo(f"[{stage}] saved {path}")
-    return path
+    return trainer(recipe["recipe"]["method"])(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)

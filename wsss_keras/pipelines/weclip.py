@@ -61,11 +61,16 @@ def train_clip(recipe, data_dir, out_dir, steps=None, echo=print):
 
     from wsss_keras.backbones.clip.clip_model import CLIP
     from wsss_keras.backbones.clip.word_tokenizer import WordTokenizer
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import CamTrainTransform
-    from wsss_keras.methods.clip_pretrain import CAPTION_TEMPLATE, PROMPT_TEMPLATE, CaptionCLIP, caption_for
-    from wsss_keras.pipelines.train import fit_steps, make_optimizer
+    from wsss_keras.methods.clip_pretrain import (
+        CAPTION_TEMPLATE,
+        PROMPT_TEMPLATE,
+        CaptionCLIP,
+        caption_for,
+    )
+    from wsss_keras.pipelines.fitting import fit_steps, make_optimizer
 
     if clip_source(recipe) != "train":
         echo("[train-clip] the recipe runs on pretrained CLIP weights; nothing to train")
@@ -143,9 +148,8 @@ def load_clip(recipe, out_dir, class_names, weights=None, echo=print):
         path = os.path.join(out_dir, CLIP_FILE)
         if not os.path.isfile(path):
             raise WSSSError(f"{path}: no tiny CLIP here; run the train_clip stage first (wsss run ... --stages train_clip).")
-        from wsss_keras.backbones.clip.word_tokenizer import WordTokenizer
-
         import wsss_keras.methods.clip_pretrain  # noqa: F401  (registers CaptionCLIP for loading)
+        from wsss_keras.backbones.clip.word_tokenizer import WordTokenizer
 
         clip = keras.saving.load_model(path, compile=False, safe_mode=True).clip
         with open(os.path.join(out_dir, CLIP_WORDS_FILE), encoding="utf-8") as handle:
@@ -174,7 +178,7 @@ def load_clip(recipe, out_dir, class_names, weights=None, echo=print):
 def build_method(recipe, dataset, out_dir, weights=None, echo=print):
     """The untrained WeCLIP or SSR model of the recipe for `dataset`'s classes."""
     from wsss_keras.methods.weclip import WeCLIP
-    from wsss_keras.pipelines.amr import saved_recipe
+    from wsss_keras.pipelines.fitting import saved_recipe
 
     method = recipe["recipe"]["method"]
     model_settings = section(recipe, "model")
@@ -208,10 +212,10 @@ def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print
     """
     import keras
 
-    from wsss_keras.data.dataset import open_dataset
+    from wsss_keras.data.layouts import open_dataset
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import CamTrainTransform
-    from wsss_keras.pipelines.train import MODEL_FILE, fit_steps, make_optimizer
+    from wsss_keras.pipelines.fitting import MODEL_FILE, fit_steps, make_optimizer
 
     settings = section(recipe, "train")
     steps = int(steps or settings.get("steps", default_steps("weclip", "train")))
