@@ -135,12 +135,10 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
 
     cam_split = section(recipe, "cams").get("split", "train")
     if "superpixels" in stages:
-        from wsss_keras.pipelines.ssc import make_superpixels
+        from wsss_keras.pipelines.superpixels import make_regions, make_superpixels
 
         make_superpixels(recipe, data_dir, out_dir, progress=progress("superpixels"), overwrite=overwrite, echo=echo)
         if recipe["recipe"]["method"] == "ssr":
-            from wsss_keras.pipelines.ssr import make_regions
-
             make_regions(recipe, data_dir, out_dir, progress=progress("regions"), overwrite=overwrite, echo=echo)
     if "train_clip" in stages:
         from wsss_keras.pipelines.weclip import CLIP_FILE, train_clip

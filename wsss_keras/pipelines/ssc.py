@@ -1,8 +1,6 @@
-"""SSC's first two stages: the training split's superpixels, then the SSC CAM network.
+"""SSC's CAM network, trained after the `superpixels` stage (`wsss_keras.pipelines.superpixels`,
+shared with SSR) has cached the training split's SLIC superpixels.
 
-- `make_superpixels` (`wsss run` stage `superpixels`, or `wsss superpixels`): SLIC superpixels of
-  the `[train]` split, cached in `[superpixels] folder` (default `<run>/superpixels`); a folder
-  of SSC's released `voc_superpixels` can be named there instead.
 - `train_ssc` (stage `train`): the DRS classifier with the reconstruction decoder and
   activation self-modulation (`wsss_keras.methods.ssc.SSC`), from `[model]`, `[ssc]` and
   `[train]`; saved as `model.keras`. Its CAMs then go through the IRN stages AMR uses (IR labels,
@@ -20,10 +18,10 @@ local image structure but is not the paper's loss network (the recipe says so).
 
 import os
 
+from wsss_keras.pipelines.superpixels import superpixel_folder
 from wsss_keras.recipes import recipe_error, section
 from wsss_keras.step_counts import default_steps
 
-SUPERPIXEL_DIR = "superpixels"
 # IRN's PolyOptimizer as SSC runs it (spec §3.1): backbone 0.1, classifier 1.0, wd 1e-4, momentum 1e-4.
 SSC_OPTIMIZER = {
     "optimizer": "sgd", "learning_rate": 0.1, "momentum": 1e-4, "weight_decay": 1e-4, "warmup_steps": 0, "power": 0.9,
@@ -33,27 +31,6 @@ SSC_KNOBS = (
     "perceptual_weights", "loss_network_width", "self_modulation_weight", "self_modulation_threshold", "erosion_size",
     "self_modulation_stride",
 )
-
-
-def superpixel_folder(recipe, out_dir):
-    """Where the run's superpixels are: `[superpixels] folder`, else `<out_dir>/superpixels`."""
-    return section(recipe, "superpixels").get("folder") or os.path.join(out_dir, SUPERPIXEL_DIR)
-
-
-def make_superpixels(recipe, data_dir, out_dir, progress=None, overwrite=False, echo=print):
-    """SLIC superpixels of the `[train]` split (`[superpixels]`: n_segments, compactness, sigma)."""
-    from wsss_keras.data.layouts import open_dataset
-    from wsss_keras.ops.superpixels import SLIC_DEFAULTS, compute_superpixels
-
-    settings = section(recipe, "superpixels")
-    dataset = open_dataset(data_dir, section(recipe, "train").get("split", "train"))
-    folder = superpixel_folder(recipe, out_dir)
-    written = compute_superpixels(
-        dataset, folder, progress=progress, overwrite=overwrite,
-        **{key: settings.get(key, default) for key, default in SLIC_DEFAULTS.items()},
-    )
-    echo(f"[superpixels] {written} computed, {len(dataset) - written} already in {folder} ({dataset.description})")
-    return written
 
 
 def self_modulation_start(recipe, steps):

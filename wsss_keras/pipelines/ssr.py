@@ -1,10 +1,10 @@
 """SSR's data and training extras on top of the WeCLIP stages (`wsss_keras.pipelines.weclip`).
 
-- `make_regions` (stage `superpixels`, after SLIC): SGC's colour regions, the SLIC superpixels
-  of each training image grouped by K-means on their mean CIE-Lab colour (spec §2.6.3,
-  [UNSPEC] k = 8), cached as `regions/<id>.png` in the superpixels' encoding. Computed once at
-  the image's size and carried through the training crops by the loader (spec §2.1 step 8,
-  option b), with 0 for the crop's padding, which is never a target.
+- `train_ssr` (stage `train`): WeCLIP's training stage with `SSRPlugin` plugged in: the model
+  is SSR (with DINO and the region-id bound), the loader adds the colour regions, and the
+  prototype refresh runs as a callback. The host never imports this module.
+- `region_cache` / `region_maps`: the colour regions (made in the shared `superpixels` stage,
+  `wsss_keras.pipelines.superpixels.make_regions`) as SSR reads them.
 - `load_dino`: the frozen DINO ViT-S/16 of `[dino] weights` (a local
   `dino_deitsmall16_pretrain.pth`); without one, SGC's affinity is CLIP's alone.
 - `prototype_refresh`: CMPA's image prototypes, rebuilt every `prototype_refresh` steps
@@ -14,58 +14,11 @@
   memory, at most `prototype_bank_size` per class).
 """
 
-import json
 import os
 
-from wsss_keras.errors import DataError
+from wsss_keras.pipelines.superpixels import region_folder
+from wsss_keras.pipelines.weclip import WeCLIPPlugin, train_weclip
 from wsss_keras.recipes import recipe_error, section
-
-REGION_DIR = "regions"
-REGION_DEFAULTS = {"colour_clusters": 8, "position_weight": 0.0}
-
-
-def region_folder(recipe, out_dir):
-    """`[superpixels] regions_folder`, else `<out_dir>/regions`."""
-    return section(recipe, "superpixels").get("regions_folder") or os.path.join(out_dir, REGION_DIR)
-
-
-def make_regions(recipe, data_dir, out_dir, progress=None, overwrite=False, echo=print):
-    """Colour regions of the `[train]` split's superpixels; returns how many were written."""
-    from wsss_keras.data.layouts import open_dataset
-    from wsss_keras.ops.region_masks import colour_regions
-    from wsss_keras.ops.superpixels import META_FILE, SuperpixelCache, write_ids_png
-    from wsss_keras.pipelines.cams import run_per_image
-    from wsss_keras.pipelines.ssc import superpixel_folder
-
-    settings = {key: section(recipe, "superpixels").get(key, default) for key, default in REGION_DEFAULTS.items()}
-    clusters = int(settings["colour_clusters"])
-    if clusters < 1:
-        raise recipe_error(recipe, f"[superpixels] colour_clusters = {clusters}; give at least 1 (SSR's spec suggests 8).")
-    dataset = open_dataset(data_dir, section(recipe, "train").get("split", "train"))
-    superpixels = SuperpixelCache(superpixel_folder(recipe, out_dir))
-    folder = region_folder(recipe, out_dir)
-    os.makedirs(folder, exist_ok=True)
-    meta_path = os.path.join(folder, META_FILE)
-    meta = {"algorithm": "k-means on mean CIE-Lab of SLIC superpixels", "colour_clusters": clusters,
-            "position_weight": float(settings["position_weight"]), "max_id": clusters}
-    if os.path.isfile(meta_path) and not overwrite:
-        with open(meta_path, encoding="utf-8") as handle:
-            previous = json.load(handle)
-        if {key: previous.get(key) for key in meta} != meta:
-            raise DataError(f"{folder} holds colour regions made with other settings ({previous}); "
-                            "give another [superpixels] regions_folder or rerun with --overwrite.")
-
-    def work(index, paths):
-        ids = superpixels.load(dataset.names[index]) - 1
-        regions = colour_regions(dataset.load_image(index), ids, clusters=clusters,
-                                 position_weight=float(settings["position_weight"]), seed=index)
-        write_ids_png(paths[0], regions)
-
-    written = run_per_image(dataset.names, lambda name: [os.path.join(folder, f"{name}.png")], work, overwrite, progress)
-    with open(meta_path, "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=2)
-    echo(f"[regions] {written} computed ({clusters} colour clusters), {len(dataset) - written} already in {folder}")
-    return written
 
 
 def _uses_regions(recipe):
@@ -172,3 +125,26 @@ def prototype_refresh(recipe, model, loader, echo=print):
                 self.refresh()
 
     return PrototypeRefresh()
+
+
+class SSRPlugin(WeCLIPPlugin):
+    """SSR on the WeCLIP host: `[ssr]` options, DINO, colour regions, prototype refresh."""
+
+    options_table = "ssr"
+
+    def build(self, recipe, out_dir, encoder, num_classes, common, echo=print):
+        from wsss_keras.methods.ssr import SSR
+
+        return SSR(encoder, num_classes, dino=load_dino(recipe, echo), num_regions=region_bound(recipe, out_dir), **common)
+
+    def item_maps(self, recipe, out_dir, dataset, model):
+        return region_maps(recipe, out_dir, dataset, model)
+
+    def callbacks(self, recipe, model, loader, echo=print):
+        return [prototype_refresh(recipe, model, loader, echo)]
+
+
+def train_ssr(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
+    """Train SSR's decoder on the frozen CLIP (`train_weclip` with `SSRPlugin`); returns the
+    path of `model.keras`."""
+    return train_weclip(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo, plugin=SSRPlugin())

@@ -45,14 +45,12 @@ def build_model(recipe, dataset, weights=None, max_steps=None):
     """The method's untrained model for `dataset`'s classes; `max_steps` (default `[train]
     steps`) is the length DOEI's schedule runs against."""
     from wsss_keras.backbones.conv_stem import ConvStem
-    from wsss_keras.methods.doei import DOEI
     from wsss_keras.methods.toco import ToCo
 
     model_settings = section(recipe, "model")
     train_settings = section(recipe, "train")
     try:
         stem = ConvStem(**model_settings["stem"]) if model_settings.get("stem") else None
-        doei = DOEI(**recipe["doei"]) if "doei" in recipe else None
     except (TypeError, ValueError) as error:
         raise recipe_error(recipe, error) from None
     encoder = build_encoder(model_settings, weights, stem, recipe)
@@ -66,7 +64,9 @@ def build_model(recipe, dataset, weights=None, max_steps=None):
             decoder_dilation=model_settings.get("decoder_dilation", 5),
             projection=model_settings.get("projection", (2048, 256, 1024)),
             losses=section(recipe, "losses"),
-            doei=doei,
+            # DOEI plugs into ToCo's encoder through its attention hook; ToCo builds it from
+            # the `[doei]` table (as from a saved config), so this pipeline never imports it.
+            doei=dict(recipe["doei"]) if "doei" in recipe else None,
             max_steps=int(max_steps or train_settings.get("steps", default_steps("toco", "train"))),
             pooling=model_settings.get("pooling", "max"),
             class_names=dataset.class_names,

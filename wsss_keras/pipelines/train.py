@@ -18,7 +18,7 @@ TRAINERS = {
     "amr": "wsss_keras.pipelines.amr:train_amr",
     "ssc": "wsss_keras.pipelines.ssc:train_ssc",
     "weclip": "wsss_keras.pipelines.weclip:train_weclip",
-    "ssr": "wsss_keras.pipelines.weclip:train_weclip",
+    "ssr": "wsss_keras.pipelines.ssr:train_ssr",
 }
 
 

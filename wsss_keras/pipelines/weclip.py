@@ -7,8 +7,9 @@
 - `load_clip` gives the CLIP the method runs on and its class and background prompt
   embeddings: from `clip.keras`, or from a local OpenAI `ViT-B-16.pt` / Hugging Face folder /
   keras-hub preset (`[clip] weights` or `--weights`) with OpenAI's BPE file (`[clip] tokenizer`).
-- `train_weclip` (stage `train`): WeCLIP or SSR on the frozen tower (`[model]`, `[weclip]`,
-  `[ssr]`, `[train]`), saved as `model.keras`.
+- `train_weclip` (stage `train`): WeCLIP on the frozen tower (`[model]`, `[weclip]`, `[train]`),
+  saved as `model.keras`; a method built on the host (SSR, `wsss_keras.pipelines.ssr`) plugs
+  into it through a `WeCLIPPlugin` (its model, the loader's item maps, its callbacks).
 - `make_online_pseudo_labels` (stage `pseudo_labels`, mode "online"): the method's own online
   pseudo-labels (Grad-CAM, affinity, PAR) of every image, at its full size.
 """
@@ -175,15 +176,49 @@ def load_clip(recipe, out_dir, class_names, weights=None, echo=print):
     return clip.image_encoder, text, back, scale
 
 
-def build_method(recipe, dataset, out_dir, weights=None, echo=print):
-    """The untrained WeCLIP or SSR model of the recipe for `dataset`'s classes."""
-    from wsss_keras.methods.weclip import WeCLIP
+class WeCLIPPlugin:
+    """What a method built on the WeCLIP host adds to its training stage; this base adds
+    nothing, and trains WeCLIP itself.
+
+    A method on the host (SSR) subclasses it in its own pipeline module and hands an instance
+    to `train_weclip`, as DOEI plugs into ToCo through the encoder's attention hook: the host
+    never imports its plug-ins, and `pipelines.train.TRAINERS` names the plug-in's trainer.
+    What a plug-in may change:
+
+    - `options_table`: the recipe table of the model's options (`[weclip]`);
+    - `build`: the untrained model, a `WeCLIP` or a subclass (whose extra loss terms are its
+      `extra_losses`, `wsss_keras.methods.weclip`);
+    - `item_maps`: the per-image maps the loader adds to the targets the model reads;
+    - `callbacks`: Keras callbacks training runs with.
+    """
+
+    options_table = "weclip"
+
+    def build(self, recipe, out_dir, encoder, num_classes, common, echo=print):
+        """The untrained model on `encoder` for `num_classes` foreground classes; `common`
+        holds the keyword arguments every model on the host takes."""
+        from wsss_keras.methods.weclip import WeCLIP
+
+        return WeCLIP(encoder, num_classes, **common)
+
+    def item_maps(self, recipe, out_dir, dataset, model):
+        """The loader's `item_maps` (index -> {name: (H, W) map}), or None."""
+
+    def callbacks(self, recipe, model, loader, echo=print):
+        """Further Keras callbacks for `fit_steps`."""
+        return []
+
+
+def build_method(recipe, dataset, out_dir, weights=None, echo=print, plugin=None):
+    """The untrained model of the recipe for `dataset`'s classes: WeCLIP, or what `plugin` (a
+    `WeCLIPPlugin`) builds on the host."""
     from wsss_keras.pipelines.fitting import saved_recipe
 
+    plugin = plugin or WeCLIPPlugin()
     method = recipe["recipe"]["method"]
     model_settings = section(recipe, "model")
     encoder, text, background, clip_scale = load_clip(recipe, out_dir, dataset.class_names[1:], weights, echo)
-    options = section(recipe, method if method == "ssr" else "weclip")
+    options = section(recipe, plugin.options_table)
     if options.get("logit_scale") == "clip":
         options["logit_scale"] = clip_scale
     common = dict(
@@ -192,19 +227,14 @@ def build_method(recipe, dataset, out_dir, weights=None, echo=print):
         decoder_heads=model_settings.get("decoder_heads", 8), class_names=dataset.class_names, recipe=saved_recipe(recipe),
     )
     try:
-        if method == "ssr":
-            from wsss_keras.methods.ssr import SSR
-            from wsss_keras.pipelines.ssr import load_dino, region_bound
-
-            return SSR(encoder, dataset.num_classes - 1, dino=load_dino(recipe, echo),
-                       num_regions=region_bound(recipe, out_dir), **common)
-        return WeCLIP(encoder, dataset.num_classes - 1, **common)
+        return plugin.build(recipe, out_dir, encoder, dataset.num_classes - 1, common, echo)
     except (TypeError, ValueError) as error:
         raise recipe_error(recipe, f"[{method}] {error}") from None
 
 
-def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
-    """Train WeCLIP's (or SSR's) decoder on the frozen CLIP; returns the path of `model.keras`.
+def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print, plugin=None):
+    """Train WeCLIP's decoder (or that of the method `plugin`, a `WeCLIPPlugin`, builds on the
+    host) on the frozen CLIP; returns the path of `model.keras`.
 
     Defaults are WeCLIP's VOC run (spec §2.1, §3.2): 30,000 steps of batch 4, 320 crops after a
     random rescale by 0.5..2.0, flips, AdamW (lr 2e-4, decoder at 10x, wd 0.01), 50 warm-up steps
@@ -222,12 +252,9 @@ def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)
     dataset = open_dataset(data_dir, settings.get("split", "train"))
-    model = build_method(recipe, dataset, out_dir, weights, echo)
-    item_maps, callbacks = None, []
-    if recipe["recipe"]["method"] == "ssr":
-        from wsss_keras.pipelines.ssr import prototype_refresh, region_maps
-
-        item_maps = region_maps(recipe, out_dir, dataset, model)
+    plugin = plugin or WeCLIPPlugin()
+    model = build_method(recipe, dataset, out_dir, weights, echo, plugin=plugin)
+    item_maps = plugin.item_maps(recipe, out_dir, dataset, model)
     # WeCLIP pads its crops black before normalising (datasets/voc.py: mean_rgb=[0, 0, 0]) and
     # trains on the padding, so its colour is part of what the decoder learns.
     transform = CamTrainTransform(crop_size=int(settings.get("crop_size", 320)),
@@ -237,8 +264,7 @@ def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print
         dataset, int(settings.get("batch_size", 4)), transform, shuffle=True, seed=seed, drop_remainder=True,
         item_maps=item_maps, workers=int(settings.get("workers", 1)),
     )
-    if recipe["recipe"]["method"] == "ssr":
-        callbacks.append(prototype_refresh(recipe, model, loader, echo))
+    callbacks = plugin.callbacks(recipe, model, loader, echo)
     model.compile(optimizer=make_optimizer(recipe, "train", steps, model, defaults=WECLIP_OPTIMIZER))
     return fit_steps(model, loader, steps, out_dir, MODEL_FILE, recipe, stage="train", echo=echo, callbacks=callbacks,
                      summary={"batch_size": loader.batch_size, "images": len(dataset)})
