@@ -18,6 +18,12 @@ A light decoder (per-layer MLPs over the L−1 layers, a 1x1 fusion, a 3-block t
 the only trained part (CE on the pseudo-labels, ToCo/WeCLIP's balanced form) and the only one
 used for prediction.
 
+A method built on the host (SSR) subclasses `WeCLIP` and overrides its steps: the Grad-CAM
+feature spaces (`cam_text_features`, `cam_token_features`), `transition`, `propagation_masks`
+and `extra_losses` (its loss terms), which read the loader's item maps from the targets; its
+training stage plugs in through `wsss_keras.pipelines.weclip.WeCLIPPlugin`. The host never
+imports such a method.
+
 Verified in WeCLIP's code (spec methods/ssr.md §2.1-2.8, [CODE-W]/[CODE-E]); differences:
 - all CLIP classes' Grad-CAMs come from one backward pass over a copy of block L per class
   (same values as one pass per class);
