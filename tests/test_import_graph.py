@@ -213,6 +213,19 @@ def test_hosts_do_not_import_their_plugins(graph):
     assert not violations, "\n".join(violations)
 
 
+def test_trainers_import_only_down_to_the_training_loop(graph):
+    # `train` dispatches to the trainers by name (TRAINERS); they share `fitting`, which imports
+    # no other pipeline, and never import the dispatchers above them.
+    from wsss_keras.pipelines.train import TRAINERS
+
+    pipelines = f"{PACKAGE}.pipelines."
+    assert not [name for name in graph[pipelines + "fitting"] if name.startswith(pipelines)]
+    dispatchers = {pipelines + "train", pipelines + "run", pipelines + "quickstart"}
+    trainers = {entry.partition(":")[0] for entry in TRAINERS.values()}
+    upward = [f"{trainer} imports {name}" for trainer in sorted(trainers) for name in graph[trainer] if name in dispatchers]
+    assert not upward, "\n".join(upward)
+
+
 def test_cycle_finder_names_the_cycle():
     cycles = find_cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}})
     assert cycles == [["a", "b", "c", "a"]]
