@@ -1,4 +1,4 @@
-"""The Keras callbacks every training stage runs (`pipelines.train.fit_steps`): progress with
+"""The Keras callbacks every training stage runs (`pipelines.fitting.fit_steps`): progress with
 ETA, per-window loss logs (CSV and TensorBoard), checkpoints every N steps and on SIGTERM or
 Ctrl-C, and a stop with a message when the loss stops being finite.
 

@@ -1,6 +1,6 @@
 """How training stages run, beyond what the recipe says: checkpoints and resuming, logs,
 precision, devices. The CLI sets them once for a command (`training_options`); every training
-stage reads them in `pipelines.train.fit_steps`.
+stage reads them in `pipelines.fitting.fit_steps`.
 """
 
 import contextlib
