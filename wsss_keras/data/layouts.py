@@ -18,3 +18,33 @@ def open_dataset(root, split, **options):
     if os.path.isdir(os.path.join(root, "JPEGImages", split)):
         return CocoDataset(root, split, **options)
     return VocDataset(root, split, **options)
+
+
+class DatasetFolder:
+    """A dataset folder whose splits are opened once each and then shared.
+
+    `wsss run` hands one to every stage in place of the folder, so a run reads each split's
+    index (the split file, every image's labels, COCO's instances JSON) once rather than once
+    per stage. The datasets are only read by the stages (`with_label_maps_from` makes a new
+    view), so sharing one is the same as opening it again.
+    """
+
+    def __init__(self, root):
+        self.root = root
+        self._splits = {}
+
+    def open(self, split):
+        """The dataset of `split`, opened on first use (`open_dataset`)."""
+        if split not in self._splits:
+            self._splits[split] = open_dataset(self.root, split)
+        return self._splits[split]
+
+
+def open_split(data, split):
+    """Split `split` of `data`: a dataset folder (opened here) or a `DatasetFolder` (opened once per folder)."""
+    return data.open(split) if isinstance(data, DatasetFolder) else open_dataset(data, split)
+
+
+def dataset_root(data):
+    """The folder of `data`, a dataset folder or a `DatasetFolder`."""
+    return data.root if isinstance(data, DatasetFolder) else data

@@ -61,13 +61,13 @@ def train_cam_network(recipe, data_dir, out_dir, weights=None, steps=None, echo=
     """
     import keras
 
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.methods.amr import CamNetwork
 
     settings = section(recipe, "cam_network")
     steps = int(steps or settings.get("steps", default_steps("amr", "cam_network")))
     keras.utils.set_random_seed(int(settings.get("seed", section(recipe, "train").get("seed", 0))))
-    dataset = open_dataset(data_dir, settings.get("split", "train"))
+    dataset = open_split(data_dir, settings.get("split", "train"))
     loader = classification_loader(recipe, "cam_network", dataset, cutout_default=3)
     try:
         model = CamNetwork(
@@ -91,7 +91,7 @@ def train_amr(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     """
     import keras
 
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.methods.amr import AMR
     from wsss_keras.pipelines.model_io import load_model
     from wsss_keras.pipelines.segmentation import init_backbone_from
@@ -106,7 +106,7 @@ def train_amr(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
             recipe, f"AMR's spotlight branch is the stage-A CAM network, and {spotlight_file} does not exist; "
             "train it first with `wsss train-cam` on the same --out (`wsss run` does both).",
         )
-    dataset = open_dataset(data_dir, settings.get("split", "train"))
+    dataset = open_split(data_dir, settings.get("split", "train"))
     loader = classification_loader(recipe, "train", dataset)
     compensation = build_backbone(recipe, "amr", weights, name="compensation_backbone")
     if not (weights or section(recipe, "model").get("weights")):

@@ -68,7 +68,7 @@ def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=Non
     """
     import keras
 
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.pipelines.fitting import fit_steps, make_optimizer
     from wsss_keras.pipelines.segmentation import init_backbone_from, label_map_loader
 
@@ -77,7 +77,7 @@ def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=Non
     seed = int(settings.get("seed", section(recipe, "train").get("seed", 0)))
     keras.utils.set_random_seed(seed)
     label_dir = label_dir or os.path.join(out_dir, "ir_labels")
-    dataset = open_dataset(data_dir, settings.get("split", section(recipe, "ir_labels").get("split", "train")))
+    dataset = open_split(data_dir, settings.get("split", section(recipe, "ir_labels").get("split", "train")))
     dataset = dataset.with_label_maps_from(label_dir, "IR labels", made_by="the IR-label stage (wsss irn labels)")
     loader = label_map_loader(settings, dataset, seed, crop_size=512, batch_size=16)
     model = build_irn(recipe, dataset, weights)

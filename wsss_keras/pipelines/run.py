@@ -56,12 +56,13 @@ def ground_truth_dir(dataset):
 
 
 def evaluate_run(out_dir, data_dir, recipe, echo=print):
-    """Score what the run folder holds; returns the metrics dict (also written to metrics.json)."""
-    from wsss_keras.data.layouts import open_dataset
+    """Score what the run folder holds; returns the metrics dict (also written to metrics.json).
+    `data_dir` is the dataset folder, or the run's `DatasetFolder`."""
+    from wsss_keras.data.layouts import dataset_root, open_split
     from wsss_keras.evaluation.cams import parse_thresholds, sweep_cam_folder
     from wsss_keras.evaluation.folders import score_folders
 
-    metrics = {"recipe": recipe["recipe"]["name"], "data": os.path.abspath(data_dir)}  # `wsss report` reads it
+    metrics = {"recipe": recipe["recipe"]["name"], "data": os.path.abspath(dataset_root(data_dir))}  # `wsss report` reads it
     cam_split = section(recipe, "cams").get("split", "train")
     seed_split = section(recipe, "pseudo_labels").get("split", cam_split)
     predict_split = section(recipe, "predict").get("split", "val")
@@ -69,7 +70,7 @@ def evaluate_run(out_dir, data_dir, recipe, echo=print):
         thresholds = parse_thresholds(section(recipe, "evaluate").get("cam_thresholds", "0.05:0.95:0.05"))
     except ValueError as error:
         raise recipe_error(recipe, f"[evaluate] cam_thresholds {error}") from None
-    dataset = open_dataset(data_dir, cam_split)
+    dataset = open_split(data_dir, cam_split)
     truth = ground_truth_dir(dataset)
     cam_dir = os.path.join(out_dir, "cams")
     if truth and os.path.isdir(cam_dir):
@@ -79,7 +80,7 @@ def evaluate_run(out_dir, data_dir, recipe, echo=print):
         echo(f"[evaluate] CAMs on {cam_split} ({count} images): mIoU {100 * scores.miou:.1f} at background threshold {threshold:.2f}")
         echo(scores.table())
     for key, folder, split in (("pseudo_labels", "pseudo_labels", seed_split), ("segmentation", "predictions", predict_split)):
-        dataset = open_dataset(data_dir, split)
+        dataset = open_split(data_dir, split)
         truth = ground_truth_dir(dataset)
         path = os.path.join(out_dir, folder)
         if truth and os.path.isdir(path):
@@ -111,7 +112,7 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
             to match (`wsss_keras.recipes.with_steps`).
         progress: optional factory label -> callable(done, total) for per-image stages.
     """
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import DatasetFolder, open_split
     from wsss_keras.pipelines.model_io import load_model
     from wsss_keras.pipelines.segmentation import SEGMENTER_FILE
 
@@ -124,6 +125,7 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
     os.makedirs(out_dir, exist_ok=True)
     progress = progress or (lambda label: None)
     loaded = {}
+    data = DatasetFolder(data_dir)  # handed to every stage, so each split is opened once per run
 
     def saved(file_name):
         if file_name not in loaded:
@@ -131,30 +133,30 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         return loaded[file_name]
 
     def split_of(table, fallback="train"):
-        return open_dataset(data_dir, section(recipe, table).get("split", fallback))
+        return open_split(data, section(recipe, table).get("split", fallback))
 
     cam_split = section(recipe, "cams").get("split", "train")
     if "superpixels" in stages:
         from wsss_keras.pipelines.superpixels import make_regions, make_superpixels
 
-        make_superpixels(recipe, data_dir, out_dir, progress=progress("superpixels"), overwrite=overwrite, echo=echo)
+        make_superpixels(recipe, data, out_dir, progress=progress("superpixels"), overwrite=overwrite, echo=echo)
         if recipe["recipe"]["method"] == "ssr":
-            make_regions(recipe, data_dir, out_dir, progress=progress("regions"), overwrite=overwrite, echo=echo)
+            make_regions(recipe, data, out_dir, progress=progress("regions"), overwrite=overwrite, echo=echo)
     if "train_clip" in stages:
         from wsss_keras.pipelines.weclip import CLIP_FILE, train_clip
 
         if not _skip_existing(os.path.join(out_dir, CLIP_FILE), overwrite, "train-clip", echo):
-            train_clip(recipe, data_dir, out_dir, steps=steps, echo=echo)
+            train_clip(recipe, data, out_dir, steps=steps, echo=echo)
     if "train_cam" in stages:
         from wsss_keras.pipelines.amr import CAM_NETWORK_FILE, train_cam_network
 
         if not _skip_existing(os.path.join(out_dir, CAM_NETWORK_FILE), overwrite, "train-cam", echo):
-            train_cam_network(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
+            train_cam_network(recipe, data, out_dir, weights=weights, steps=steps, echo=echo)
     if "train" in stages:
         from wsss_keras.pipelines.train import train
 
         if not _skip_existing(os.path.join(out_dir, MODEL_FILE), overwrite, "train", echo):
-            train(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
+            train(recipe, data, out_dir, weights=weights, steps=steps, echo=echo)
     if "cams" in stages:
         from wsss_keras.pipelines.cams import compute_cams
 
@@ -181,7 +183,7 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         from wsss_keras.pipelines.irn import IRN_FILE, train_irn
 
         if not _skip_existing(os.path.join(out_dir, IRN_FILE), overwrite, "train-irn", echo):
-            train_irn(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo)
+            train_irn(recipe, data, out_dir, weights=weights, steps=steps, echo=echo)
     if "pseudo_labels" in stages:
         settings = section(recipe, "pseudo_labels")
         dataset = split_of("pseudo_labels", cam_split)
@@ -222,7 +224,7 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         from wsss_keras.pipelines.segmentation import train_segmenter
 
         if not _skip_existing(os.path.join(out_dir, SEGMENTER_FILE), overwrite, "train-seg", echo):
-            train_segmenter(recipe, data_dir, out_dir, steps=steps, echo=echo)
+            train_segmenter(recipe, data, out_dir, steps=steps, echo=echo)
     if "predict" in stages:
         from wsss_keras.pipelines.predict import predict_folder
 
@@ -236,5 +238,5 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         )
         echo(f"[predict] {written} predicted with {predictor} ({dataset.description})")
     if "evaluate" in stages:
-        return evaluate_run(out_dir, data_dir, recipe, echo)
+        return evaluate_run(out_dir, data, recipe, echo)
     return {}

@@ -104,7 +104,7 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
 
     Args:
         recipe: a loaded recipe with a `[segmentation]` table.
-        data_dir: the dataset folder (images and image-level labels).
+        data_dir: the dataset folder (images and image-level labels), or `wsss run`'s `DatasetFolder`.
         out_dir: the run folder (`segmenter.keras`, `segmenter_log.csv` go there).
         label_dir: the pseudo-labels (`<name>.png`); default `out_dir/pseudo_labels`.
         weights: a local ImageNet ResNet checkpoint for the backbone (overrides the recipe's).
@@ -112,7 +112,7 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     """
     import keras
 
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.pipelines.fitting import fit_steps, make_optimizer
 
     settings = section(recipe, "segmentation")
@@ -120,7 +120,7 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     seed = int(settings.get("seed", section(recipe, "train").get("seed", 0)))
     keras.utils.set_random_seed(seed)
     label_dir = label_dir or os.path.join(out_dir, "pseudo_labels")
-    dataset = open_dataset(data_dir, settings.get("split", section(recipe, "pseudo_labels").get("split", "train")))
+    dataset = open_split(data_dir, settings.get("split", section(recipe, "pseudo_labels").get("split", "train")))
     dataset = dataset.with_label_maps_from(label_dir, "pseudo-labels", made_by="the pseudo-label stage (wsss irn walk)")
     loader = label_map_loader(settings, dataset, seed, crop_size=321, batch_size=10)
     model = build_segmenter(recipe, dataset, weights)

@@ -99,7 +99,7 @@ def train_ssc(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     """
     import keras
 
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import CamTrainTransform
     from wsss_keras.methods.ssc import SSC
@@ -118,7 +118,7 @@ def train_ssc(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     vgg_path = loss_network_source(recipe)
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)
-    dataset = open_dataset(data_dir, settings.get("split", "train"))
+    dataset = open_split(data_dir, settings.get("split", "train"))
     modulating = float(knobs.get("self_modulation_weight", 1.0)) > 0
     cache = SuperpixelCache(superpixel_folder(recipe, out_dir)) if modulating else None
     transform = CamTrainTransform(

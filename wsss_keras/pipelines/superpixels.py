@@ -30,11 +30,11 @@ def superpixel_folder(recipe, out_dir):
 
 def make_superpixels(recipe, data_dir, out_dir, progress=None, overwrite=False, echo=print):
     """SLIC superpixels of the `[train]` split (`[superpixels]`: n_segments, compactness, sigma)."""
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.ops.superpixels import SLIC_DEFAULTS, compute_superpixels
 
     settings = section(recipe, "superpixels")
-    dataset = open_dataset(data_dir, section(recipe, "train").get("split", "train"))
+    dataset = open_split(data_dir, section(recipe, "train").get("split", "train"))
     folder = superpixel_folder(recipe, out_dir)
     written = compute_superpixels(
         dataset, folder, progress=progress, overwrite=overwrite,
@@ -51,7 +51,7 @@ def region_folder(recipe, out_dir):
 
 def make_regions(recipe, data_dir, out_dir, progress=None, overwrite=False, echo=print):
     """Colour regions of the `[train]` split's superpixels; returns how many were written."""
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.ops.region_masks import colour_regions
     from wsss_keras.ops.superpixels import META_FILE, SuperpixelCache, write_ids_png
     from wsss_keras.pipelines.cams import run_per_image
@@ -60,7 +60,7 @@ def make_regions(recipe, data_dir, out_dir, progress=None, overwrite=False, echo
     clusters = int(settings["colour_clusters"])
     if clusters < 1:
         raise recipe_error(recipe, f"[superpixels] colour_clusters = {clusters}; give at least 1 (SSR's spec suggests 8).")
-    dataset = open_dataset(data_dir, section(recipe, "train").get("split", "train"))
+    dataset = open_split(data_dir, section(recipe, "train").get("split", "train"))
     superpixels = SuperpixelCache(superpixel_folder(recipe, out_dir))
     folder = region_folder(recipe, out_dir)
     os.makedirs(folder, exist_ok=True)

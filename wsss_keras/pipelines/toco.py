@@ -83,7 +83,8 @@ def train_toco(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
 
     Args:
         recipe: a loaded recipe (`wsss_keras.recipes.load_recipe`).
-        data_dir: a dataset folder (VOC or COCO layout, or the synthetic data).
+        data_dir: a dataset folder (VOC or COCO layout, or the synthetic data), or `wsss run`'s
+            `DatasetFolder` of it (`wsss_keras.data.layouts.open_split`).
         out_dir: the run folder.
         weights: local pretrained backbone weights (overrides the recipe's).
         steps: override the recipe's number of steps (the recipe comes through `with_steps`
@@ -94,7 +95,7 @@ def train_toco(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     """
     import keras
 
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import ToCoTrainTransform
 
@@ -102,7 +103,7 @@ def train_toco(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     steps = int(steps or settings.get("steps", default_steps("toco", "train")))
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)
-    dataset = open_dataset(data_dir, settings.get("split", "train"))
+    dataset = open_split(data_dir, settings.get("split", "train"))
     try:
         transform = ToCoTrainTransform(
             crop_size=settings.get("crop_size", 448),

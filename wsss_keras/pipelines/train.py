@@ -33,7 +33,8 @@ def train(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
 
     Args:
         recipe: a loaded recipe (`wsss_keras.recipes.load_recipe`).
-        data_dir: a dataset folder (VOC or COCO layout, or the synthetic data).
+        data_dir: a dataset folder (VOC or COCO layout, or the synthetic data), or `wsss run`'s
+            `DatasetFolder` of it (`wsss_keras.data.layouts.open_split`).
         out_dir: the run folder.
         weights: local pretrained backbone weights (overrides the recipe's).
         steps: override the recipe's number of steps (`with_steps`: what the recipe counts in

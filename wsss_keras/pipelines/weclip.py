@@ -62,7 +62,7 @@ def train_clip(recipe, data_dir, out_dir, steps=None, echo=print):
 
     from wsss_keras.backbones.clip.clip_model import CLIP
     from wsss_keras.backbones.clip.word_tokenizer import WordTokenizer
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import CamTrainTransform
     from wsss_keras.methods.clip_pretrain import (
@@ -80,7 +80,7 @@ def train_clip(recipe, data_dir, out_dir, steps=None, echo=print):
     steps = int(steps or settings.get("steps", default_steps("weclip", "clip")))
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)
-    dataset = open_dataset(data_dir, section(recipe, "train").get("split", "train"))
+    dataset = open_split(data_dir, section(recipe, "train").get("split", "train"))
     names = dataset.class_names[1:]
     caption_template = settings.get("caption_template", CAPTION_TEMPLATE)
     prompts = [template.format(name) for template in prompt_templates(recipe) for name in names]
@@ -242,7 +242,7 @@ def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print
     """
     import keras
 
-    from wsss_keras.data.layouts import open_dataset
+    from wsss_keras.data.layouts import open_split
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import CamTrainTransform
     from wsss_keras.pipelines.fitting import MODEL_FILE, fit_steps, make_optimizer
@@ -251,7 +251,7 @@ def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print
     steps = int(steps or settings.get("steps", default_steps("weclip", "train")))
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)
-    dataset = open_dataset(data_dir, settings.get("split", "train"))
+    dataset = open_split(data_dir, settings.get("split", "train"))
     plugin = plugin or WeCLIPPlugin()
     model = build_method(recipe, dataset, out_dir, weights, echo, plugin=plugin)
     item_maps = plugin.item_maps(recipe, out_dir, dataset, model)
