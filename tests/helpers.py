@@ -58,6 +58,46 @@ crop_size = 32
 """
 
 
+TINY_AMR = """
+[recipe]
+name = "tiny_amr"
+method = "amr"
+
+[model]
+backbone = { block_counts = [1, 1, 1, 1], base_width = 8, output_stride = 8, freeze_stem = false }
+
+[cam_network]
+backbone = { frozen_batchnorm = "none" }
+batch_size = 2
+crop_size = 32
+long_side = [28, 40]
+cutout_count = 1
+cutout_size = 8
+
+[amr]
+init_compensation = "cam_network"
+amm_reduction = 4
+
+[train]
+batch_size = 2
+crop_size = 32
+long_side = [28, 40]
+
+"""
+
+
+def tiny_amr_recipe(folder):
+    """The whole AMR pipeline (CAM network, AMR, IRN stages, DeepLab) for 32-pixel images,
+    written to `folder/tiny_amr.toml` and loaded."""
+    from wsss_keras.recipes import load_recipe
+
+    path = os.path.join(folder, "tiny_amr.toml")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(TINY_AMR + tiny_irn_stages("cam_network"))
+    return load_recipe(path)
+
+
+
 # Tiny stateful methods for the resume and data-parallel tests (tests/backend/test_training_resume.py,
 # tests/test_distribute.py): each has state a stateless toy lacks. Keras is imported inside, so
 # importing this module never fixes the backend.

@@ -2,36 +2,11 @@
 (`wsss_keras.data.layouts.DatasetFolder`), while a stage called alone still opens a folder."""
 
 import numpy as np
-from helpers import tiny_irn_stages, tiny_synthetic
+from helpers import tiny_amr_recipe, tiny_synthetic
 
 from wsss_keras.data import layouts
 from wsss_keras.data.layouts import DatasetFolder, open_split
 from wsss_keras.pipelines.run import METHOD_STAGES, run_recipe
-from wsss_keras.recipes import load_recipe
-
-TINY_AMR = """
-[recipe]
-name = "tiny_amr"
-method = "amr"
-
-[model]
-backbone = { block_counts = [1, 1, 1, 1], base_width = 8, output_stride = 8, freeze_stem = false }
-
-[cam_network]
-backbone = { frozen_batchnorm = "none" }
-batch_size = 2
-crop_size = 32
-long_side = [28, 40]
-
-[amr]
-init_compensation = "cam_network"
-amm_reduction = 4
-
-[train]
-batch_size = 2
-crop_size = 32
-long_side = [28, 40]
-"""
 
 
 def counting_opens(monkeypatch):
@@ -47,8 +22,7 @@ def counting_opens(monkeypatch):
 
 
 def test_an_amr_run_opens_each_split_once(tmp_path, monkeypatch):
-    (tmp_path / "tiny_amr.toml").write_text(TINY_AMR + tiny_irn_stages("cam_network"))
-    recipe = load_recipe(str(tmp_path / "tiny_amr.toml"))
+    recipe = tiny_amr_recipe(tmp_path)
     data = tiny_synthetic(tmp_path / "data", n_train=4, n_val=2, size=32)
     opened = counting_opens(monkeypatch)
     metrics = run_recipe(recipe, data, str(tmp_path / "run"), steps=1, echo=lambda line: None)

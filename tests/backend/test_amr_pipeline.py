@@ -6,46 +6,16 @@ import json
 import os
 
 import numpy as np
+from helpers import tiny_amr_recipe, tiny_synthetic
 
-from helpers import tiny_irn_stages, tiny_synthetic
 from wsss_keras.data import VocDataset
 from wsss_keras.data.imageio import read_label_map
 from wsss_keras.pipelines.model_io import load_model
 from wsss_keras.pipelines.run import METHOD_STAGES, run_recipe
-from wsss_keras.recipes import load_recipe
-
-TINY_AMR = """
-[recipe]
-name = "tiny_amr"
-method = "amr"
-
-[model]
-backbone = { block_counts = [1, 1, 1, 1], base_width = 8, output_stride = 8, freeze_stem = false }
-
-[cam_network]
-backbone = { frozen_batchnorm = "none" }
-batch_size = 2
-crop_size = 32
-long_side = [28, 40]
-cutout_count = 1
-cutout_size = 8
-
-[amr]
-init_compensation = "cam_network"
-amm_reduction = 4
-
-[train]
-batch_size = 2
-crop_size = 32
-long_side = [28, 40]
-
-"""
-
 
 
 def test_every_amr_stage_runs_one_step_and_resumes(tmp_path):
-    (tmp_path / "tiny_amr.toml").write_text(TINY_AMR + tiny_irn_stages("cam_network"))
-    recipe = load_recipe(str(tmp_path / "tiny_amr.toml"))
+    recipe = tiny_amr_recipe(tmp_path)
     data = tiny_synthetic(tmp_path / "data", n_train=4, n_val=2, size=32)
     run = tmp_path / "run"
     lines = []
