@@ -79,20 +79,8 @@ def build_model(recipe, dataset, weights=None, max_steps=None):
 
 def train_toco(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     """Train ToCo (with DOEI when the recipe has a `[doei]` table) on `data_dir` and save it to
-    `out_dir/model.keras`.
-
-    Args:
-        recipe: a loaded recipe (`wsss_keras.recipes.load_recipe`).
-        data_dir: a dataset folder (VOC or COCO layout, or the synthetic data), or `wsss run`'s
-            `DatasetFolder` of it (`wsss_keras.data.layouts.open_split`).
-        out_dir: the run folder.
-        weights: local pretrained backbone weights (overrides the recipe's).
-        steps: override the recipe's number of steps (the recipe comes through `with_steps`
-            from `train`, so what it counts in steps already scales with it).
-
-    Returns:
-        the path of the saved model.
-    """
+    `out_dir/model.keras`; returns its path. The arguments are `pipelines.train.train`'s, which
+    calls this with the recipe already through `with_steps`."""
     import keras
 
     from wsss_keras.data.layouts import open_split
