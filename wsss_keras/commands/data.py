@@ -17,24 +17,55 @@ def data():
     """Generate, check and inspect datasets (VOC, COCO, synthetic, custom VOC-layout)."""
 
 
+class ImageSizes(click.ParamType):
+    """`--size`: a side (128), WxH (500x375), a comma list of them, or voc / coco."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        from wsss_keras.data.synthetic import parse_sizes
+        from wsss_keras.errors import DataError
+
+        try:
+            return parse_sizes(value)
+        except DataError as error:
+            self.fail(str(error).split(": ", 1)[-1], param, ctx)
+
+
 @data.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--classes", default="6", help="Number of classes (the first N of the catalog) or a comma-separated list of names.")
-@click.option("--size", type=click.IntRange(min=32), default=128, help="Image side in pixels.")
-@click.option("--n-train", type=click.IntRange(min=1), default=600, help="Training images.")
-@click.option("--n-val", type=click.IntRange(min=1), default=150, help="Validation images.")
-@click.option("--seed", type=int, default=0, help="Seed; the same arguments give the same files.")
+@click.option(
+    "--layout", type=click.Choice(["voc", "coco"]), default="voc", show_default=True,
+    help="voc: PASCAL VOC folders (splits train, train_aug, val); coco: COCO 2014 folders "
+    "(train2014, val2014, annotations/instances_<split>.json) with COCO's 80 classes.",
+)  # fmt: skip
+@click.option(
+    "--classes", default=None, show_default="6",
+    help="VOC layout: number of classes (the first N of the catalog) or a comma-separated list of names.",
+)  # fmt: skip
+@click.option(
+    "--size", type=ImageSizes(), default="128", show_default=True,
+    help="Image size: a side in pixels (square), WxH (500x375), a comma list the images cycle through "
+    "(500x375,375x500), or voc / coco for those datasets' common sizes. Sides 32..4096.",
+)  # fmt: skip
+@click.option("--n-train", type=click.IntRange(min=1), default=600, show_default=True, help="Training images.")
+@click.option("--n-val", type=click.IntRange(min=1), default=150, show_default=True, help="Validation images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same arguments give the same files.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
-def synth(out, classes, size, n_train, n_val, seed, overwrite):
-    """Write a synthetic WSSS dataset in the PASCAL VOC layout to OUT.
+def synth(out, layout, classes, size, n_train, n_val, seed, overwrite):
+    """Write a synthetic WSSS dataset in the PASCAL VOC layout (or COCO's) to OUT.
 
     It contains co-occurrence traps (boat on water, train on rails) and under-activation traps
     (aeroplane and bus: a large plain body with one small distinctive part).
     """
     from wsss_keras.data.synthetic import generate
 
-    info = generate(out, classes, size, n_train, n_val, seed, overwrite, progress=progress_printer("synth"))
-    click.echo(f"wrote {out}: {info['splits']['train']} train + {info['splits']['val']} val images, classes: {', '.join(info['classes'][1:])}")
+    info = generate(out, classes, size, n_train, n_val, seed, overwrite, progress=progress_printer("synth"), layout=layout)
+    if layout == "coco":
+        splits = " + ".join(f"{count} {split}" for split, count in info["splits"].items())
+        click.echo(f"wrote {out}: {splits} images, {len(info['classes']) - 1} COCO classes")
+    else:
+        click.echo(f"wrote {out}: {info['splits']['train']} train + {info['splits']['val']} val images, classes: {', '.join(info['classes'][1:])}")
     for name, kind in info["traps"].items():
         click.echo(f"  trap: {name} ({kind})")
 

@@ -14,17 +14,30 @@ are meant for training, the label maps for scoring. Two kinds of class are traps
 The other classes (car, person, dog, bird, bottle, sheep, cat, tvmonitor) are plain objects
 with their own colour and texture. Generation is deterministic given the seed: each image has
 its own random stream, seeded from (seed, split, index).
+
+Images are square by default (`size=128`); `size` may also be "WxH", a comma list of several
+sizes (the images cycle through them), or the shorthands "voc" and "coco" (their datasets'
+common sizes), so that smoke runs meet odd sizes and aspect ratios as on real data.
+`layout="coco"` writes a COCO-2014-layout folder (see `wsss_keras.data.coco`) with COCO's 80
+classes: the classes with a drawer of their own use it (airplane, tv and the VOC names COCO
+shares), every other class a simple shape with a colour and texture of its own.
 """
 
+import colorsys
 import json
 import os
 import shutil
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 import cv2
 import numpy as np
 
-from wsss_keras.data.classes import CLASS_NAMES_FILE, write_class_names
+from wsss_keras.data.classes import (
+    CLASS_NAMES_FILE,
+    COCO_CATEGORY_IDS,
+    COCO_CLASSES,
+    write_class_names,
+)
 from wsss_keras.data.imageio import IGNORE_INDEX, write_image, write_label_map
 from wsss_keras.errors import DataError
 
@@ -40,6 +53,57 @@ DISTRACTOR_RATE = 0.45
 TRAP_CLASSES = {"boat": "co-occurrence", "train": "co-occurrence", "aeroplane": "under-activation", "bus": "under-activation"}
 CATALOG = ("aeroplane", "boat", "car", "person", "train", "bus", "dog", "bird", "bottle", "sheep", "cat", "tvmonitor")
 DEFAULT_CLASSES = 6
+# COCO's names for the catalog classes it spells differently.
+COCO_KINDS = {"airplane": "aeroplane", "tv": "tvmonitor"}
+
+MIN_SIDE, MAX_SIDE = 32, 4096
+# Common image sizes (width x height) of the real datasets, for `--size voc` / `--size coco`.
+SIZE_SHORTHANDS = {
+    "voc": ((500, 375), (375, 500), (500, 333), (333, 500), (500, 400), (486, 500), (500, 366), (353, 500)),
+    "coco": ((640, 480), (480, 640), (640, 427), (427, 640), (640, 424), (612, 612), (500, 375), (640, 512)),
+}
+
+
+def parse_sizes(size):
+    """Image sizes from `--size`: an int N (square N x N, returned as the int), "WxH", a comma
+    list of several, or a shorthand ("voc", "coco"). Returns the int or a tuple of (width, height).
+    """
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        if not MIN_SIDE <= size <= MAX_SIDE:
+            raise DataError(f"--size {size}: image sides must be {MIN_SIDE}..{MAX_SIDE} pixels ({size}).")
+        return int(size)
+    if isinstance(size, (list, tuple)) and size and all(isinstance(item, (list, tuple)) for item in size):
+        sizes = tuple((int(w), int(h)) for w, h in size)
+        spec = ",".join(f"{w}x{h}" for w, h in sizes)
+    else:
+        spec = str(size).strip().lower()
+        if spec.isdigit():
+            return parse_sizes(int(spec))
+        sizes = []
+        for item in spec.split(","):
+            item = item.strip()
+            if item in SIZE_SHORTHANDS:
+                sizes.extend(SIZE_SHORTHANDS[item])
+                continue
+            parts = item.split("x")
+            if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+                raise DataError(
+                    f"--size {size!r}: give a side (128), WxH (500x375), a comma list of them, or "
+                    f"{' / '.join(SIZE_SHORTHANDS)}; {item!r} is none of these."
+                )
+            sizes.append((int(parts[0]), int(parts[1])))
+        sizes = tuple(sizes)
+    bad = [f"{w}x{h}" for w, h in sizes if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE)]
+    if bad:
+        raise DataError(f"--size {spec}: image sides must be {MIN_SIDE}..{MAX_SIDE} pixels ({', '.join(bad)}).")
+    return sizes
+
+
+def _size_of(sizes, index):
+    """(width, height) of image `index` of a split: `sizes` is an int (square) or cycled through."""
+    if isinstance(sizes, int):
+        return sizes, sizes
+    return sizes[index % len(sizes)]
 
 
 def resolve_classes(classes):
@@ -290,15 +354,16 @@ DEFAULT_SIZE_RANGE = (0.35, 0.6)
 GROUNDED = {"boat", "train", "bus"}
 
 
-def _background(rng, size):
+def _background(rng, width, height):
     top, bottom = rng.uniform(60, 200, 3), rng.uniform(60, 200, 3)
-    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
+    ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     image = top * (1 - ramp) + bottom * ramp
-    image = np.broadcast_to(image, (size, size, 3)).copy()
-    image += rng.normal(0, 6, (size, size, 3)).astype(np.float32)
+    image = np.broadcast_to(image, (height, width, 3)).copy()
+    image += rng.normal(0, 6, (height, width, 3)).astype(np.float32)
+    size = min(width, height)  # the scale of the clutter
     for _ in range(int(rng.integers(2, 6))):  # muted clutter that belongs to no class
         colour = tuple(float(c) for c in rng.uniform(70, 170, 3))
-        centre = (int(rng.integers(0, size)), int(rng.integers(0, size)))
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         if rng.random() < 0.5:
             cv2.circle(image, centre, int(rng.integers(size // 24 + 1, size // 8 + 2)), colour, -1)
         else:
@@ -308,26 +373,28 @@ def _background(rng, size):
 
 
 def _paint_water(rng, canvas, line):
-    size = canvas.shape[0]
-    band = _rect(canvas.shape, 0, line, size, size)
+    height, width = canvas.shape
+    size = min(width, height)
+    band = _rect(canvas.shape, 0, line, width, height)
     waves = _stripes(canvas.shape, _jitter_colour(rng, (40, 100, 190), 10), (90, 150, 220), max(2.0, size / 28), np.pi / 2 + 0.15, rng.uniform(0, 10))
     canvas.paint(band, waves, 0)
 
 
 def _paint_rails(rng, canvas, line):
-    size = canvas.shape[0]
-    bed = _rect(canvas.shape, 0, line - size * 0.02, size, line + size * 0.09)
+    width = canvas.shape[1]
+    size = min(canvas.shape)
+    bed = _rect(canvas.shape, 0, line - size * 0.02, width, line + size * 0.09)
     sleepers = _stripes(canvas.shape, (110, 80, 50), (150, 140, 125), max(2.0, size / 20), 0.0)
     canvas.paint(bed, sleepers, 0)
     for offset in (0.0, 0.06):
-        canvas.paint(_rect(canvas.shape, 0, line + size * offset, size, line + size * offset + max(1, size * 0.012)), _flat(canvas.shape, (60, 60, 66)), 0)
+        canvas.paint(_rect(canvas.shape, 0, line + size * offset, width, line + size * offset + max(1, size * 0.012)), _flat(canvas.shape, (60, 60, 66)), 0)
 
 
 def _paint_distractor(rng, canvas, kind):
     """A plain body of an under-activation class's colour, as background."""
-    size = canvas.shape[0]
-    s = size * rng.uniform(0.25, 0.5)
-    x, y = rng.uniform(-0.1, 0.9) * size, rng.uniform(0.0, 0.8) * size
+    height, width = canvas.shape
+    s = min(width, height) * rng.uniform(0.25, 0.5)
+    x, y = rng.uniform(-0.1, 0.9) * width, rng.uniform(0.0, 0.8) * height
     if kind == "aeroplane":
         mask = _ellipse(canvas.shape, (x, y), (s * 0.5, s * rng.uniform(0.09, 0.3)), rng.uniform(-20, 20))
         colour = (196, 198, 204)
@@ -337,43 +404,100 @@ def _paint_distractor(rng, canvas, kind):
     canvas.paint(mask, _flat(canvas.shape, _jitter_colour(rng, colour, 8)), 0)
 
 
-def render_sample(rng, size, class_names, void_border=1):
+def _generic_drawer(class_index):
+    """A drawer for a class without one of its own: a simple shape, colour and texture that
+    depend only on `class_index`, so each class looks alike across images and unlike the others."""
+    hue = (class_index * 0.618034) % 1.0
+    base = tuple(255 * c for c in colorsys.hsv_to_rgb(hue, 0.55 + 0.4 * ((class_index * 7) % 5) / 4, 0.75 + 0.2 * (class_index % 3) / 2))
+    second = tuple(255 * c for c in colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.8, 0.35 + 0.3 * (class_index % 2)))
+    shape_kind = class_index % 7
+    texture_kind = (class_index // 7) % 4
+    angle = (class_index % 5) * np.pi / 5
+
+    def draw(rng, canvas, label, x, y, w, flip):
+        h, s = canvas.shape, w * 0.8
+        if shape_kind == 0:  # round
+            mask = _ellipse(h, (x + s * 0.5, y + s * 0.4), (s * 0.4, s * 0.4))
+        elif shape_kind == 1:  # flat box
+            mask = _rect(h, x, y + s * 0.2, x + s, y + s * 0.65)
+        elif shape_kind == 2:  # upright box
+            mask = _rect(h, x + s * 0.25, y, x + s * 0.65, y + s * 1.1)
+        elif shape_kind == 3:  # triangle
+            mask = _poly(h, [(x + s * 0.5, y), (x + s, y + s * 0.85), (x, y + s * 0.85)])
+        elif shape_kind == 4:  # diamond
+            mask = _poly(h, [(x + s * 0.5, y), (x + s * 0.9, y + s * 0.45), (x + s * 0.5, y + s * 0.9), (x + s * 0.1, y + s * 0.45)])
+        elif shape_kind == 5:  # plus
+            mask = _rect(h, x + s * 0.35, y, x + s * 0.65, y + s) | _rect(h, x, y + s * 0.35, x + s, y + s * 0.65)
+        else:  # long ellipse
+            mask = _ellipse(h, (x + s * 0.5, y + s * 0.35), (s * 0.55, s * 0.18), -20.0 if flip else 20.0)
+        colour = _jitter_colour(rng, base, 10)
+        if texture_kind == 0:
+            texture = _flat(h, colour)
+        elif texture_kind == 1:
+            texture = _stripes(h, colour, second, max(2.0, s * 0.07), angle)
+        elif texture_kind == 2:
+            texture = _dots(h, colour, second, max(3.0, s * 0.08), max(1.0, s * 0.02))
+        else:
+            texture = _spots(rng, h, colour, second, 10, max(1.5, s * 0.05))
+        canvas.paint(mask, texture, label)
+        return mask
+
+    return draw
+
+
+def render_sample(rng, size, class_names, void_border=1, counts=None, kinds=None):
     """Draw one image.
+
+    Args:
+        size: the side of a square image, or (width, height).
+        class_names: the classes to draw from (without background); label k is class_names[k - 1].
+        void_border: width of the 255 band along class boundaries (0: none).
+        counts: optional (choices, probabilities) for the number of objects; default 1..3.
+        kinds: optional {class name: catalog name} for classes drawn by a catalog drawer under
+            another name; classes neither in the catalog nor in `kinds` get a generic drawer.
 
     Returns:
         (image uint8 HxWx3, label map uint8 HxW, objects [(name, (xmin, ymin, xmax, ymax))], context dict).
     """
-    count = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
+    width, height = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    side = min(width, height)  # the scale of the objects and the context
+    kinds = kinds or {}
+    kind_of = {name: kinds.get(name, name) for name in class_names}
+    present_kinds = set(kind_of.values())
+    choices, probabilities = counts or ([1, 2, 3], [0.45, 0.35, 0.2])
+    count = int(rng.choice(choices, p=probabilities))
     chosen = [str(name) for name in rng.choice(class_names, size=count, replace=count > len(class_names))]
-    label_map = np.zeros((size, size), np.uint8)
-    canvas = _Canvas(_background(rng, size), label_map)
+    chosen_kinds = {kind_of[name] for name in chosen}
+    label_map = np.zeros((height, width), np.uint8)
+    canvas = _Canvas(_background(rng, width, height), label_map)
     context = {}
     for kind in ("aeroplane", "bus"):
-        if kind in class_names and rng.random() < DISTRACTOR_RATE:
+        if kind in present_kinds and rng.random() < DISTRACTOR_RATE:
             _paint_distractor(rng, canvas, kind)
             context[f"{kind}_distractor"] = True
-    ground = size * rng.uniform(0.55, 0.75)
+    ground = height * rng.uniform(0.55, 0.75)
     for context_kind, owner in (("water", "boat"), ("rails", "train")):
-        if owner not in class_names:
+        if owner not in present_kinds:
             continue
-        rate = CONTEXT_WITH_CLASS if owner in chosen else CONTEXT_WITHOUT_CLASS
+        rate = CONTEXT_WITH_CLASS if owner in chosen_kinds else CONTEXT_WITHOUT_CLASS
         if rng.random() < rate:
             (_paint_water if context_kind == "water" else _paint_rails)(rng, canvas, ground)
             context[context_kind] = True
     objects = []
     index_of = {name: position + 1 for position, name in enumerate(class_names)}
     for name in chosen:
-        low, high = SIZE_RANGE.get(name, DEFAULT_SIZE_RANGE)
-        width = size * rng.uniform(low, high)
-        x = rng.uniform(-0.1 * width, size - 0.9 * width)
-        y = rng.uniform(0.02 * size, max(0.03 * size, size * 0.85 - width * 0.5))
+        kind = kind_of[name]
+        low, high = SIZE_RANGE.get(kind, DEFAULT_SIZE_RANGE)
+        object_width = side * rng.uniform(low, high)
+        x = rng.uniform(-0.1 * object_width, width - 0.9 * object_width)
+        y = rng.uniform(0.02 * height, max(0.03 * height, height * 0.85 - object_width * 0.5))
         flip = bool(rng.random() < 0.5)
-        drawer = DRAWERS[name]
-        grounded = name in GROUNDED and (context.get("water") if name == "boat" else context.get("rails") if name == "train" else True)
-        if name in GROUNDED:
-            mask = drawer(rng, canvas, index_of[name], x, y, width, flip, ground=ground if grounded else None)
+        drawer = DRAWERS.get(kind) or _generic_drawer(index_of[name])
+        grounded = kind in GROUNDED and (context.get("water") if kind == "boat" else context.get("rails") if kind == "train" else True)
+        if kind in GROUNDED:
+            mask = drawer(rng, canvas, index_of[name], x, y, object_width, flip, ground=ground if grounded else None)
         else:
-            mask = drawer(rng, canvas, index_of[name], x, y, width, flip)
+            mask = drawer(rng, canvas, index_of[name], x, y, object_width, flip)
         visible = mask & (label_map == index_of[name])
         if visible.any():
             ys, xs = np.nonzero(visible)
@@ -398,12 +522,12 @@ def _add_void_border(label_map, width):
     return out
 
 
-def _annotation_xml(name, size, objects):
+def _annotation_xml(name, width, height, objects):
     root = ElementTree.Element("annotation")
     ElementTree.SubElement(root, "folder").text = "SYNTH"
     ElementTree.SubElement(root, "filename").text = f"{name}.jpg"
     size_node = ElementTree.SubElement(root, "size")
-    for tag, value in (("width", size), ("height", size), ("depth", 3)):
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
         ElementTree.SubElement(size_node, tag).text = str(value)
     ElementTree.SubElement(root, "segmented").text = "1"
     for class_name, (x0, y0, x1, y1) in objects:
@@ -419,18 +543,22 @@ def _annotation_xml(name, size, objects):
     return ElementTree.tostring(root, encoding="unicode")
 
 
-def generate(out, classes=DEFAULT_CLASSES, size=128, n_train=600, n_val=150, seed=0, overwrite=False, progress=None):
-    """Write a synthetic dataset in the VOC layout under `out`.
+def generate(out, classes=None, size=128, n_train=600, n_val=150, seed=0, overwrite=False, progress=None, layout="voc"):
+    """Write a synthetic dataset in the VOC layout (or COCO's) under `out`.
 
     Args:
         out: folder to create (it must be empty or absent, unless `overwrite`).
         classes: a class count (the first N of the catalog; the default 6 include all four
-            trap classes) or a comma-separated list of catalog names.
-        size: image side in pixels (square images).
+            trap classes) or a comma-separated list of catalog names. VOC layout only: the
+            COCO layout always has COCO's 80 classes.
+        size: image side in pixels (square images), or (see `parse_sizes`) "WxH", a comma list
+            of sizes that the images of each split cycle through, or "voc" / "coco".
         n_train, n_val: number of training and validation images.
         seed: the seed; the same arguments always give the same files.
         overwrite: replace an existing non-empty folder.
         progress: optional callable(done, total).
+        layout: "voc" (splits train, train_aug, val) or "coco" (train2014, val2014, with
+            instances JSONs as `wsss_keras.data.coco` reads them).
 
     Returns:
         a dict of what was written (also saved as `synthetic.json`).
@@ -441,15 +569,20 @@ def generate(out, classes=DEFAULT_CLASSES, size=128, n_train=600, n_val=150, see
     >>> info["splits"]["train"]
     8
     """
-    class_names = resolve_classes(classes)
-    if size < 32:
-        raise DataError(f"--size {size}: images must be at least 32 pixels wide.")
+    if layout not in ("voc", "coco"):
+        raise DataError(f"--layout {layout!r}: choose voc or coco.")
+    if layout == "coco" and classes is not None:
+        raise DataError("--classes: the COCO layout always has COCO's 80 classes; leave --classes out.")
+    class_names = resolve_classes(DEFAULT_CLASSES if classes is None else classes) if layout == "voc" else COCO_CLASSES[1:]
+    sizes = parse_sizes(size)
     if n_train < 1 or n_val < 1:
         raise DataError(f"--n-train {n_train} / --n-val {n_val}: each split needs at least one image.")
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
             raise DataError(f"{out}: folder exists and is not empty; choose another folder or pass --overwrite.")
         shutil.rmtree(out)
+    if layout == "coco":
+        return _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress)
     for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "Annotations", "ImageSets/Segmentation"):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     all_names = ("background",) + tuple(class_names)
@@ -460,12 +593,13 @@ def generate(out, classes=DEFAULT_CLASSES, size=128, n_train=600, n_val=150, see
     for split_id, (split, names) in enumerate(splits.items()):
         for index, name in enumerate(names):
             rng = np.random.default_rng([seed, split_id, index])
-            image, label_map, objects, context = render_sample(rng, size, class_names)
+            width, height = _size_of(sizes, index)
+            image, label_map, objects, context = render_sample(rng, (width, height), class_names)
             write_image(os.path.join(out, "JPEGImages", f"{name}.jpg"), image, quality=92)
             for folder in ("SegmentationClass", "SegmentationClassAug"):
                 write_label_map(os.path.join(out, folder, f"{name}.png"), label_map)
             with open(os.path.join(out, "Annotations", f"{name}.xml"), "w", encoding="utf-8") as handle:
-                handle.write(_annotation_xml(name, size, objects))
+                handle.write(_annotation_xml(name, width, height, objects))
             vector = np.zeros(len(class_names), np.float32)
             for class_name, _ in objects:
                 vector[class_names.index(class_name)] = 1.0
@@ -483,13 +617,93 @@ def generate(out, classes=DEFAULT_CLASSES, size=128, n_train=600, n_val=150, see
         "generator": "wsss_keras.data.synthetic",
         "version": GENERATOR_VERSION,
         "seed": seed,
-        "size": size,
+        "size": _size_info(sizes),
         "classes": list(all_names),
         "splits": {name: len(ids) for name, ids in lists.items()},
         "traps": {name: kind for name, kind in TRAP_CLASSES.items() if name in class_names},
         "context_rates": {"with_class": CONTEXT_WITH_CLASS, "without_class": CONTEXT_WITHOUT_CLASS, "distractor": DISTRACTOR_RATE},
         "context_counts": context_counts,
         "note": "train_aug lists the same images as train: the synthetic data has no separate augmented set.",
+    }
+    with open(os.path.join(out, "synthetic.json"), "w", encoding="utf-8") as handle:
+        json.dump(info, handle, indent=2)
+    return info
+
+
+def _size_info(sizes):
+    """`sizes` for synthetic.json: the int side of square images, else ["WxH", ...]."""
+    return sizes if isinstance(sizes, int) else [f"{w}x{h}" for w, h in sizes]
+
+
+# Objects per COCO image: COCO images hold about 2.9 categories on average, VOC's about 1.5.
+COCO_OBJECT_COUNTS = ([1, 2, 3, 4, 5], [0.15, 0.3, 0.25, 0.18, 0.12])
+COCO_SPLITS = ("train2014", "val2014")
+
+
+def _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress):
+    """The COCO 2014 layout of `wsss_keras.data.coco`: JPEGImages/<split>/COCO_<split>_<id>.jpg,
+    SegmentationClass/<split>/<stem>.png (0 background, 1..80, no ignore band, as
+    `instances_to_label_maps` writes them), annotations/instances_<split>.json (one RLE
+    annotation per class present, exactly its region of the label map) and cls_labels.npy."""
+    from pycocotools import mask as mask_utils
+
+    for split in COCO_SPLITS:
+        for folder in ("JPEGImages", "SegmentationClass"):
+            os.makedirs(os.path.join(out, folder, split), exist_ok=True)
+    os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
+    categories = [
+        {"id": int(category), "name": name, "supercategory": "synthetic"} for category, name in zip(COCO_CATEGORY_IDS, class_names)
+    ]
+    cls_labels, context_counts, total, done = {}, {}, n_train + n_val, 0
+    image_id, annotation_id = 0, 0
+    for split_id, (split, count) in enumerate(zip(COCO_SPLITS, (n_train, n_val))):
+        images, annotations = [], []
+        for index in range(count):
+            rng = np.random.default_rng([seed, split_id, index])
+            width, height = _size_of(sizes, index)
+            image, label_map, _, context = render_sample(
+                rng, (width, height), class_names, void_border=0, counts=COCO_OBJECT_COUNTS, kinds=COCO_KINDS
+            )
+            image_id += 1
+            stem = f"COCO_{split}_{image_id:012d}"
+            write_image(os.path.join(out, "JPEGImages", split, f"{stem}.jpg"), image, quality=92)
+            write_label_map(os.path.join(out, "SegmentationClass", split, f"{stem}.png"), label_map)
+            images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": width, "height": height})
+            vector = np.zeros(len(class_names), np.float32)
+            for value in np.unique(label_map):
+                if value == 0:
+                    continue
+                rle = mask_utils.encode(np.asfortranarray(label_map == value, dtype=np.uint8))
+                annotation_id += 1
+                annotations.append({
+                    "id": annotation_id, "image_id": image_id, "category_id": int(COCO_CATEGORY_IDS[value - 1]),
+                    "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+                    "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0,
+                })  # fmt: skip
+                vector[value - 1] = 1.0
+            cls_labels[stem] = vector
+            _count_context(context_counts, split, vector, class_names, context)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        instances = {
+            "info": {"description": f"wsss_keras synthetic COCO-layout data, seed {seed}", "version": str(GENERATOR_VERSION)},
+            "licenses": [], "images": images, "annotations": annotations, "categories": categories,
+        }  # fmt: skip
+        with open(os.path.join(out, "annotations", f"instances_{split}.json"), "w", encoding="utf-8") as handle:
+            json.dump(instances, handle)
+    np.save(os.path.join(out, "cls_labels.npy"), cls_labels)
+    info = {
+        "generator": "wsss_keras.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "layout": "coco",
+        "seed": seed,
+        "size": _size_info(sizes),
+        "classes": list(COCO_CLASSES),
+        "splits": {"train2014": n_train, "val2014": n_val},
+        "traps": {name: TRAP_CLASSES[COCO_KINDS.get(name, name)] for name in class_names if COCO_KINDS.get(name, name) in TRAP_CLASSES},
+        "context_counts": context_counts,
+        "note": "COCO 2014 layout: JPEGImages/<split>/, SegmentationClass/<split>/, annotations/instances_<split>.json.",
     }
     with open(os.path.join(out, "synthetic.json"), "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=2)
