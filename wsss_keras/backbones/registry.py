@@ -9,6 +9,7 @@ Example:
 ```python
 from wsss_keras.backbones import registry
 backbone = registry.load_pretrained("resnet50-19c8e357.pth", "resnet50", output_stride=16)
+untrained = registry.load_pretrained(registry.RANDOM_WEIGHTS, "resnet50")  # `--weights random`
 fmt, tensors = registry.read_tensor_shapes("resnet50-19c8e357.pth")
 registry.guess_arch(tensors)  # (["resnet50"], "torchvision/timm ResNet, blocks 3-4-6-3, width 64")
 ```
@@ -44,6 +45,22 @@ RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
 VIT_SHAPES = {(768, 12): ["vit_b16", "deit_b16", "dino_vitb16"], (384, 12): ["vit_s16", "deit_s16", "dino_vits16"]}
 
 
+# `--weights random`: every backbone of the run is built untrained (randomly initialised) instead
+# of loaded, so a full-size smoke run needs no checkpoint. Defined here, below every pipeline,
+# so each place that loads pretrained weights compares against the same word.
+RANDOM_WEIGHTS = "random"
+
+
+def is_random(weights):
+    """True for the `--weights random` sentinel (`RANDOM_WEIGHTS`)."""
+    return isinstance(weights, str) and weights == RANDOM_WEIGHTS
+
+
+def weights_origin(weights):
+    """How a printed line names where weights came from: the path, or "random (untrained)"."""
+    return "random (untrained)" if is_random(weights) else str(weights)
+
+
 class UnknownArchError(WSSSError):
     """An arch name that no backbone family provides."""
 
@@ -68,8 +85,44 @@ def family(arch):
 
 
 def load_pretrained(source, arch, **kwargs):
-    """Build `arch` and load the local checkpoint `source` into it strictly (format detected)."""
+    """Build `arch` and load the local checkpoint `source` into it strictly (format detected);
+    `source` = `RANDOM_WEIGHTS` builds it untrained (`build_untrained`)."""
+    if is_random(source):
+        return build_untrained(arch, **kwargs)
     return family(arch).load_pretrained(source, arch, **kwargs)
+
+
+def build_untrained(arch, family_name=None, **kwargs):
+    """Build `arch` randomly initialised, with the same kwargs `load_pretrained` takes.
+
+    Args:
+        arch: a known arch name, or (with `family_name`) a dict of the family's constructor
+            kwargs, as the ViT and CLIP loaders accept.
+        family_name: "resnet", "vit" or "clip"; default: the family of the arch name.
+        **kwargs: the family's overrides (ResNet arguments; `ViTEncoder` overrides; CLIP's
+            `image=dict(...)` / `text=dict(...)`).
+    """
+    if family_name is None:
+        family_name = family(arch).__name__.rsplit(".", 1)[-1]
+    if family_name == "resnet":
+        from wsss_keras.backbones import resnet
+
+        return resnet.build(arch, **kwargs)
+    if family_name == "vit":
+        from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
+        from wsss_keras.backbones.vit.vit_weights import resolve_arch
+
+        encoder = ViTEncoder(**resolve_arch(arch, **kwargs))
+        encoder.build((None, None, None, encoder.image_channels))  # as a loaded one is: weights exist
+        return encoder
+    if family_name == "clip":
+        from wsss_keras.backbones.clip.clip_model import CLIP
+        from wsss_keras.backbones.clip.clip_weights import resolve_arch
+
+        model = CLIP(**resolve_arch(arch, **kwargs))
+        model.build(None)
+        return model
+    raise UnknownArchError(f"No untrained build for backbone family {family_name!r}; known: resnet, vit, clip.")
 
 
 def read_tensor_shapes(source):

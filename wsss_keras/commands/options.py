@@ -1,6 +1,7 @@
 """Click options shared by several commands."""
 
 import functools
+import os
 
 import click
 
@@ -19,6 +20,42 @@ class ErrorReportingGroup(click.Group):
             exception = click.ClickException(str(error))
             exception.exit_code = getattr(error, "exit_code", 1)
             raise exception from None
+
+
+class WeightsParam(click.ParamType):
+    """`--weights`: an existing local checkpoint (file or folder), or the word `random`
+    (`wsss_keras.backbones.registry.RANDOM_WEIGHTS`) for untrained backbones, so a smoke run of a
+    paper recipe needs no checkpoint. A file that happens to be called `random` is `./random`."""
+
+    name = "path|random"
+
+    def get_metavar(self, param, ctx=None):
+        return "PATH|random"
+
+    def convert(self, value, param, ctx):
+        from wsss_keras.backbones.registry import RANDOM_WEIGHTS
+
+        if value is None or not isinstance(value, str):
+            return value
+        if value == RANDOM_WEIGHTS:
+            return RANDOM_WEIGHTS
+        if not value:
+            self.fail("give a local checkpoint (file or folder) or the word 'random' (untrained backbones).", param, ctx)
+        if not os.path.exists(value):
+            self.fail(
+                f"{value!r}: no such file or folder. Give a local checkpoint (timm/HF safetensors, .pth, keras-hub "
+                f"preset), or '{RANDOM_WEIGHTS}' to build every backbone untrained (smoke runs).", param, ctx,
+            )
+        return value
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        items = [CompletionItem(incomplete, type="file")]
+        return ([CompletionItem("random")] if "random".startswith(incomplete) else []) + items
+
+
+WEIGHTS = WeightsParam()
 
 
 def training_flags(function):

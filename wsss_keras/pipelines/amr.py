@@ -12,11 +12,13 @@ Backbones come from `[model]` (`arch`, `backbone` = ResNet arguments, `weights`,
 over AMR's defaults (output stride 16 without dilation, IRN's FixedBatchNorm, frozen stem;
 spec methods/amr.md §2.2). Without pretrained weights, `[amr] init_compensation =
 "cam_network"` starts the compensation backbone from the stage-A network: the CPU recipes'
-stand-in for the ImageNet initialisation of the paper.
+stand-in for the ImageNet initialisation of the paper. `--weights random` builds every ResNet
+untrained and counts as pretrained weights for that choice: the recipe's own code path runs.
 """
 
 import os
 
+from wsss_keras.backbones.registry import is_random, weights_origin
 from wsss_keras.pipelines.cam_backbone import build_backbone
 from wsss_keras.pipelines.fitting import (
     MODEL_FILE,
@@ -69,6 +71,8 @@ def train_cam_network(recipe, data_dir, out_dir, weights=None, steps=None, echo=
     keras.utils.set_random_seed(int(settings.get("seed", section(recipe, "train").get("seed", 0))))
     dataset = open_split(data_dir, settings.get("split", "train"))
     loader = classification_loader(recipe, "cam_network", dataset, cutout_default=3)
+    if is_random(weights):
+        echo(f"[train-cam] backbone: {weights_origin(weights)}")
     try:
         model = CamNetwork(
             build_backbone(recipe, "cam_network", weights, name="cam_backbone"), dataset.num_classes - 1, class_names=dataset.class_names,
@@ -109,6 +113,11 @@ def train_amr(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     dataset = open_split(data_dir, settings.get("split", "train"))
     loader = classification_loader(recipe, "train", dataset)
     compensation = build_backbone(recipe, "amr", weights, name="compensation_backbone")
+    if is_random(weights):
+        echo(f"[train] compensation backbone: {weights_origin(weights)}")
+    # `--weights random` (RANDOM_WEIGHTS, truthy) counts as weights here: the compensation backbone
+    # keeps its own (untrained) initialisation as a pretrained one would, so a smoke run of the
+    # paper recipe takes the paper's code path instead of the CPU recipes' init_compensation.
     if not (weights or section(recipe, "model").get("weights")):
         init_backbone_from(recipe, "amr", knobs.get("init_compensation"), out_dir, compensation, echo, stage="train")
     try:

@@ -15,7 +15,8 @@ def build_backbone(recipe, table, weights=None, name=None):
 
     A ResNet arch gets AMR's defaults (`AMR_BACKBONE`); a ViT arch (`vit_b16`, `deit_s16`, ...;
     spec §7, an option) takes `backbone` as `ViTEncoder` overrides, and its CAMs are the patch
-    grid's.
+    grid's. `weights` = `registry.RANDOM_WEIGHTS` (`--weights random`) builds the arch untrained,
+    over the recipe's `[model] weights` too.
     """
     from wsss_keras.backbones import registry, resnet
 
@@ -26,7 +27,8 @@ def build_backbone(recipe, table, weights=None, name=None):
     try:
         if arch in resnet.ARCHS:
             kwargs = {**AMR_BACKBONE, **overrides, "name": name}
-            return resnet.load_pretrained(weights, arch, **kwargs) if weights else resnet.build(arch, **kwargs)
+            # registry.load_pretrained builds the arch untrained for RANDOM_WEIGHTS.
+            return registry.load_pretrained(weights, arch, **kwargs) if weights else resnet.build(arch, **kwargs)
         if weights:
             return registry.load_pretrained(weights, arch, name=name, **overrides)
         from wsss_keras.backbones.vit.vit_encoder import ViTEncoder

@@ -38,8 +38,9 @@ IRN_BACKBONE = {"output_stride": 16, "dilation": "none", "frozen_batchnorm": "st
 
 
 def build_irn(recipe, dataset, weights=None):
-    """The untrained IRNet of the recipe's `[irn]` table (backbone from local weights when given)."""
-    from wsss_keras.backbones import resnet
+    """The untrained IRNet of the recipe's `[irn]` table (backbone from local weights when given;
+    `registry.RANDOM_WEIGHTS` builds it untrained, over the recipe's `[irn] weights` too)."""
+    from wsss_keras.backbones import registry, resnet
     from wsss_keras.methods.irn import IRNet
 
     settings = section(recipe, "irn")
@@ -47,7 +48,7 @@ def build_irn(recipe, dataset, weights=None):
     backbone_kwargs = {**IRN_BACKBONE, **dict(settings.get("backbone", {}))}
     weights = weights or settings.get("weights")
     try:
-        backbone = resnet.load_pretrained(weights, arch, **backbone_kwargs) if weights else resnet.build(arch, **backbone_kwargs)
+        backbone = registry.load_pretrained(weights, arch, **backbone_kwargs) if weights else resnet.build(arch, **backbone_kwargs)
         return IRNet(
             backbone, radius=int(settings.get("radius", 10)), class_names=dataset.class_names,
             recipe={"recipe": {k: v for k, v in recipe["recipe"].items() if k != "path"}, "irn": settings},
@@ -64,10 +65,13 @@ def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=Non
         weights: a local ImageNet ResNet checkpoint for the (frozen) backbone; overrides the
             recipe's `[irn] weights`. Without one, `[irn] init_backbone` may name a network of the
             run folder ("cam_network") to start from, the CPU recipes' stand-in for ImageNet.
+            "random" (`registry.RANDOM_WEIGHTS`): an untrained backbone, and, as with a
+            checkpoint, no `init_backbone` (the recipe's own code path).
         steps: override the recipe's number of steps (smoke runs).
     """
     import keras
 
+    from wsss_keras.backbones import registry
     from wsss_keras.data.layouts import open_split
     from wsss_keras.pipelines.fitting import fit_steps, make_optimizer
     from wsss_keras.pipelines.segmentation import init_backbone_from, label_map_loader
@@ -81,7 +85,9 @@ def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=Non
     dataset = dataset.with_label_maps_from(label_dir, "IR labels", made_by="the IR-label stage (wsss irn labels)")
     loader = label_map_loader(settings, dataset, seed, crop_size=512, batch_size=16)
     model = build_irn(recipe, dataset, weights)
-    if not weights:
+    if registry.is_random(weights):
+        echo(f"[train-irn] backbone: {registry.weights_origin(weights)}")
+    if not weights:  # RANDOM_WEIGHTS counts as weights: the recipe's path with a checkpoint
         init_backbone_from(recipe, "irn", settings.get("init_backbone"), out_dir, model.backbone, echo, stage="train-irn")
     model.compile(optimizer=make_optimizer(recipe, "irn", steps, model, defaults=IRN_DEFAULTS))
     return fit_steps(

@@ -26,15 +26,18 @@ SEGMENTATION_DEFAULTS = {
 
 
 def build_segmenter(recipe, dataset, weights=None):
-    """The untrained `DeepLabV2` of the recipe's `[segmentation]` table for `dataset`'s classes."""
+    """The untrained `DeepLabV2` of the recipe's `[segmentation]` table for `dataset`'s classes;
+    `weights` = `registry.RANDOM_WEIGHTS` leaves its backbone untrained, over `[segmentation] weights`."""
+    from wsss_keras.backbones.registry import is_random
     from wsss_keras.methods.segmenter import build_deeplab_v2
 
     settings = section(recipe, "segmentation")
+    weights = weights or settings.get("weights")
     try:
         return build_deeplab_v2(
             dataset.num_classes,
             arch=settings.get("arch", "resnet101"),
-            weights=weights or settings.get("weights"),
+            weights=None if is_random(weights) else weights,
             backbone_kwargs=dict(settings.get("backbone", {})),
             msc_scales=tuple(settings.get("msc_scales", (0.5, 0.75))),
             loss_resolution=settings.get("loss_resolution", "logits"),
@@ -107,11 +110,14 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
         data_dir: the dataset folder (images and image-level labels), or `wsss run`'s `DatasetFolder`.
         out_dir: the run folder (`segmenter.keras`, `segmenter_log.csv` go there).
         label_dir: the pseudo-labels (`<name>.png`); default `out_dir/pseudo_labels`.
-        weights: a local ImageNet ResNet checkpoint for the backbone (overrides the recipe's).
+        weights: a local ImageNet ResNet checkpoint for the backbone (overrides the recipe's);
+            "random" (`registry.RANDOM_WEIGHTS`): untrained, and, as with a checkpoint, no
+            `init_backbone` (the recipe's own code path).
         steps: override the recipe's number of steps (smoke runs).
     """
     import keras
 
+    from wsss_keras.backbones.registry import is_random, weights_origin
     from wsss_keras.data.layouts import open_split
     from wsss_keras.pipelines.fitting import fit_steps, make_optimizer
 
@@ -124,7 +130,9 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     dataset = dataset.with_label_maps_from(label_dir, "pseudo-labels", made_by="the pseudo-label stage (wsss irn walk)")
     loader = label_map_loader(settings, dataset, seed, crop_size=321, batch_size=10)
     model = build_segmenter(recipe, dataset, weights)
-    if not (weights or settings.get("weights")):
+    if is_random(weights):
+        echo(f"[train-seg] backbone: {weights_origin(weights)}")
+    if not (weights or settings.get("weights")):  # RANDOM_WEIGHTS counts as weights, as in AMR
         init_backbone_from(recipe, "segmentation", settings.get("init_backbone"), out_dir, model.backbone, echo)
     model.compile(optimizer=make_optimizer(recipe, "segmentation", steps, model, defaults=SEGMENTATION_DEFAULTS))
     return fit_steps(

@@ -13,7 +13,8 @@ decoder_learning_rate` 5e-4, betas 0.5/0.999, poly 0.9), in one `GroupedSGDWithA
 The perceptual loss network is VGG-19 with torchvision's ImageNet weights, read from the local
 file `[ssc] loss_network_weights` (`vgg19-dcbb9e9d.pth`). CPU recipes without it set
 `random_loss_network = true`: a narrow VGG-19 with frozen random weights, which still measures
-local image structure but is not the paper's loss network (the recipe says so).
+local image structure but is not the paper's loss network (the recipe says so). `--weights
+random` builds the recipe's VGG-19 (at its own width) untrained the same way, file or not.
 """
 
 import os
@@ -57,12 +58,18 @@ def he_initialise(network):
                 layer.bias.assign(np.zeros(layer.bias.shape, "float32"))
 
 
-def loss_network_source(recipe):
+def loss_network_source(recipe, weights=None):
     """The local VGG-19 file of `[ssc] loss_network_weights`, or None for a random network
-    (`random_loss_network = true`, or no reconstruction); checked before anything is built."""
+    (`random_loss_network = true`, or no reconstruction), or `registry.RANDOM_WEIGHTS` when the
+    run's `weights` is (`--weights random`: untrained, the file need not exist); checked before
+    anything is built."""
+    from wsss_keras.backbones.registry import RANDOM_WEIGHTS, is_random
+
     knobs = section(recipe, "ssc")
     if not float(knobs.get("reconstruction_weight", 1.0)):
         return None
+    if is_random(weights):
+        return RANDOM_WEIGHTS
     path = knobs.get("loss_network_weights")
     if path:
         if not os.path.isfile(path):
@@ -78,12 +85,17 @@ def loss_network_source(recipe):
 
 def load_loss_network(model, path, echo=print):
     """Load the torchvision VGG-19 at `path` into the perceptual loss, or He-initialise a random
-    one (`path` None)."""
+    one (`path` None, or `registry.RANDOM_WEIGHTS`)."""
+    from wsss_keras.backbones.registry import is_random, weights_origin
     from wsss_keras.backbones.vgg import load_torchvision_vgg19
 
     if model.perceptual is None:
         return
-    if path:
+    if is_random(path):
+        he_initialise(model.perceptual.network)
+        echo(f"[train] perceptual loss network: VGG-19 at width {model.loss_network_width}, "
+             f"{weights_origin(path)} frozen weights")
+    elif path:
         load_torchvision_vgg19(model.perceptual.network, path)
         echo(f"[train] perceptual loss network: VGG-19 from {path}")
     else:
@@ -99,6 +111,7 @@ def train_ssc(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     """
     import keras
 
+    from wsss_keras.backbones.registry import is_random, weights_origin
     from wsss_keras.data.layouts import open_split
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import CamTrainTransform
@@ -115,7 +128,7 @@ def train_ssc(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     settings = section(recipe, "train")
     knobs = section(recipe, "ssc")
     steps = int(steps or settings.get("steps", default_steps("ssc", "train")))
-    vgg_path = loss_network_source(recipe)
+    vgg_path = loss_network_source(recipe, weights)
     seed = int(settings.get("seed", 0))
     keras.utils.set_random_seed(seed)
     dataset = open_split(data_dir, settings.get("split", "train"))
@@ -130,6 +143,8 @@ def train_ssc(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         item_maps=item_maps, workers=int(settings.get("workers", 1)),
     )
     backbone = build_backbone(recipe, "ssc", weights, name="ssc_backbone")
+    if is_random(weights):
+        echo(f"[train] backbone: {weights_origin(weights)}")
     try:
         model = SSC(
             backbone, dataset.num_classes - 1, self_modulation_start=self_modulation_start(recipe, steps),

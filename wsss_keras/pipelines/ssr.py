@@ -6,7 +6,8 @@
 - `region_cache` / `region_maps`: the colour regions (made in the shared `superpixels` stage,
   `wsss_keras.pipelines.superpixels.make_regions`) as SSR reads them.
 - `load_dino`: the frozen DINO ViT-S/16 of `[dino] weights` (a local
-  `dino_deitsmall16_pretrain.pth`); without one, SGC's affinity is CLIP's alone.
+  `dino_deitsmall16_pretrain.pth`); without one, SGC's affinity is CLIP's alone. With
+  `--weights random` it is built untrained instead (when the recipe has `[dino] weights`).
 - `prototype_refresh`: CMPA's image prototypes, rebuilt every `prototype_refresh` steps
   (`[ssr] prototype_bank`): "epoch", at the start too, from a no-grad pass over every training
   batch of the current epoch (the paper's whole training set); "recent", from the loss
@@ -46,20 +47,31 @@ def region_maps(recipe, out_dir, dataset, model):
     return lambda index: {"regions": cache.load(dataset.names[index])}
 
 
-def load_dino(recipe, echo=print):
-    """The frozen DINO of `[dino] weights` (arch `dino_vits16` by default), or None."""
+def load_dino(recipe, echo=print, weights=None):
+    """The frozen DINO of `[dino] weights` (arch `dino_vits16` by default), or None.
+
+    `weights` is the run's `--weights`: only `registry.RANDOM_WEIGHTS` matters here (a path is
+    CLIP's), and builds the recipe's DINO untrained instead of reading its file; a recipe
+    without `[dino] weights` still runs without DINO.
+    """
+    from wsss_keras.backbones import registry
+
     settings = section(recipe, "dino")
     path = settings.get("weights")
     if not path:
         echo("[train] no [dino] weights: the affinity is CLIP's attention alone")
         return None
+    arch = settings.get("arch", "dino_vits16")
+    if registry.is_random(weights):
+        echo(f"[train] DINO attention from {registry.weights_origin(weights)}")
+        return registry.build_untrained(arch, family_name="vit")
     if not os.path.isfile(path):
         raise recipe_error(recipe, f"[dino] weights = {path!r}: no such file (DINO's dino_deitsmall16_pretrain.pth).")
     from wsss_keras.backbones.vit.vit_weights import load_pretrained
 
     echo(f"[train] DINO attention from {path}")
     # A ViT arch name (dino_vits16) or a table of ViTEncoder arguments.
-    return load_pretrained(path, settings.get("arch", "dino_vits16"))
+    return load_pretrained(path, arch)
 
 
 def prototype_refresh(recipe, model, loader, echo=print):
@@ -132,10 +144,14 @@ class SSRPlugin(WeCLIPPlugin):
 
     options_table = "ssr"
 
+    def __init__(self, weights=None):
+        self.weights = weights  # the run's --weights; RANDOM_WEIGHTS reaches load_dino
+
     def build(self, recipe, out_dir, encoder, num_classes, common, echo=print):
         from wsss_keras.methods.ssr import SSR
 
-        return SSR(encoder, num_classes, dino=load_dino(recipe, echo), num_regions=region_bound(recipe, out_dir), **common)
+        dino = load_dino(recipe, echo, weights=self.weights)
+        return SSR(encoder, num_classes, dino=dino, num_regions=region_bound(recipe, out_dir), **common)
 
     def item_maps(self, recipe, out_dir, dataset, model):
         return region_maps(recipe, out_dir, dataset, model)
@@ -147,4 +163,4 @@ class SSRPlugin(WeCLIPPlugin):
 def train_ssr(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     """Train SSR's decoder on the frozen CLIP (`train_weclip` with `SSRPlugin`); returns the
     path of `model.keras`."""
-    return train_weclip(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo, plugin=SSRPlugin())
+    return train_weclip(recipe, data_dir, out_dir, weights=weights, steps=steps, echo=echo, plugin=SSRPlugin(weights))

@@ -17,7 +17,11 @@ from wsss_keras.step_counts import default_steps, default_warmup
 
 
 def build_encoder(model_settings, weights, stem, recipe):
-    """The ViT encoder: a backbone arch loaded from local weights, or an explicit encoder table."""
+    """The ViT encoder: a backbone arch loaded from local weights, or an explicit encoder table.
+
+    `weights` = `registry.RANDOM_WEIGHTS` (`--weights random`) builds the backbone arch untrained,
+    with the `[model] encoder` overrides applied as on a loaded one (smoke runs of a paper recipe).
+    """
     from wsss_keras.backbones import registry
     from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
 
@@ -30,6 +34,7 @@ def build_encoder(model_settings, weights, stem, recipe):
                 f"backbone {backbone!r} trains from pretrained weights: pass --weights PATH (a local timm/Hugging "
                 "Face/keras-hub checkpoint; see the recipe's notes) or set [model] weights.",
             )
+        # RANDOM_WEIGHTS: registry.load_pretrained builds the same arch untrained.
         return registry.load_pretrained(weights, backbone, **dict(model_settings.get("encoder", {})))
     encoder_settings = dict(model_settings.get("encoder", {}))
     if not encoder_settings:
@@ -83,6 +88,7 @@ def train_toco(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
     calls this with the recipe already through `with_steps`."""
     import keras
 
+    from wsss_keras.backbones.registry import is_random, weights_origin
     from wsss_keras.data.layouts import open_split
     from wsss_keras.data.loader import SegmentationLoader
     from wsss_keras.data.transforms import ToCoTrainTransform
@@ -106,6 +112,8 @@ def train_toco(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         workers=int(settings.get("workers", 1)),
     )
     model = build_model(recipe, dataset, weights, max_steps=steps)
+    if is_random(weights):
+        echo(f"[train] backbone {section(recipe, 'model').get('backbone')}: {weights_origin(weights)}")
     model.compile(optimizer=make_optimizer(recipe, "train", steps, model, defaults={"warmup_steps": default_warmup("toco", "train")}))
     return fit_steps(
         model, loader, steps, out_dir, MODEL_FILE, recipe, stage="train", echo=echo,

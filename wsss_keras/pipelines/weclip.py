@@ -6,7 +6,9 @@
   with `source = "openai"` nothing is trained (the stage says so).
 - `load_clip` gives the CLIP the method runs on and its class and background prompt
   embeddings: from `clip.keras`, or from a local OpenAI `ViT-B-16.pt` / Hugging Face folder /
-  keras-hub preset (`[clip] weights` or `--weights`) with OpenAI's BPE file (`[clip] tokenizer`).
+  keras-hub preset (`[clip] weights` or `--weights`) with OpenAI's BPE file (`[clip] tokenizer`);
+  `--weights random` builds that CLIP untrained (smoke runs), with `HashingTokenizer` when the
+  BPE file is absent.
 - `train_weclip` (stage `train`): WeCLIP on the frozen tower (`[model]`, `[weclip]`, `[train]`),
   saved as `model.keras`; a method built on the host (SSR, `wsss_keras.pipelines.ssr`) plugs
   into it through a `WeCLIPPlugin` (its model, the loader's item maps, its callbacks).
@@ -133,9 +135,49 @@ def class_prompt_names(recipe, class_names):
     return [str(name) for name in given]
 
 
+class HashingTokenizer:
+    """A stand-in for OpenAI's BPE when `--weights random` runs without `[clip] tokenizer`'s
+    file: each word (`word_tokenizer.split_words`) hashes (CRC-32) to an id in
+    1..vocabulary_size - 3, between CLIP's start (vocabulary_size - 2) and end (vocabulary_size - 1,
+    the largest, where the text tower pools) tokens, zero-padded to the context length. Ids are
+    valid for the tower and deterministic; the words mean nothing to an untrained CLIP anyway.
+
+    Example:
+    >>> ids = HashingTokenizer()(["a boat."])[0]  # start, "a", "boat", ".", end, padding
+    >>> ids.shape, int(ids[0]), int(ids[4]), int(ids[5]), bool(0 < ids[1:4].min() and ids[1:4].max() < 49406)
+    ((77,), 49406, 49407, 0, True)
+    """
+
+    def __init__(self, vocabulary_size=49408, context_length=77):
+        if int(vocabulary_size) < 4:
+            raise ValueError(f"HashingTokenizer: vocabulary_size {vocabulary_size} leaves no room for words.")
+        self.vocabulary_size = int(vocabulary_size)
+        self.context_length = int(context_length)
+        self.start_id = self.vocabulary_size - 2
+        self.end_id = self.vocabulary_size - 1
+
+    def encode(self, text):
+        """Word ids of one text, without start and end tokens."""
+        import zlib
+
+        from wsss_keras.backbones.clip.word_tokenizer import split_words
+
+        return [zlib.crc32(word.encode("utf-8")) % (self.vocabulary_size - 3) + 1 for word in split_words(text)]
+
+    def __call__(self, texts, truncate=False):
+        """Token ids `(len(texts), context_length)` int32."""
+        from wsss_keras.backbones.clip.clip_tokenizer import pack_token_ids
+
+        return pack_token_ids(texts, self.encode, self.start_id, self.end_id, self.context_length, truncate)
+
+
 def load_clip(recipe, out_dir, class_names, weights=None, echo=print):
     """(image encoder, class-prompt embeddings (C, E), background embeddings (M, E) or None,
-    the CLIP's own logit scale) for the recipe's CLIP."""
+    the CLIP's own logit scale) for the recipe's CLIP.
+
+    `weights` = `registry.RANDOM_WEIGHTS` (`--weights random`, over `[clip] weights`) builds the
+    recipe's CLIP arch untrained; its prompts are tokenized with `[clip] tokenizer` when that file
+    exists, else with `HashingTokenizer` (valid ids for CLIP's vocabulary and context)."""
     import keras
     from keras import ops
 
@@ -157,6 +199,7 @@ def load_clip(recipe, out_dir, class_names, weights=None, echo=print):
             tokenizer = WordTokenizer(**json.load(handle))
         source = path
     else:
+        from wsss_keras.backbones import registry
         from wsss_keras.backbones.clip import CLIPTokenizer, load_pretrained
 
         source = weights or settings.get("weights")
@@ -164,10 +207,20 @@ def load_clip(recipe, out_dir, class_names, weights=None, echo=print):
         if not source:
             raise recipe_error(recipe, "this recipe runs on OpenAI's CLIP ViT-B/16: pass --weights ViT-B-16.pt (or a Hugging Face "
                                "CLIP folder / keras-hub preset) or set [clip] weights.")
-        if not vocabulary or not os.path.isfile(vocabulary):
-            raise recipe_error(recipe, f"[clip] tokenizer = {vocabulary!r}: give the local bpe_simple_vocab_16e6.txt.gz of OpenAI's CLIP.")
-        clip = load_pretrained(source, settings.get("arch", "clip_vit_b16"))
-        tokenizer = CLIPTokenizer.from_bpe_file(vocabulary)
+        has_vocabulary = bool(vocabulary) and os.path.isfile(vocabulary)
+        if registry.is_random(source):
+            clip = registry.build_untrained(settings.get("arch", "clip_vit_b16"), family_name="clip")
+            if has_vocabulary:
+                tokenizer = CLIPTokenizer.from_bpe_file(vocabulary, context_length=clip.text_encoder.context_length)
+            else:
+                tokenizer = HashingTokenizer(clip.text_encoder.vocabulary_size, clip.text_encoder.context_length)
+            source = (f"{registry.weights_origin(source)} weights, tokenizer "
+                      f"{vocabulary if has_vocabulary else f'HashingTokenizer (no [clip] tokenizer file {vocabulary!r})'}")
+        else:
+            if not has_vocabulary:
+                raise recipe_error(recipe, f"[clip] tokenizer = {vocabulary!r}: give the local bpe_simple_vocab_16e6.txt.gz of OpenAI's CLIP.")
+            clip = load_pretrained(source, settings.get("arch", "clip_vit_b16"))
+            tokenizer = CLIPTokenizer.from_bpe_file(vocabulary)
     text = embed_class_prompts(clip, tokenizer, prompts, templates)
     back = embed_class_prompts(clip, tokenizer, background, templates) if background else None
     scale = float(np.exp(min(float(ops.convert_to_numpy(clip.logit_scale)), np.log(100.0))))
