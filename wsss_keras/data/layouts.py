@@ -7,6 +7,7 @@ or the code that chooses between them.
 import os
 
 from wsss_keras.data.coco import CocoDataset
+from wsss_keras.data.dataset import SegmentationDataset
 from wsss_keras.data.voc import VocDataset
 from wsss_keras.errors import DataError
 
@@ -27,17 +28,33 @@ class DatasetFolder:
     index (the split file, every image's labels, COCO's instances JSON) once rather than once
     per stage. The datasets are only read by the stages (`with_label_maps_from` makes a new
     view), so sharing one is the same as opening it again.
+
+    Args:
+        root: the dataset folder.
+        limit: keep only each split's first `limit` images (a smoke run's handful); None keeps all.
     """
 
-    def __init__(self, root):
+    def __init__(self, root, limit=None):
         self.root = root
+        self.limit = limit
         self._splits = {}
 
     def open(self, split):
         """The dataset of `split`, opened on first use (`open_dataset`)."""
         if split not in self._splits:
-            self._splits[split] = open_dataset(self.root, split)
+            dataset = open_dataset(self.root, split)
+            if self.limit is not None and len(dataset) > self.limit:
+                dataset = first_images(dataset, self.limit)
+            self._splits[split] = dataset
         return self._splits[split]
+
+
+def first_images(dataset, count):
+    """The first `count` images of `dataset`, with their labels and label maps."""
+    return SegmentationDataset(
+        dataset.names[:count], dataset.image_paths[:count], dataset.label_map_paths[:count], dataset.class_names,
+        dataset.labels[:count], f"{dataset.description}, its first {count} images",
+    )
 
 
 def open_split(data, split):

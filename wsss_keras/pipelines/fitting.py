@@ -147,6 +147,7 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         StepCounter,
         StepLog,
         StepProgress,
+        StepTimes,
     )
     from wsss_keras.training.checkpoints import latest_checkpoint, restore_checkpoint
     from wsss_keras.training.options import current_options
@@ -185,6 +186,7 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         if hasattr(callback, "start_step"):
             callback.start_step = start
     stream = StepStream(loader, start, steps)
+    times = StepTimes()
     if options.replicas > 1 and keras.backend.backend() == "tensorflow":
         _average_loss_over_replicas(model)
     if record:
@@ -197,7 +199,7 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         # shuffle=False: Keras would otherwise shuffle the order of a PyDataset's batches; the
         # order is the StepStream's, so that a resumed run reads what an uninterrupted one would.
         model.fit(stream, epochs=1, verbose=0, shuffle=False,
-                  callbacks=[StepCounter(clock), progress, log, checkpointing, *callbacks])
+                  callbacks=[StepCounter(clock), progress, log, checkpointing, times, *callbacks])
     finally:
         model.__dict__.pop("compute_loss", None)  # `_average_loss_over_replicas`'s wrapper
     seconds = time.perf_counter() - begun
@@ -223,6 +225,7 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     record = {
         "recipe": recipe["recipe"]["name"], "stage": stage, "backend": keras.backend.backend(), "steps": steps,
         "train_seconds": round(seconds, 1), **({"resumed_at": start} if start else {}), **(summary or {}),
+        **times.summary(),
         "final": {key: value for key, value in log.last.items() if key not in ("step", "seconds")},
     }
     with open(os.path.join(out_dir, f"{stem}_summary.json"), "w", encoding="utf-8") as handle:

@@ -93,28 +93,192 @@ def evaluate_run(out_dir, data_dir, recipe, echo=print):
     return metrics
 
 
-def _skip_existing(path, overwrite, stage, echo):
-    """True (and say so) when a training stage's output exists and is not to be redone."""
-    if os.path.isfile(path) and not overwrite:
-        echo(f"[{stage}] {path} exists; skipping (--overwrite retrains)")
-        return True
-    return False
+class _Run:
+    """What every stage of one `run_recipe` call reads: the recipe, the data, the run folder,
+    the command's options, and the models the run has loaded so far."""
+
+    def __init__(self, recipe, data, out_dir, weights, steps, overwrite, echo, progress):
+        self.recipe, self.data, self.out_dir = recipe, data, out_dir
+        self.weights, self.steps, self.overwrite = weights, steps, overwrite
+        self.echo, self.progress = echo, progress
+        self.cam_split = section(recipe, "cams").get("split", "train")
+        self._loaded = {}
+
+    def saved(self, file_name):
+        """The run's model `file_name`, loaded once per run."""
+        from wsss_keras.pipelines.model_io import load_model
+
+        if file_name not in self._loaded:
+            self._loaded[file_name] = load_model(self.path(file_name))
+        return self._loaded[file_name]
+
+    def split_of(self, table, fallback="train"):
+        """The dataset of `[table] split` (default `fallback`), opened once per run."""
+        from wsss_keras.data.layouts import open_split
+
+        return open_split(self.data, section(self.recipe, table).get("split", fallback))
+
+    def path(self, *parts):
+        return os.path.join(self.out_dir, *parts)
+
+    def skip_existing(self, file_name, stage):
+        """True (and say so) when a training stage's output exists and is not to be redone."""
+        path = self.path(file_name)
+        if os.path.isfile(path) and not self.overwrite:
+            self.echo(f"[{stage}] {path} exists; skipping (--overwrite retrains)")
+            return True
+        return False
 
 
-def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None, overwrite=False, echo=print, progress=None):
+def _superpixels(run):
+    from wsss_keras.pipelines.superpixels import make_regions, make_superpixels
+
+    make_superpixels(run.recipe, run.data, run.out_dir, progress=run.progress("superpixels"), overwrite=run.overwrite, echo=run.echo)
+    if run.recipe["recipe"]["method"] == "ssr":
+        make_regions(run.recipe, run.data, run.out_dir, progress=run.progress("regions"), overwrite=run.overwrite, echo=run.echo)
+
+
+def _train_clip(run):
+    from wsss_keras.pipelines.weclip import CLIP_FILE, train_clip
+
+    if not run.skip_existing(CLIP_FILE, "train-clip"):
+        train_clip(run.recipe, run.data, run.out_dir, steps=run.steps, echo=run.echo)
+
+
+def _train_cam(run):
+    from wsss_keras.pipelines.amr import CAM_NETWORK_FILE, train_cam_network
+
+    if not run.skip_existing(CAM_NETWORK_FILE, "train-cam"):
+        train_cam_network(run.recipe, run.data, run.out_dir, weights=run.weights, steps=run.steps, echo=run.echo)
+
+
+def _train(run):
+    from wsss_keras.pipelines.train import train
+
+    if not run.skip_existing(MODEL_FILE, "train"):
+        train(run.recipe, run.data, run.out_dir, weights=run.weights, steps=run.steps, echo=run.echo)
+
+
+def _cams(run):
+    from wsss_keras.pipelines.cams import compute_cams
+
+    settings = section(run.recipe, "cams")
+    dataset = run.split_of("cams")
+    written = compute_cams(
+        run.saved(MODEL_FILE), dataset, run.path("cams"), scales=settings.get("scales", (1.0, 0.5, 1.5)),
+        flip=settings.get("flip", True), resize=settings.get("resize"), progress=run.progress("cams"),
+        overwrite=run.overwrite, adversarial=settings.get("adversarial"),
+    )
+    run.echo(f"[cams] {written} computed, {len(dataset) - written} already there ({dataset.description})")
+
+
+def _ir_labels(run):
+    from wsss_keras.pipelines.ir_labels import make_ir_labels
+
+    settings = section(run.recipe, "ir_labels")
+    dataset = run.split_of("ir_labels", run.cam_split)
+    written = make_ir_labels(
+        dataset, run.path("cams"), run.path("ir_labels"),
+        fg_threshold=settings.get("fg_threshold", 0.60), bg_threshold=settings.get("bg_threshold", 0.33),
+        crf=settings.get("crf", True), progress=run.progress("ir-labels"), overwrite=run.overwrite,
+    )
+    run.echo(f"[ir-labels] {written} written ({dataset.description})")
+
+
+def _train_irn(run):
+    from wsss_keras.pipelines.irn import IRN_FILE, train_irn
+
+    if not run.skip_existing(IRN_FILE, "train-irn"):
+        train_irn(run.recipe, run.data, run.out_dir, weights=run.weights, steps=run.steps, echo=run.echo)
+
+
+def _pseudo_labels(run):
+    settings = section(run.recipe, "pseudo_labels")
+    dataset = run.split_of("pseudo_labels", run.cam_split)
+    mode = settings.get("mode", "par")
+    common = {"progress": run.progress("pseudo-labels"), "overwrite": run.overwrite}
+    if mode == "online":
+        from wsss_keras.pipelines.weclip import make_online_pseudo_labels
+
+        regions = None
+        if run.recipe["recipe"]["method"] == "ssr":
+            from wsss_keras.pipelines.ssr import region_cache
+
+            regions = region_cache(run.recipe, run.out_dir)
+        written = make_online_pseudo_labels(
+            run.saved(MODEL_FILE), dataset, run.path("pseudo_labels"), regions=regions, **common,
+        )
+    elif mode == "random_walk":
+        from wsss_keras.pipelines.irn import IRN_FILE, walk_pseudo_labels, walk_settings
+
+        written = walk_pseudo_labels(
+            run.saved(IRN_FILE), dataset, run.path("cams"), run.path("pseudo_labels"), **common,
+            **walk_settings(run.recipe),
+        )
+    else:
+        from wsss_keras.pipelines.pseudo_labels import make_pseudo_labels
+
+        options = {key: settings[key] for key in ("high", "low", "down_scale") if key in settings}
+        written = make_pseudo_labels(dataset, run.path("cams"), run.path("pseudo_labels"), mode=mode, **common, **options)
+    run.echo(f"[pseudo-labels] {written} written ({mode})")
+
+
+def _train_seg(run):
+    from wsss_keras.backbones.registry import is_random
+    from wsss_keras.pipelines.segmentation import SEGMENTER_FILE, train_segmenter
+
+    if not run.skip_existing(SEGMENTER_FILE, "train-seg"):
+        # --weights is the method's backbone; DeepLab's ResNet-101 takes [segmentation] weights,
+        # unless the whole run is untrained.
+        weights = run.weights if is_random(run.weights) else None
+        train_segmenter(run.recipe, run.data, run.out_dir, weights=weights, steps=run.steps, echo=run.echo)
+
+
+def _predict(run):
+    from wsss_keras.pipelines.predict import predict_folder
+    from wsss_keras.pipelines.segmentation import SEGMENTER_FILE
+
+    settings = section(run.recipe, "predict")
+    dataset = run.split_of("predict", "val")
+    predictor = SEGMENTER_FILE if "train_seg" in method_stages(run.recipe) else MODEL_FILE
+    written = predict_folder(
+        run.saved(predictor), dataset, run.path("predictions"), scales=settings.get("scales", (1.0,)),
+        flip=settings.get("flip", False), overlay=settings.get("overlay", True), progress=run.progress("predict"),
+        overwrite=run.overwrite, model_name=predictor, crf=settings.get("crf"),
+    )
+    run.echo(f"[predict] {written} predicted with {predictor} ({dataset.description})")
+
+
+def _evaluate(run):
+    return evaluate_run(run.out_dir, run.data, run.recipe, run.echo)
+
+
+# One function per stage, run in `STAGES` order whatever order they were asked in.
+_STAGE_FUNCTIONS = {
+    "superpixels": _superpixels, "train_clip": _train_clip, "train_cam": _train_cam, "train": _train, "cams": _cams,
+    "ir_labels": _ir_labels, "train_irn": _train_irn, "pseudo_labels": _pseudo_labels, "train_seg": _train_seg,
+    "predict": _predict, "evaluate": _evaluate,
+}
+
+
+def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None, overwrite=False, echo=print, progress=None,
+               meter=None):
     """Run the recipe's `stages` (default: its method's, `method_stages`) into `out_dir`;
     returns the metrics dict.
 
     Args:
+        data_dir: the dataset folder, or a `DatasetFolder` (a smoke run's, holding a few images).
         weights: local pretrained weights of the method's backbone (for AMR the ResNet-50 of the
             CAM networks and of IRNet; the segmentation network's come from `[segmentation]`).
         steps: train every stage for this many steps, with what the recipe counts in steps scaled
             to match (`wsss_keras.recipes.with_steps`).
         progress: optional factory label -> callable(done, total) for per-image stages.
+        meter: optional factory stage -> context manager wrapped around each stage (the smoke
+            run's measurements, `pipelines.smoke`).
     """
-    from wsss_keras.data.layouts import DatasetFolder, open_split
-    from wsss_keras.pipelines.model_io import load_model
-    from wsss_keras.pipelines.segmentation import SEGMENTER_FILE
+    import contextlib
+
+    from wsss_keras.data.layouts import DatasetFolder
 
     recipe = with_steps(recipe, steps)
     stages = method_stages(recipe) if stages is None else tuple(stages)
@@ -123,120 +287,13 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         # Checked before any stage runs, so a long run does not fail at its fourth stage.
         raise recipe_error(recipe, "[pseudo_labels] mode = \"online\" is WeCLIP's and SSR's; choose \"par\" or \"random_walk\".")
     os.makedirs(out_dir, exist_ok=True)
-    progress = progress or (lambda label: None)
-    loaded = {}
-    data = DatasetFolder(data_dir)  # handed to every stage, so each split is opened once per run
-
-    def saved(file_name):
-        if file_name not in loaded:
-            loaded[file_name] = load_model(os.path.join(out_dir, file_name))
-        return loaded[file_name]
-
-    def split_of(table, fallback="train"):
-        return open_split(data, section(recipe, table).get("split", fallback))
-
-    cam_split = section(recipe, "cams").get("split", "train")
-    if "superpixels" in stages:
-        from wsss_keras.pipelines.superpixels import make_regions, make_superpixels
-
-        make_superpixels(recipe, data, out_dir, progress=progress("superpixels"), overwrite=overwrite, echo=echo)
-        if recipe["recipe"]["method"] == "ssr":
-            make_regions(recipe, data, out_dir, progress=progress("regions"), overwrite=overwrite, echo=echo)
-    if "train_clip" in stages:
-        from wsss_keras.pipelines.weclip import CLIP_FILE, train_clip
-
-        if not _skip_existing(os.path.join(out_dir, CLIP_FILE), overwrite, "train-clip", echo):
-            train_clip(recipe, data, out_dir, steps=steps, echo=echo)
-    if "train_cam" in stages:
-        from wsss_keras.pipelines.amr import CAM_NETWORK_FILE, train_cam_network
-
-        if not _skip_existing(os.path.join(out_dir, CAM_NETWORK_FILE), overwrite, "train-cam", echo):
-            train_cam_network(recipe, data, out_dir, weights=weights, steps=steps, echo=echo)
-    if "train" in stages:
-        from wsss_keras.pipelines.train import train
-
-        if not _skip_existing(os.path.join(out_dir, MODEL_FILE), overwrite, "train", echo):
-            train(recipe, data, out_dir, weights=weights, steps=steps, echo=echo)
-    if "cams" in stages:
-        from wsss_keras.pipelines.cams import compute_cams
-
-        settings = section(recipe, "cams")
-        dataset = split_of("cams")
-        written = compute_cams(
-            saved(MODEL_FILE), dataset, os.path.join(out_dir, "cams"), scales=settings.get("scales", (1.0, 0.5, 1.5)),
-            flip=settings.get("flip", True), resize=settings.get("resize"), progress=progress("cams"), overwrite=overwrite,
-            adversarial=settings.get("adversarial"),
-        )
-        echo(f"[cams] {written} computed, {len(dataset) - written} already there ({dataset.description})")
-    if "ir_labels" in stages:
-        from wsss_keras.pipelines.ir_labels import make_ir_labels
-
-        settings = section(recipe, "ir_labels")
-        dataset = split_of("ir_labels", cam_split)
-        written = make_ir_labels(
-            dataset, os.path.join(out_dir, "cams"), os.path.join(out_dir, "ir_labels"),
-            fg_threshold=settings.get("fg_threshold", 0.60), bg_threshold=settings.get("bg_threshold", 0.33),
-            crf=settings.get("crf", True), progress=progress("ir-labels"), overwrite=overwrite,
-        )
-        echo(f"[ir-labels] {written} written ({dataset.description})")
-    if "train_irn" in stages:
-        from wsss_keras.pipelines.irn import IRN_FILE, train_irn
-
-        if not _skip_existing(os.path.join(out_dir, IRN_FILE), overwrite, "train-irn", echo):
-            train_irn(recipe, data, out_dir, weights=weights, steps=steps, echo=echo)
-    if "pseudo_labels" in stages:
-        settings = section(recipe, "pseudo_labels")
-        dataset = split_of("pseudo_labels", cam_split)
-        mode = settings.get("mode", "par")
-        if mode == "online":
-            from wsss_keras.pipelines.weclip import make_online_pseudo_labels
-
-            regions = None
-            if recipe["recipe"]["method"] == "ssr":
-                from wsss_keras.pipelines.ssr import region_cache
-
-                regions = region_cache(recipe, out_dir)
-            written = make_online_pseudo_labels(
-                saved(MODEL_FILE), dataset, os.path.join(out_dir, "pseudo_labels"), regions=regions,
-                progress=progress("pseudo-labels"), overwrite=overwrite,
-            )
-        elif mode == "random_walk":
-            from wsss_keras.pipelines.irn import (
-                IRN_FILE,
-                walk_pseudo_labels,
-                walk_settings,
-            )
-
-            written = walk_pseudo_labels(
-                saved(IRN_FILE), dataset, os.path.join(out_dir, "cams"), os.path.join(out_dir, "pseudo_labels"),
-                progress=progress("pseudo-labels"), overwrite=overwrite, **walk_settings(recipe),
-            )
-        else:
-            from wsss_keras.pipelines.pseudo_labels import make_pseudo_labels
-
-            options = {key: settings[key] for key in ("high", "low", "down_scale") if key in settings}
-            written = make_pseudo_labels(
-                dataset, os.path.join(out_dir, "cams"), os.path.join(out_dir, "pseudo_labels"),
-                mode=mode, progress=progress("pseudo-labels"), overwrite=overwrite, **options,
-            )
-        echo(f"[pseudo-labels] {written} written ({mode})")
-    if "train_seg" in stages:
-        from wsss_keras.pipelines.segmentation import train_segmenter
-
-        if not _skip_existing(os.path.join(out_dir, SEGMENTER_FILE), overwrite, "train-seg", echo):
-            train_segmenter(recipe, data, out_dir, steps=steps, echo=echo)
-    if "predict" in stages:
-        from wsss_keras.pipelines.predict import predict_folder
-
-        settings = section(recipe, "predict")
-        dataset = split_of("predict", "val")
-        predictor = SEGMENTER_FILE if "train_seg" in method_stages(recipe) else MODEL_FILE
-        written = predict_folder(
-            saved(predictor), dataset, os.path.join(out_dir, "predictions"), scales=settings.get("scales", (1.0,)),
-            flip=settings.get("flip", False), overlay=settings.get("overlay", True), progress=progress("predict"),
-            overwrite=overwrite, model_name=predictor, crf=settings.get("crf"),
-        )
-        echo(f"[predict] {written} predicted with {predictor} ({dataset.description})")
-    if "evaluate" in stages:
-        return evaluate_run(out_dir, data, recipe, echo)
-    return {}
+    # One DatasetFolder handed to every stage, so each split is opened once per run.
+    data = data_dir if isinstance(data_dir, DatasetFolder) else DatasetFolder(data_dir)
+    run = _Run(recipe, data, out_dir, weights, steps, overwrite, echo, progress or (lambda label: None))
+    meter = meter or (lambda stage: contextlib.nullcontext())
+    metrics = {}
+    for stage in STAGES:
+        if stage in stages:
+            with meter(stage):
+                metrics = _STAGE_FUNCTIONS[stage](run) or metrics
+    return metrics

@@ -74,6 +74,53 @@ class StepCounter(keras.callbacks.Callback):
         self.clock.done = batch + 1
 
 
+class StepTimes(keras.callbacks.Callback):
+    """Wall time per step and compilations after the first steps, for the stage's summary.
+
+    A step's time is the interval between two batch ends, so it holds the loader's work too;
+    the first interval holds the compilation and is reported apart. `compiles_after_warmup`
+    counts compilations after the first `warmup` steps (JAX only, `training.compiles`): above
+    zero, the step is being traced again.
+    """
+
+    def __init__(self, warmup=2):
+        super().__init__()
+        self.warmup = warmup
+        self.intervals = []
+        self._last = None
+        self._compiles_at_warmup = self._compiles_at_end = None
+
+    def on_train_begin(self, logs=None):
+        from wsss_keras.training.compiles import compile_count
+
+        self._count = compile_count
+        self._count()  # starts the count before the first step compiles
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.intervals.append(now - self._last)
+        self._last = now
+        # Counted at every step's end, so what Keras and saving compile after the last step is not.
+        self._compiles_at_end = self._count()
+        if len(self.intervals) == self.warmup:
+            self._compiles_at_warmup = self._compiles_at_end
+
+    def summary(self):
+        """{"first_step_seconds", "seconds_per_step" (median of the later steps), and
+        "compiles_after_warmup" where counted}; empty before any step."""
+        if not self.intervals:
+            return {}
+        later = sorted(self.intervals[1:])
+        record = {
+            "first_step_seconds": round(self.intervals[0], 4),
+            "seconds_per_step": round(later[len(later) // 2], 4) if later else None,
+        }
+        if self._compiles_at_end is not None and self._compiles_at_warmup is not None:
+            record["compiles_after_warmup"] = self._compiles_at_end - self._compiles_at_warmup
+        return record
+
+
 class StepProgress(keras.callbacks.Callback):
     """Progress with ETA and the losses of the last window: a bar redrawn in place on a
     terminal, a line every `every` steps otherwise (logs, CI).
@@ -165,8 +212,15 @@ class StepLog(keras.callbacks.Callback):
         self.columns = list(self.rows[0].keys()) if self.rows else None
         self._rewrite()
         if self.tensorboard_dir:
-            import tensorflow as tf  # the summary writer; TensorFlow is a base dependency
-
+            try:
+                import tensorflow as tf  # the summary writer
+            except ImportError:
+                # A JAX or PyTorch machine may run without TensorFlow (a GPU image, say): the CSV
+                # log holds the same rows.
+                print(f"[train] no TensorBoard scalars in {self.tensorboard_dir}: they need TensorFlow "
+                      f"(pip install tensorflow); {self.csv_path} has the same rows", file=sys.stderr)
+                self.tensorboard_dir = None
+                return
             self.writer = tf.summary.create_file_writer(self.tensorboard_dir)
 
     def _kept_rows(self):

@@ -1,0 +1,173 @@
+"""The paper recipes at their real sizes, briefly: `wsss run RECIPE --smoke N` for each recipe and backend.
+
+    python bench/bench_paper_scale.py [--recipes toco_doei_voc,amr_voc] [--backends torch,jax] [--steps 20]
+        [--weights random] [--voc DIR] [--coco DIR] [--timeout 600] [--stages train] [--json FILE]
+
+Each (recipe, backend) runs in its own process (a backend is chosen once per process), on the
+recipe's real networks, image and crop sizes, batch sizes and losses, for N steps per training
+stage on the first images of each split (`wsss_keras.pipelines.smoke`). Without --voc / --coco
+it writes synthetic folders at VOC's and COCO's image sizes (`wsss data synth --size voc`,
+`--layout coco`). It prints, per recipe and stage, seconds per step or per image, peak memory,
+compilations after the first steps, and the projected hours of the recipe's whole schedule:
+each training stage's seconds per step times its steps, each per-image stage's seconds per
+image times its split's size in the real dataset (below). A run that fails or times out is
+reported with its last line and the bench goes on.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from results_io import write_results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_RECIPES = ("toco_voc", "toco_doei_voc", "amr_voc", "ssc_voc", "weclip_voc", "ssr_voc", "toco_coco", "toco_doei_coco",
+                 "amr_coco", "ssr_coco")
+# The splits' sizes in the real datasets, for the projection: VOC 2012 with SBD's train_aug
+# (10,582, the WSSS papers' count), COCO 2014 as the WSSS papers use it (82,081 train and 40,137
+# val images with at least one labelled object, ToCo's and WeCLIP's split files).
+SPLIT_SIZES = {"voc": {"train_aug": 10582, "train": 1464, "val": 1449}, "coco": {"train2014": 82081, "val2014": 40137}}
+
+
+def dataset_kind(recipe):
+    return "coco" if recipe.endswith("_coco") else "voc"
+
+
+def synthetic_folders(root, kinds):
+    """Synthetic VOC and COCO folders at the real datasets' image sizes, written once into `root`."""
+    folders = {}
+    for kind in kinds:
+        folder = os.path.join(root, f"synthetic_{kind}")
+        if not os.path.isdir(folder):
+            layout = ["--layout", "coco"] if kind == "coco" else []
+            subprocess.run([sys.executable, "-m", "wsss_keras.cli", "data", "synth", folder, "--size", kind,
+                            "--n-train", "40", "--n-val", "20", *layout], check=True, cwd=ROOT)
+        folders[kind] = folder
+    return folders
+
+
+def projected_hours(rows, kind):
+    """Hours of the recipe's whole schedule at the measured rates, or None when a stage has no rate."""
+    seconds = 0.0
+    for row in rows:
+        rate = row.get("per_unit")
+        if row.get("unit") == "s/step" and rate:
+            seconds += rate * row["full_steps"]
+        elif row.get("unit") == "s/image" and rate:
+            seconds += rate * SPLIT_SIZES[kind].get(row.get("split"), 0)
+    return seconds / 3600.0
+
+
+def stages_of(recipe, stages):
+    """The asked stages that the recipe's method runs, as `--stages` takes them (None: all)."""
+    if not stages:
+        return None
+    from wsss_keras.pipelines.run import METHOD_STAGES
+    from wsss_keras.recipes import load_recipe
+
+    own = METHOD_STAGES[load_recipe(recipe)["recipe"]["method"]]
+    return ",".join(stage for stage in stages.split(",") if stage in own)
+
+
+def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir):
+    command = [sys.executable, "-m", "wsss_keras.cli", "--backend", backend, "run", recipe, "--data", data,
+               "--out", out, "--smoke", str(steps)]
+    if weights:
+        command += ["--weights", weights]
+    if stages:
+        command += ["--stages", stages]
+    log_path = os.path.join(log_dir, f"{recipe}_{backend}.log")
+    started = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            done = subprocess.run(command, check=False, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {timeout} s"
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        lines = [line.rstrip() for line in log if line.strip()]
+    record = {"recipe": recipe, "backend": backend, "status": status, "seconds": round(time.perf_counter() - started, 1)}
+    smoke_path = os.path.join(out, "smoke.json")
+    if os.path.isfile(smoke_path):
+        with open(smoke_path, encoding="utf-8") as handle:
+            record.update(json.load(handle))
+    if status != "ok":
+        errors = [line for line in lines if line.startswith(("Error", "error")) or "Error:" in line]
+        record["last_line"] = (errors or lines or [""])[-1][:300]
+    return record
+
+
+def markdown(records):
+    lines = ["| recipe | backend | stage | batch | per step / image | peak host GiB | peak accel GiB | retraced | output |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for record in records:
+        for row in record.get("stages", []):
+            rate = row.get("per_unit")
+            accel = row.get("accelerator_peak")
+            lines.append("| {} | {} | {} | {} | {} | {:.2f} | {} | {} | {} |".format(
+                record["recipe"], record["backend"], row["stage"], row.get("batch") or "",
+                f"{rate:.3f} {row.get('unit')}" if rate else "", (row.get("host_peak") or 0) / 2 ** 30,
+                f"{accel / 2 ** 30:.2f}" if accel else "", "" if row.get("retraced") is None else row["retraced"],
+                row.get("output", "")))
+        if record["status"] != "ok":
+            lines.append(f"| {record['recipe']} | {record['backend']} | **{record['status']}** | | | | | | "
+                         f"{record.get('last_line', '').replace('|', '/')} |")
+    lines += ["", "| recipe | backend | accelerator | projected hours of the whole schedule |", "|---|---|---|---|"]
+    for record in records:
+        hours = projected_hours(record.get("stages", []), dataset_kind(record["recipe"]))
+        complete = record["status"] == "ok"
+        lines.append(f"| {record['recipe']} | {record['backend']} | {record.get('accelerator') or 'CPU'} | "
+                     f"{hours:.1f}{'' if complete else ' (stages that ran)'} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default=",".join(PAPER_RECIPES))
+    parser.add_argument("--backends", default=os.environ.get("KERAS_BACKEND", "tensorflow"))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--weights", default="random", help="`random`, or a checkpoint for every recipe")
+    parser.add_argument("--stages", default=None, help="comma list of stages, each recipe running those of its method "
+                        "(default: all of them)")
+    parser.add_argument("--voc", default=None, help="a VOC-layout folder (default: synthetic at VOC's sizes)")
+    parser.add_argument("--coco", default=None, help="a COCO-layout folder (default: synthetic at COCO's sizes)")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per (recipe, backend)")
+    parser.add_argument("--budget", type=int, default=None, help="seconds for the whole bench: later runs get what is left")
+    parser.add_argument("--keep", default=None, help="keep the data, runs and logs in this folder")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or scratch
+        os.makedirs(root, exist_ok=True)
+        kinds = sorted({dataset_kind(recipe) for recipe in recipes} - {kind for kind in ("voc", "coco") if getattr(args, kind)})
+        folders = {**synthetic_folders(root, kinds), **{kind: getattr(args, kind) for kind in ("voc", "coco") if getattr(args, kind)}}
+        records = []
+        deadline = time.monotonic() + args.budget if args.budget else None
+        for backend in backends:
+            for recipe in recipes:
+                timeout = args.timeout
+                if deadline is not None:
+                    timeout = min(timeout, int(deadline - time.monotonic()))
+                    if timeout < 30:
+                        print(f"{recipe} on {backend}: skipped, the budget is spent", flush=True)
+                        continue
+                record = run_one(recipe, backend, folders[dataset_kind(recipe)], os.path.join(root, f"{recipe}_{backend}"),
+                                 args.steps, args.weights, stages_of(recipe, args.stages), timeout, root)
+                records.append(record)
+                print(f"{recipe} on {backend}: {record['status']} in {record['seconds']} s", flush=True)
+    table = markdown(records)
+    print(table)
+    write_results(args.json, "bench_paper_scale", f"paper recipes at full size, {args.steps} steps per training stage",
+                  markdown=table, records=records, steps=args.steps, weights=args.weights)
+    return 0 if all(record["status"] == "ok" for record in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
