@@ -180,10 +180,22 @@ class SmokeMeter:
     """`run_recipe`'s `meter`: measures each stage and checks what it wrote; `rows` holds one
     dict per stage run."""
 
-    def __init__(self, recipe, data, out_dir):
+    def __init__(self, recipe, data, out_dir, header=None):
         self.recipe, self.data, self.out_dir = recipe, data, out_dir
         self.accelerator = _Accelerator()
+        self.header = dict(header or {})
         self.rows = []
+
+    def save(self):
+        """Write `smoke.json` (the header and the rows so far): after every stage, so a run that
+        is killed (out of host memory, a time limit) still leaves the stages it finished."""
+        import keras
+
+        record = {**self.header, "backend": keras.backend.backend(), "accelerator": self.accelerator.name(),
+                  "stages": self.rows}
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, "smoke.json"), "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2)
 
     def _num_classes(self):
         return self.data.open(section(self.recipe, "cams").get("split", "train")).num_classes
@@ -200,15 +212,18 @@ class SmokeMeter:
         self.rows.append(row)
         try:
             yield
-        except Exception as error:
+        except BaseException as error:  # an interrupt too: the row says how far the stage got
             row.update(self._measure(started, compiles))
-            if not is_out_of_memory(error):
-                row["output"] = f"failed: {type(error).__name__}"
-                raise
-            row["output"] = "out of memory"
-            raise WSSSError(self._out_of_memory_message(stage, row)) from None
+            if is_out_of_memory(error):
+                row["output"] = "out of memory"
+                self.save()
+                raise WSSSError(self._out_of_memory_message(stage, row)) from None
+            row["output"] = f"failed: {type(error).__name__}"
+            self.save()
+            raise
         row.update(self._measure(started, compiles))
         row.update(self._outputs(stage, row["seconds"]))
+        self.save()
 
     def _measure(self, started, compiles_before):
         from wsss_keras.training.compiles import compile_count
@@ -315,7 +330,7 @@ def smoke_run(recipe, data_dir, out_dir, steps, weights=None, stages=None, overw
 
     images = smoke_image_count(recipe)
     data = DatasetFolder(data_dir, limit=images)
-    meter = SmokeMeter(recipe, data, out_dir)
+    meter = SmokeMeter(recipe, data, out_dir, header={"recipe": recipe["recipe"]["name"], "steps": steps, "images": images})
     echo(f"[smoke] {recipe['recipe']['name']}: {steps} steps per training stage, the first {images} images of each "
          f"split, the recipe's sizes otherwise; backend {keras.backend.backend()}, "
          f"accelerator {meter.accelerator.name() or 'none'}")
@@ -324,9 +339,6 @@ def smoke_run(recipe, data_dir, out_dir, steps, weights=None, stages=None, overw
                    progress=progress, meter=meter)
     finally:
         echo("[smoke] " + meter.table().replace("\n", "\n[smoke] "))
-        with open(os.path.join(out_dir, "smoke.json"), "w", encoding="utf-8") as handle:
-            json.dump({"recipe": recipe["recipe"]["name"], "backend": keras.backend.backend(), "steps": steps,
-                       "images": images, "accelerator": meter.accelerator.name(), "stages": meter.rows}, handle, indent=2)
     if not meter.sane():
         raise WSSSError(f"[smoke] {recipe['recipe']['name']}: a stage wrote outputs that are not sane (table above).")
     return meter.rows
