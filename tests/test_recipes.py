@@ -32,6 +32,8 @@ def test_extends_merges_tables_key_by_key():
     assert coco["losses"]["high_threshold"] == 0.65 and coco["losses"]["ptc_weight"] == 0.2
     assert coco["doei"] == {}
     assert "doei" not in load_recipe("toco_coco")
+    # ToCo's COCO script hard-codes CTC's temperature 1.0; VOC's passes its --temp, 0.5.
+    assert coco["losses"]["ctc_temperature"] == 1.0 and "ctc_temperature" not in load_recipe("toco_voc")["losses"]
     assert load_recipe("toco_doei_voc")["doei"]["sigma_rgb"] == 0.1
 
 

@@ -99,12 +99,16 @@ def pseudo_labels(root, split, labels_from, cls_labels, instances, class_names, 
 @click.option("--images", "image_dir", type=click.Path(file_okay=False), default=None, help="A folder of .jpg/.png images instead of a dataset.")
 @dataset_options_with_split("val")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder of <name>.png label maps (overlays in OUT/overlays/).")
-@click.option("--scales", default="1.0,1.25,1.5", callback=parse_scales, help="Test scales; the logits are maxed over scales (ToCo).")
+@click.option("--scales", default="1.0,1.25,1.5", callback=parse_scales, help="Test scales, merged by --scale-merge.")
 @click.option("--flip/--no-flip", default=True, help="Add the mirrored view's logits at each scale.")
 @click.option("--overlay/--no-overlay", default=True, help="Also write each image blended with its label colours.")
-@click.option("--crf", type=click.Choice(["none", "toco", "deeplab"]), default="none", help="Refine with a dense CRF: ToCo's MS+CRF settings or deeplab-pytorch's (the crf extra).")
+@click.option("--crf", type=click.Choice(["none", "toco", "deeplab", "weclip"]), default="none", help="Refine with a dense CRF: ToCo's MS+CRF settings, deeplab-pytorch's or WeCLIP's test script's (the crf extra).")
+@click.option("--flip-merge", type=click.Choice(["sum", "mean", "max"]), default="sum", help="How a view's and its mirror's logits merge (ToCo VOC: sum; ToCo COCO: max; WeCLIP: mean).")
+@click.option("--scale-merge", type=click.Choice(["sum", "mean", "max"]), default="max", help="How the scales' logits merge (ToCo VOC: max; ToCo COCO: sum; WeCLIP: mean).")
+@click.option("--resize-long", type=click.IntRange(min=16), default=None, help="Resize each image to this long side first, the labels back to its size (WeCLIP: 512) [default: as it is].")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs exist (default: skip them).")
-def predict(model_path, root, image_dir, split, labels_from, cls_labels, instances, class_names, out, scales, flip, overlay, crf, overwrite):
+def predict(model_path, root, image_dir, split, labels_from, cls_labels, instances, class_names, out, scales, flip, overlay, crf,
+            flip_merge, scale_merge, resize_long, overwrite):
     """Segment images with a trained model's segmentation head.
 
     Writes OUT/<name>.png (VOC palette) and, unless --no-overlay, OUT/overlays/<name>.jpg.
@@ -122,7 +126,7 @@ def predict(model_path, root, image_dir, split, labels_from, cls_labels, instanc
     model = load_model(model_path)
     count = predict_folder(
         model, images, out, scales, flip, overlay, progress_printer("predict"), overwrite, model_name=model_path,
-        crf=None if crf == "none" else crf,
+        crf=None if crf == "none" else crf, flip_merge=flip_merge, scale_merge=scale_merge, resize_long=resize_long,
     )
     click.echo(summary(count, len(images), "label maps" + (" and overlays" if overlay else ""), out))
 

@@ -93,13 +93,33 @@ class OnlinePseudoLabels(PerShapeInference):
         return self.method.online_pseudo_labels(images, labels, targets)
 
 
-class MultiScaleSegmentation(PerShapeInference):
-    """ToCo's segmentation inference: per scale the logits of the image plus the un-mirrored
-    logits of its mirror (summed), bilinear to the input size, max over scales."""
+# How the views' logits merge: the mirror into its image, then the scales into one map.
+MERGES = ("sum", "mean", "max")
 
-    def __init__(self, model, scales=(1.0,), flip=False, **kwargs):
+
+def _merge(first, second, how):
+    if how == "max":
+        return ops.maximum(first, second)
+    return first + second  # "mean" divides once all are summed
+
+
+class MultiScaleSegmentation(PerShapeInference):
+    """Multi-scale segmentation logits at the input's size.
+
+    Per scale the logits of the view and the un-mirrored logits of its mirror merge by
+    `flip_merge`, go bilinear to the input size, and the scales merge by `scale_merge`. ToCo's
+    VOC protocol (tools/infer_seg_voc.py) is the default, flips summed and the maximum over
+    scales; its COCO script takes the maximum of the flips and sums the scales; WeCLIP's test
+    averages both.
+    """
+
+    def __init__(self, model, scales=(1.0,), flip=False, flip_merge="sum", scale_merge="max", **kwargs):
         super().__init__(**kwargs)
+        for name, how in (("flip_merge", flip_merge), ("scale_merge", scale_merge)):
+            if how not in MERGES:
+                raise ValueError(f"{name} = {how!r}: choose one of {', '.join(MERGES)}.")
         self.method, self.scales, self.flip = model, tuple(scales), bool(flip)
+        self.flip_merge, self.scale_merge = flip_merge, scale_merge
 
     def call(self, images):
         height, width = images.shape[1], images.shape[2]
@@ -108,10 +128,13 @@ class MultiScaleSegmentation(PerShapeInference):
             view = resize_bilinear(images, (int(scale * height), int(scale * width)))
             logits = self.method.segment_logits(view)
             if self.flip:
-                logits = logits + ops.flip(self.method.segment_logits(ops.flip(view, axis=2)), axis=2)
+                mirrored = ops.flip(self.method.segment_logits(ops.flip(view, axis=2)), axis=2)
+                logits = _merge(logits, mirrored, self.flip_merge)
+                if self.flip_merge == "mean":
+                    logits = logits / 2.0
             logits = resize_bilinear(logits, (height, width))
-            fused = logits if fused is None else ops.maximum(fused, logits)
-        return fused
+            fused = logits if fused is None else _merge(fused, logits, self.scale_merge)
+        return fused / len(self.scales) if self.scale_merge == "mean" else fused
 
 
 class PseudoLabelRefiner(PerShapeInference):

@@ -245,12 +245,30 @@ def _predict(run):
         run.saved(predictor), dataset, run.path("predictions"), scales=settings.get("scales", (1.0,)),
         flip=settings.get("flip", False), overlay=settings.get("overlay", True), progress=run.progress("predict"),
         overwrite=run.overwrite, model_name=predictor, crf=settings.get("crf"),
+        flip_merge=settings.get("flip_merge", "sum"), scale_merge=settings.get("scale_merge", "max"),
+        resize_long=settings.get("resize_long"),
     )
     run.echo(f"[predict] {written} predicted with {predictor} ({dataset.description})")
 
 
 def _evaluate(run):
     return evaluate_run(run.out_dir, run.data, run.recipe, run.echo)
+
+
+def _check_predict_settings(recipe):
+    """`[predict]`'s CRF and merges, checked before any stage runs: a wrong value would
+    otherwise stop the run at its last stage, after the training."""
+    from wsss_keras.ops.crf import segmentation_crf
+    from wsss_keras.pipelines.inference import MERGES
+
+    settings = section(recipe, "predict")
+    try:
+        segmentation_crf(settings.get("crf"))
+    except ValueError as error:
+        raise recipe_error(recipe, f"[predict] {error}") from None
+    for key in ("flip_merge", "scale_merge"):
+        if settings.get(key, "sum") not in MERGES:
+            raise recipe_error(recipe, f"[predict] {key} = {settings[key]!r}: choose one of {', '.join(MERGES)}.")
 
 
 # One function per stage, run in `STAGES` order whatever order they were asked in.
@@ -286,6 +304,8 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
     if online and recipe["recipe"]["method"] not in ("weclip", "ssr"):
         # Checked before any stage runs, so a long run does not fail at its fourth stage.
         raise recipe_error(recipe, "[pseudo_labels] mode = \"online\" is WeCLIP's and SSR's; choose \"par\" or \"random_walk\".")
+    if "predict" in stages:
+        _check_predict_settings(recipe)
     os.makedirs(out_dir, exist_ok=True)
     # One DatasetFolder handed to every stage, so each split is opened once per run.
     data = data_dir if isinstance(data_dir, DatasetFolder) else DatasetFolder(data_dir)

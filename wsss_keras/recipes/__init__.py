@@ -45,12 +45,12 @@ from wsss_keras.step_counts import PERIODS, STEP_COUNTS
 # losses, WeCLIP's and SSR's knobs), with an error naming the key.
 ANY_KEY = None
 _RECIPE = {"name", "method", "description", "notes", "extends"}
-_LOOP = {"split", "steps", "batch_size", "seed", "workers"}  # every training stage
+_LOOP = {"split", "steps", "batch_size", "accumulate", "seed", "workers"}  # every training stage
 _OPTIMIZER = {"optimizer", "learning_rate", "warmup_steps", "power", "momentum", "weight_decay", "lr_multipliers"}
 _LONG_SIDE_LOADER = {"crop_size", "long_side"}  # IRN's classification transform (AMR, SSC)
 _CUTOUT = {"cutout_count", "cutout_size"}  # AMR's classification loader
 _CAMS = {"split", "scales", "flip", "resize", "adversarial"}
-_PREDICT = {"split", "scales", "flip", "overlay", "crf"}
+_PREDICT = {"split", "scales", "flip", "overlay", "crf", "flip_merge", "scale_merge", "resize_long"}
 _EVALUATE = {"cam_thresholds"}
 _CAM_LABELS = {"split", "mode", "high", "low", "down_scale"}  # pseudo-labels from CAM files
 _WALK = {"power", "background", "radius", "beta", "exp_times"}  # IRN's random walk
