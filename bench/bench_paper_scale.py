@@ -1,7 +1,7 @@
 """The paper recipes at their real sizes, briefly: `wsss run RECIPE --smoke N` for each recipe and backend.
 
     python bench/bench_paper_scale.py [--recipes toco_doei_voc,amr_voc] [--backends torch,jax] [--steps 20]
-        [--weights random] [--voc DIR] [--coco DIR] [--timeout 600] [--stages train] [--json FILE]
+        [--weights random] [--voc DIR] [--coco DIR] [--timeout 600] [--stages train] [--export] [--json FILE]
 
 Each (recipe, backend) runs in its own process (a backend is chosen once per process), on the
 recipe's real networks, image and crop sizes, batch sizes and losses, for N steps per training
@@ -12,6 +12,11 @@ compilations after the first steps, and the projected hours of the recipe's whol
 each training stage's seconds per step times its steps, each per-image stage's seconds per
 image times its split's size in the real dataset (below). A run that fails or times out is
 reported with its last line and the bench goes on.
+
+With --export, each recipe's final model (the segmentation network where the method trains
+one, else its model) is then exported at its real input size to ONNX float32 and TFLite float16
+and int8 (`wsss export`, calibrated on the run's data, with its self-check); the table gives
+each artifact's size and label agreement with the Keras model.
 """
 
 import argparse
@@ -102,6 +107,38 @@ def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir
     return record
 
 
+EXPORTS = (("onnx", "fp32"), ("tflite", "fp16"), ("tflite", "int8"))
+
+
+def export_one(record, data, out, timeout, log_dir):
+    """Export the run's final model in each of `EXPORTS`; adds "exports" to `record`."""
+    stages = [row["stage"] for row in record.get("stages", [])]
+    model = os.path.join(out, "segmenter.keras" if "train_seg" in stages else "model.keras")
+    record["exports"] = []
+    if not os.path.isfile(model):
+        return
+    for fmt, precision in EXPORTS:
+        folder = os.path.join(out, f"export_{fmt}_{precision}")
+        command = [sys.executable, "-m", "wsss_keras.cli", "export", model, "--format", fmt, "--precision", precision,
+                   "--calibration", data, "--out", folder]
+        log_path = os.path.join(log_dir, f"{record['recipe']}_export_{fmt}_{precision}.log")
+        started = time.perf_counter()
+        with open(log_path, "w", encoding="utf-8") as log:
+            try:
+                done = subprocess.run(command, check=False, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT)
+                status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
+            except subprocess.TimeoutExpired:
+                status = f"timed out after {timeout} s"
+        entry = {"format": fmt, "precision": precision, "status": status, "seconds": round(time.perf_counter() - started, 1)}
+        manifest_path = os.path.join(folder, "manifest.json")
+        if os.path.isfile(manifest_path):
+            with open(manifest_path, encoding="utf-8") as handle:
+                manifest = json.load(handle)
+            entry.update(bytes=manifest["artifact"]["bytes"], input=manifest["input"]["network_size"],
+                         agreement=(manifest.get("check") or {}).get("label_agreement"))
+        record["exports"].append(entry)
+
+
 def markdown(records):
     lines = ["| recipe | backend | stage | batch | per step / image | peak host GiB | peak accel GiB | retraced | output |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -123,6 +160,15 @@ def markdown(records):
         complete = record["status"] == "ok"
         lines.append(f"| {record['recipe']} | {record['backend']} | {record.get('accelerator') or 'CPU'} | "
                      f"{hours:.1f}{'' if complete else ' (stages that ran)'} |")
+    exports = [(record, entry) for record in records for entry in record.get("exports", [])]
+    if exports:
+        lines += ["", "| recipe | artifact | network input | MB | label agreement | status |", "|---|---|---|---|---|---|"]
+        for record, entry in exports:
+            agreement, size = entry.get("agreement"), entry.get("bytes")
+            lines.append("| {} | {} {} | {} | {} | {} | {} |".format(
+                record["recipe"], entry["format"], entry["precision"], "x".join(map(str, entry.get("input") or [])) or "-",
+                "-" if size is None else f"{size / 1e6:.1f}", "-" if agreement is None else f"{100 * agreement:.2f} %",
+                entry["status"]))
     return "\n".join(lines)
 
 
@@ -138,6 +184,7 @@ def main():
     parser.add_argument("--coco", default=None, help="a COCO-layout folder (default: synthetic at COCO's sizes)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per (recipe, backend)")
     parser.add_argument("--budget", type=int, default=None, help="seconds for the whole bench: later runs get what is left")
+    parser.add_argument("--export", action="store_true", help="export each final model (ONNX, TFLite fp16 and int8)")
     parser.add_argument("--keep", default=None, help="keep the data, runs and logs in this folder")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -160,6 +207,9 @@ def main():
                         continue
                 record = run_one(recipe, backend, folders[dataset_kind(recipe)], os.path.join(root, f"{recipe}_{backend}"),
                                  args.steps, args.weights, stages_of(recipe, args.stages), timeout, root)
+                if args.export and record["status"] == "ok":
+                    export_one(record, folders[dataset_kind(recipe)], os.path.join(root, f"{recipe}_{backend}"),
+                               args.timeout, root)
                 records.append(record)
                 print(f"{recipe} on {backend}: {record['status']} in {record['seconds']} s", flush=True)
     table = markdown(records)
