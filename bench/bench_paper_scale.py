@@ -13,6 +13,12 @@ each training stage's seconds per step times its steps, each per-image stage's s
 image times its split's size in the real dataset (below). A run that fails or times out is
 reported with its last line and the bench goes on.
 
+--weights fake writes random-valued checkpoints in the released formats and names
+(`fake_checkpoints.py`: timm ViT-B/16, OpenAI CLIP ViT-B/16 with its BPE file, DINO ViT-S/16,
+torchvision ResNet-50/101 and VGG-19) and runs each recipe beside them, so the recipes' own
+relative file names ([clip] tokenizer, [dino] weights, ...) find them and every importer runs
+at full size; --weights random builds the backbones untrained instead.
+
 With --export, each recipe's final model (the segmentation network where the method trains
 one, else its model) is then exported at its real input size to ONNX float32 and TFLite float16
 and int8 (`wsss export`, calibrated on the run's data, with its self-check); the table gives
@@ -78,9 +84,28 @@ def stages_of(recipe, stages):
     return ",".join(stage for stage in stages.split(",") if stage in own)
 
 
+# The checkpoint `--weights` names per method when the bench runs on fake checkpoints.
+FAKE_MAIN_WEIGHTS = {"toco": "vit_base_patch16_224.orig_in21k_ft_in1k.safetensors", "amr": "resnet50-19c8e357.pth",
+                     "ssc": "resnet50-19c8e357.pth", "weclip": "ViT-B-16.pt", "ssr": "ViT-B-16.pt"}
+
+
+def fake_weights(root):
+    """The folder of fake checkpoints, written once."""
+    folder = os.path.join(root, "fake_checkpoints")
+    if not os.path.isfile(os.path.join(folder, "ViT-B-16.pt")):
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "fake_checkpoints.py"), folder, "--clip-fp16"],
+                       check=True)
+    return folder
+
+
 def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir):
     command = [sys.executable, "-m", "wsss_keras.cli", "--backend", backend, "run", recipe, "--data", data,
                "--out", out, "--smoke", str(steps)]
+    cwd = ROOT
+    if weights and os.path.isdir(weights):  # a fake-checkpoint folder: the recipe's relative names resolve there
+        from wsss_keras.recipes import load_recipe
+
+        cwd, weights = weights, os.path.join(weights, FAKE_MAIN_WEIGHTS[load_recipe(recipe)["recipe"]["method"]])
     if weights:
         command += ["--weights", weights]
     if stages:
@@ -89,8 +114,9 @@ def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir
     started = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         try:
-            done = subprocess.run(command, check=False, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            done = subprocess.run(command, check=False, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                       "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))})
             status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
         except subprocess.TimeoutExpired:
             status = f"timed out after {timeout} s"
@@ -177,7 +203,8 @@ def main():
     parser.add_argument("--recipes", default=",".join(PAPER_RECIPES))
     parser.add_argument("--backends", default=os.environ.get("KERAS_BACKEND", "tensorflow"))
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--weights", default="random", help="`random`, or a checkpoint for every recipe")
+    parser.add_argument("--weights", default="random", help="`random`, `fake` (fake checkpoints in the released "
+                        "formats), or a checkpoint for every recipe")
     parser.add_argument("--stages", default=None, help="comma list of stages, each recipe running those of its method "
                         "(default: all of them)")
     parser.add_argument("--voc", default=None, help="a VOC-layout folder (default: synthetic at VOC's sizes)")
@@ -191,10 +218,11 @@ def main():
     recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     with tempfile.TemporaryDirectory() as scratch:
-        root = args.keep or scratch
+        root = os.path.abspath(args.keep or scratch)
         os.makedirs(root, exist_ok=True)
+        weights = fake_weights(root) if args.weights == "fake" else args.weights
         kinds = sorted({dataset_kind(recipe) for recipe in recipes} - {kind for kind in ("voc", "coco") if getattr(args, kind)})
-        folders = {**synthetic_folders(root, kinds), **{kind: getattr(args, kind) for kind in ("voc", "coco") if getattr(args, kind)}}
+        folders = {**synthetic_folders(root, kinds), **{kind: os.path.abspath(getattr(args, kind)) for kind in ("voc", "coco") if getattr(args, kind)}}
         records = []
         deadline = time.monotonic() + args.budget if args.budget else None
         for backend in backends:
@@ -206,7 +234,7 @@ def main():
                         print(f"{recipe} on {backend}: skipped, the budget is spent", flush=True)
                         continue
                 record = run_one(recipe, backend, folders[dataset_kind(recipe)], os.path.join(root, f"{recipe}_{backend}"),
-                                 args.steps, args.weights, stages_of(recipe, args.stages), timeout, root)
+                                 args.steps, weights, stages_of(recipe, args.stages), timeout, root)
                 if args.export and record["status"] == "ok":
                     export_one(record, folders[dataset_kind(recipe)], os.path.join(root, f"{recipe}_{backend}"),
                                args.timeout, root)
