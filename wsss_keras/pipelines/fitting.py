@@ -15,6 +15,11 @@ from wsss_keras.errors import WSSSError
 from wsss_keras.recipes import recipe_error, recipe_source, section
 
 MODEL_FILE = "model.keras"
+# Step counters some models keep themselves, advanced once per training batch: ToCo's and SSC's
+# `train_steps`, SSR's `cmpa_step`. Under accumulation they would count micro-batches, so
+# `fit_steps` refuses such a model unless it has an `accumulate` attribute (set to K, for it
+# to divide by).
+STEP_COUNTERS = ("train_steps", "cmpa_step")
 
 
 def saved_recipe(recipe):
@@ -28,8 +33,10 @@ def make_optimizer(recipe, table, steps, model=None, defaults=None, adam_group=N
     """The optimiser a recipe table asks for, on a poly schedule with linear warm-up.
 
     Keys of the table: `optimizer` ("adamw", ToCo's PolyWarmupAdamW; or "sgd", IRN's
-    PolyOptimizer), `learning_rate`, `warmup_steps`, `power`, `weight_decay`, `momentum` (SGD)
-    and `lr_multipliers` ({variable-path substring: factor}, added to the model's own groups).
+    PolyOptimizer), `learning_rate`, `warmup_steps`, `power`, `weight_decay`, `momentum` (SGD),
+    `lr_multipliers` ({variable-path substring: factor}, added to the model's own groups) and
+    `accumulate` (K, default 1: each optimiser step averages the gradients of K micro-batches,
+    Keras's `gradient_accumulation_steps`; `fit_steps` splits the table's batch into them).
 
     Args:
         recipe: the loaded recipe.
@@ -52,22 +59,35 @@ def make_optimizer(recipe, table, steps, model=None, defaults=None, adam_group=N
         return settings[key] if key in settings else defaults.get(key, fallback)
 
     kind = setting("optimizer", "adamw")
+    accumulate = accumulation(recipe, table, settings)
+    if "batch_size" in settings:  # early, before the stage loads anything; fit_steps checks the loader's too
+        check_accumulation(recipe, table, int(settings["batch_size"]), accumulate)
     multipliers = {**dict(getattr(model, "lr_multipliers", None) or {}), **dict(setting("lr_multipliers", {}))}
     schedule = PolyWarmup(
         float(setting("learning_rate", 6e-5)), int(setting("warmup_steps", 0)), steps,
         power=float(setting("power", 0.9)),
     )
+    optimizer = _optimizer(recipe, table, kind, schedule, steps, setting, model, multipliers, adam_group,
+                           gradient_accumulation_steps=accumulate if accumulate > 1 else None)
+    optimizer.recipe_table = table  # for fit_steps's messages
+    return optimizer
+
+
+def _optimizer(recipe, table, kind, schedule, steps, setting, model, multipliers, adam_group, **common):
+    from wsss_keras.training.schedules import PolyWarmup
+
     if kind == "adamw":
         from wsss_keras.training.optimizers import GroupedAdamW
 
-        return GroupedAdamW(schedule, lr_multipliers=multipliers, weight_decay=float(setting("weight_decay", 0.01)))
+        return GroupedAdamW(schedule, lr_multipliers=multipliers, weight_decay=float(setting("weight_decay", 0.01)),
+                            **common)
     if kind == "sgd":
         from wsss_keras.training.optimizers import GroupedSGD, GroupedSGDWithAdam
 
         options = dict(
             lr_multipliers=multipliers, momentum=float(setting("momentum", 0.0)),
             weight_decay=float(setting("weight_decay", 1e-4)),
-            weight_decay_multipliers=dict(getattr(model, "weight_decay_multipliers", None) or {}),
+            weight_decay_multipliers=dict(getattr(model, "weight_decay_multipliers", None) or {}), **common,
         )
         if not adam_group:
             return GroupedSGD(schedule, **options)
@@ -78,6 +98,38 @@ def make_optimizer(recipe, table, steps, model=None, defaults=None, adam_group=N
             adam_epsilon=float(adam_group.get("epsilon", 1e-8)), **options,
         )
     raise recipe_error(recipe, f"[{table}] optimizer = {kind!r}; choose \"adamw\" or \"sgd\".")
+
+
+def accumulation(recipe, table, settings=None):
+    """The table's `accumulate` (micro-batches per optimiser step, default 1), checked."""
+    settings = section(recipe, table) if settings is None else settings
+    value = settings.get("accumulate", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise recipe_error(recipe, f"[{table}] accumulate = {value!r}; give a whole number >= 1 (1: no accumulation).")
+    return value
+
+
+def check_accumulation(recipe, table, batch_size, accumulate, replicas=1):
+    """Raise a one-line recipe error unless `batch_size` splits into `accumulate` micro-batches
+    that each split evenly over `replicas`."""
+    parts = accumulate * replicas
+    if accumulate > 1 and batch_size % parts:
+        over = f" over {replicas} replicas" if replicas > 1 else ""
+        lower, upper = batch_size // parts * parts, (batch_size // parts + 1) * parts
+        sizes = " or ".join(str(size) for size in (lower, upper) if size > 0)
+        raise recipe_error(
+            recipe, f"[{table}] batch_size = {batch_size} does not split into accumulate = {accumulate} equal "
+            f"micro-batches{over}; set batch_size to a multiple of {parts} ({sizes}) or accumulate to a divisor of "
+            f"{batch_size // replicas if batch_size % replicas == 0 else batch_size}."
+        )
+
+
+def _accumulate_steps(model):
+    """The compiled optimiser's `gradient_accumulation_steps` (1 when none), and the recipe
+    table it came from (`make_optimizer`), through a `LossScaleOptimizer` (mixed_float16)."""
+    optimizer = getattr(model, "optimizer", None)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return int(getattr(inner, "gradient_accumulation_steps", None) or 1), getattr(inner, "recipe_table", None)
 
 
 def _average_loss_over_replicas(model):
@@ -93,6 +145,115 @@ def _average_loss_over_replicas(model):
         return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
 
     model.__dict__["compute_loss"] = compute_loss
+
+
+def _split_batch(batch, part, parts):
+    """Micro-batch `part` of `parts` of a loader batch: every array cut on axis 0, through
+    tuples, lists and dicts (the targets); anything without a batch axis is kept whole."""
+    if isinstance(batch, dict):
+        return {key: _split_batch(value, part, parts) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_split_batch(value, part, parts) for value in batch)
+    if getattr(batch, "ndim", 0) >= 1:
+        size = batch.shape[0] // parts
+        return batch[part * size:(part + 1) * size]
+    return batch
+
+
+def _micro_batches(stream, parts):
+    """A PyDataset whose item s·parts + j is micro-batch j of the stream's item s (see
+    `fit_steps`). Each loader batch is read once: the micro-batches of a step are cut from one
+    cached read, whichever worker thread asks first (a few steps are kept, as many as the
+    prefetch queue can hold)."""
+    import threading
+
+    import keras
+
+    class MicroBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=stream.workers, use_multiprocessing=stream.use_multiprocessing,
+                             max_queue_size=stream.max_queue_size)
+            self._reset()
+
+        def _reset(self):
+            self._lock, self._cache = threading.Lock(), {}
+
+        def __getstate__(self):  # worker processes (use_multiprocessing) get their own cache
+            return {key: value for key, value in self.__dict__.items() if key not in ("_lock", "_cache")}
+
+        def __setstate__(self, state):
+            self.__dict__.update(state)
+            self._reset()
+
+        def __len__(self):
+            return len(stream) * parts
+
+        def __getitem__(self, index):
+            step, part = divmod(int(index), parts)
+            with self._lock:
+                entry = self._cache.get(step)
+                if entry is None:
+                    entry = self._cache[step] = {"lock": threading.Lock(), "batch": None}
+                    while len(self._cache) > int(stream.max_queue_size or 10) + 2:
+                        self._cache.pop(next(iter(self._cache)))
+            with entry["lock"]:
+                if entry["batch"] is None:
+                    entry["batch"] = stream[step]
+                batch = entry["batch"]
+            if part == parts - 1:
+                with self._lock:
+                    self._cache.pop(step, None)
+            return _split_batch(batch, part, parts)
+
+    return MicroBatches()
+
+
+def _per_optimizer_step(callbacks, parts):
+    """One Keras callback that hands `callbacks` every `parts`-th training batch as one batch
+    (`fit_steps` with accumulation), numbered in optimiser steps: their clocks, logs, progress,
+    checkpoints and timings count optimiser steps, and a checkpoint is only ever written after
+    the last micro-batch of a step, when the optimiser's accumulators are empty again."""
+    import keras
+
+    class PerOptimizerStep(keras.callbacks.Callback):
+        def set_model(self, model):
+            super().set_model(model)
+            for callback in callbacks:
+                callback.set_model(model)
+
+        def set_params(self, params):
+            super().set_params(params)
+            params = dict(params or {})
+            if params.get("steps"):
+                params["steps"] = params["steps"] // parts
+            for callback in callbacks:
+                callback.set_params(params)
+
+        def _forward(self, hook, *args, **kwargs):
+            for callback in callbacks:
+                getattr(callback, hook)(*args, **kwargs)
+
+        def on_train_begin(self, logs=None):
+            self._forward("on_train_begin", logs)
+
+        def on_train_end(self, logs=None):
+            self._forward("on_train_end", logs)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._forward("on_epoch_begin", epoch, logs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._forward("on_epoch_end", epoch, logs)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch % parts == 0:
+                self._forward("on_train_batch_begin", batch // parts, logs)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % parts == 0:
+                self._forward("on_train_batch_end", (batch + 1) // parts - 1, logs)
+
+    return PerOptimizerStep()
 
 
 class TrainingInterrupted(WSSSError):
@@ -116,6 +277,21 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     those steps and the learning rate) and `<stem>_summary.json` (`train_log.csv` /
     `train_summary.json` for the main model), and while training
     `checkpoints/<stem>/` (removed once the model is saved) and `tensorboard/<stem>/`.
+
+    Gradient accumulation: when the model's optimiser accumulates K gradients (`make_optimizer`
+    from a table with `accumulate = K`), each loader batch (the table's `batch_size`, the global
+    batch) is cut into K micro-batches of batch_size / K images, fit runs over steps · K of them,
+    and the optimiser applies the mean of their gradients once per step. Everything counted
+    in steps (the learning-rate schedule, warm-up, logs, progress, checkpoints, resuming) counts
+    optimiser steps, as without accumulation; a checkpoint is only written at a step's end, when
+    the accumulators are empty. With a loss that is a mean over the batch, the step is the one
+    the whole batch would give, except that BatchNorm (where not frozen) normalises each
+    micro-batch with its own statistics: the known difference from a true large batch. A model
+    with its own step counter (`STEP_COUNTERS`) must expose `accumulate` for fit_steps to set,
+    else it is refused: its counter would count micro-batches. Under --precision mixed_float16
+    a micro-batch whose scaled gradients overflow is skipped by Keras's loss-scale optimizer
+    without counting, so that step averages a micro-batch of the next one in (rare: after the
+    first steps the loss scale has settled).
 
     Args:
         model: a compiled Keras model whose `compute_loss` reads the loader's targets.
@@ -163,6 +339,18 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         raise WSSSError(f"[{stage}] {folder} holds a checkpoint at step {record['step']}, past this run's {steps} "
                         "steps; pass --restart to start over, or the steps it was started with.")
     start = record["step"] if record else 0
+    accumulate, table = _accumulate_steps(model)
+    if accumulate > 1:
+        check_accumulation(recipe, table or stage, loader.batch_size, accumulate, options.replicas)
+        counter = next((name for name in STEP_COUNTERS if hasattr(model, name)), None)
+        if counter is not None:
+            if not hasattr(model, "accumulate"):
+                raise WSSSError(
+                    f"[{stage}] accumulate = {accumulate}: {type(model).__name__} counts its own steps ({counter}) once "
+                    "per batch it trains on, so its step-dependent losses would count micro-batches; set accumulate = 1 "
+                    f"in [{table or stage}] of {recipe_source(recipe)}."
+                )
+            model.accumulate = accumulate
     if loader.batch_size % options.replicas:
         raise WSSSError(f"[{stage}] the batch of {loader.batch_size} images is the global batch and must split evenly "
                         f"over the {options.replicas} replicas; set this stage's batch_size in {recipe_source(recipe)} "
@@ -172,7 +360,10 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     echo(
         f"[{stage}] {recipe['recipe']['name']}: {steps} steps of {loader.batch_size} images "
         f"({steps / len(loader):.1f} epochs), backend {keras.backend.backend()}"
-        + (f", {options.replicas} replicas of {loader.batch_size // options.replicas}" if options.replicas > 1 else "")
+        + (f", each the mean gradient of {accumulate} micro-batches of {loader.batch_size // accumulate}"
+           if accumulate > 1 else "")
+        + (f", {options.replicas} replicas of {loader.batch_size // accumulate // options.replicas}"
+           if options.replicas > 1 else "")
         + (f", {options.precision}" if options.precision != "float32" else "")
         + (f", resuming at step {start}" if start else "")
     )
@@ -186,6 +377,8 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         if hasattr(callback, "start_step"):
             callback.start_step = start
     stream = StepStream(loader, start, steps)
+    if accumulate > 1:
+        stream = _micro_batches(stream, accumulate)  # item s·K + j: micro-batch j of step start + s
     times = StepTimes()
     if options.replicas > 1 and keras.backend.backend() == "tensorflow":
         _average_loss_over_replicas(model)
@@ -198,8 +391,10 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     try:
         # shuffle=False: Keras would otherwise shuffle the order of a PyDataset's batches; the
         # order is the StepStream's, so that a resumed run reads what an uninterrupted one would.
-        model.fit(stream, epochs=1, verbose=0, shuffle=False,
-                  callbacks=[StepCounter(clock), progress, log, checkpointing, times, *callbacks])
+        step_callbacks = [StepCounter(clock), progress, log, checkpointing, times, *callbacks]
+        if accumulate > 1:
+            step_callbacks = [_per_optimizer_step(step_callbacks, accumulate)]
+        model.fit(stream, epochs=1, verbose=0, shuffle=False, callbacks=step_callbacks)
     finally:
         model.__dict__.pop("compute_loss", None)  # `_average_loss_over_replicas`'s wrapper
     seconds = time.perf_counter() - begun
@@ -224,7 +419,7 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         pass
     record = {
         "recipe": recipe["recipe"]["name"], "stage": stage, "backend": keras.backend.backend(), "steps": steps,
-        "train_seconds": round(seconds, 1), **({"resumed_at": start} if start else {}), **(summary or {}),
+        **({"accumulate": accumulate} if accumulate > 1 else {}), "train_seconds": round(seconds, 1), **({"resumed_at": start} if start else {}), **(summary or {}),
         **times.summary(),
         "final": {key: value for key, value in log.last.items() if key not in ("step", "seconds")},
     }

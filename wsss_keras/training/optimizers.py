@@ -12,6 +12,15 @@ entry, in insertion order, wins; `multiplier_for(variable)` tells which applies)
 - `GroupedSGD`: torch.optim.SGD's update exactly (coupled L2 weight decay added to the
   gradient before the momentum buffer, the rate applied after it), which Keras's SGD is not
   when the rate changes: Keras folds the rate into its velocity.
+
+Gradient accumulation (`gradient_accumulation_steps=K`, a recipe table's `accumulate`): Keras
+3.15's optimizer counts every `apply` (every micro-batch) in its `_iterations` variable, and its
+`iterations` property is `_iterations // K`, which Adam's bias correction and the EMA use; but it
+evaluates a learning-rate schedule at `_iterations`, so a schedule would run K times too fast.
+These optimizers evaluate it at `iterations`, the optimiser step: the update of step s (applied
+with micro-batch K-1, `_iterations` = K·s + K − 1) uses schedule(s), as without accumulation.
+Under tf.distribute (MirroredStrategy), Keras 3.15's accumulation fails to trace (its replicas'
+all-reduce sits inside an `ops.cond`); these optimizers all-reduce first and branch per variable.
 """
 
 import keras
@@ -25,8 +34,77 @@ def path_multiplier(lr_multipliers, variable):
     return next((float(m) for key, m in lr_multipliers.items() if key in path), 1.0)
 
 
+class AccumulationAtOptimizerSteps:
+    """Mixin for gradient accumulation (see the module's docstring): a learning-rate schedule is
+    evaluated at the optimiser step (`iterations`, which Keras divides by
+    `gradient_accumulation_steps`), not at the micro-batch count Keras's base optimizer gives it;
+    under a tf.distribute strategy the accumulation is done without a synchronisation point
+    inside control flow. Without accumulation nothing changes."""
+
+    def _get_current_learning_rate(self):
+        if self.gradient_accumulation_steps and isinstance(
+            self._learning_rate, keras.optimizers.schedules.LearningRateSchedule
+        ):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        if self.gradient_accumulation_steps and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context() is False:
+                return self._replicated_accumulation(tf, grads, trainable_variables)
+        return super()._backend_apply_gradients(grads, trainable_variables)
+
+    def _replicated_accumulation(self, tf, grads, trainable_variables):
+        """Gradient accumulation under a tf.distribute strategy (MirroredStrategy). Keras 3.15
+        puts the replicas' all-reduce and merge calls inside an `ops.cond` on "is this the K-th
+        micro-batch", which TensorFlow refuses (a synchronisation point inside control flow).
+        Here the gradients are all-reduced first, on every micro-batch, and the branch is taken
+        per variable inside the cross-replica update, where nothing synchronises: accumulator
+        += gradient, and on the K-th micro-batch the update step with their mean, accumulator 0.
+        """
+        if self.use_ema or self.global_clipnorm or self.weight_decay:
+            raise NotImplementedError(
+                f"{type(self).__name__}: gradient accumulation under tf.distribute supports no EMA, global_clipnorm "
+                "or Keras weight_decay here (this optimizer's own weight decay is applied in its update step)."
+            )
+        steps = self.gradient_accumulation_steps
+        is_update_step = (self._iterations + 1) % steps == 0
+        learning_rate = self.learning_rate
+        accumulators = [self._accumulated_gradients[self._get_variable_index(v)].value for v in trainable_variables]
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        reduced = self._all_reduce_sum_gradients(list(zip(grads, variables)))
+
+        def update(distribution, reduced, accumulators, learning_rate, is_update_step):
+            # Tensors of the replica context arrive here per replica: `update` hands each
+            # device its own (the gradient, the rate, the branch).
+            def accumulate(variable, gradient, accumulator, learning_rate, is_update_step):
+                total = accumulator + tf.cast(gradient, accumulator.dtype)
+
+                def apply():
+                    [mean] = self._clip_gradients([total / steps])
+                    self.update_step(mean, variable, learning_rate)
+                    accumulator.assign(tf.zeros_like(total))
+                    return tf.constant(True)
+
+                def add():
+                    accumulator.assign(total)
+                    return tf.constant(False)
+
+                return tf.cond(is_update_step, apply, add)
+
+            for (gradient, variable), accumulator in zip(reduced, accumulators):
+                distribution.extended.update(variable, accumulate, group=False,
+                                             args=(gradient, accumulator, learning_rate, is_update_step))
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            update, self._distribution_strategy, reduced, accumulators, learning_rate, is_update_step
+        )
+
+
 @keras.saving.register_keras_serializable(package="wsss_keras")
-class GroupedAdamW(keras.optimizers.Adam):
+class GroupedAdamW(AccumulationAtOptimizerSteps, keras.optimizers.Adam):
     """Adam with decoupled weight decay and learning-rate multipliers by variable path.
 
     Args:
@@ -35,7 +113,8 @@ class GroupedAdamW(keras.optimizers.Adam):
             entry (in insertion order) applies, others get 1.
         weight_decay: decoupled weight decay, applied to every variable with its scaled rate.
         beta_1, beta_2, epsilon: Adam's.
-        **kwargs: passed to `keras.optimizers.Adam` (clipnorm, loss_scale_factor, ...).
+        **kwargs: passed to `keras.optimizers.Adam` (clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, ...).
 
     Example:
     >>> optimizer = GroupedAdamW(6e-5, lr_multipliers={"classifier": 10.0, "decoder": 10.0}, weight_decay=0.01)
@@ -70,7 +149,7 @@ class GroupedAdamW(keras.optimizers.Adam):
 
 
 @keras.saving.register_keras_serializable(package="wsss_keras")
-class GroupedSGD(keras.optimizers.Optimizer):
+class GroupedSGD(AccumulationAtOptimizerSteps, keras.optimizers.Optimizer):
     """torch.optim.SGD with learning-rate multipliers by variable path (parameter groups).
 
     For each variable, with lr = schedule(t) · multiplier and g its gradient:
