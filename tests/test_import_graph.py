@@ -32,7 +32,6 @@ LAYERS = (
     ("ops", "data", "backbones", "training", "recipes"),
     ("evaluation", "methods"),
     ("pipelines",),
-    ("export_graph",),
     ("export",),
     ("commands",),
     ("cli",),

@@ -1,0 +1,111 @@
+"""The artifact formats and precisions an export asks for (`check_request`), where each
+artifact goes, and their writers: SavedModel and ONNX (and Triton's ONNX model repository)
+through Keras's exporters, TFLite through a SavedModel and TensorFlow's converter."""
+
+import contextlib
+import os
+
+from wsss_keras.export.errors import ExportError
+from wsss_keras.export.int8 import int8_flatbuffers
+from wsss_keras.export.tflite import litert_converter
+from wsss_keras.export.triton import triton_config
+
+FORMATS = ("saved_model", "onnx", "tflite", "triton")
+PRECISIONS = ("fp32", "fp16", "int8")
+ARTIFACT_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite", "triton": "model.onnx"}
+DEFAULT_OPSET = 17
+
+
+def check_request(formats, precisions):
+    """The (format, precision) pairs to export; raises ExportError on impossible pairs."""
+    formats, precisions = list(formats), list(precisions or ["fp32"])
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ExportError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}.")
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ExportError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    reduced = [p for p in precisions if p != "fp32"]
+    if reduced and "tflite" not in formats:
+        raise ExportError(f"precision {reduced[0]} is a TFLite precision; add --format tflite or use fp32 "
+                          "(SavedModel, ONNX and Triton export float32).")
+    return [(fmt, precision) for fmt in formats for precision in (precisions if fmt == "tflite" else ["fp32"])]
+
+
+def artifact_folder(out, pairs, fmt, precision):
+    """The folder of one (format, precision) artifact: `out` itself when it is the only one,
+    else `out/<format>_<precision>/`."""
+    return out if len(pairs) == 1 else os.path.join(out, f"{fmt}_{precision}")
+
+
+def artifact_path(out_dir, fmt, name):
+    """Where `fmt`'s artifact goes in `out_dir`; Triton's is `<name>/1/model.onnx` of a model
+    repository (version 1 of model `name`)."""
+    if fmt == "triton":
+        return os.path.join(out_dir, name, "1", ARTIFACT_NAMES[fmt])
+    return os.path.join(out_dir, ARTIFACT_NAMES[fmt])
+
+
+@contextlib.contextmanager
+def _no_default_signatures():
+    """Keras's SavedModel writing (under all three formats) traces a `serving_default` for every
+    Keras Model it meets, from the shapes that model was built with; our sub-models (encoders,
+    heads) are built from configs without input shapes, so that tracing fails. The export's own
+    endpoint is the only signature wanted, so the default ones are switched off meanwhile."""
+    from keras.src.backend.tensorflow.layer import TFLayer
+
+    original = TFLayer.__dict__["_default_save_signature"]
+    TFLayer._default_save_signature = property(lambda self: None)
+    try:
+        yield
+    finally:
+        TFLayer._default_save_signature = original
+
+
+def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFAULT_OPSET, name="model",
+                    int8_scope="full"):
+    """Export `graph` into `out_dir` as `fmt`: yields (artifact path, notes). Every format
+    yields once, except int8, which yields again with more ops kept in float each time
+    (`int8_flatbuffers`, by `int8_scope`) for as long as the caller asks, so the self-check
+    can choose."""
+    import keras
+
+    path = artifact_path(out_dir, fmt, name)
+    spec = keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name="image")
+    with _no_default_signatures():
+        if fmt == "saved_model":
+            graph.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
+            yield path, {}
+        elif fmt in ("onnx", "triton"):
+            yield from _write_onnx(graph, fmt, spec, path, out_dir, opset, name)
+        else:
+            yield from _write_tflite(graph, precision, spec, path, calibration, int8_scope)
+
+
+def _write_onnx(graph, fmt, spec, path, out_dir, opset, name):
+    """The ONNX graph; for Triton, inside a model repository with its `config.pbtxt`."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    graph.export(path, format="onnx", input_signature=[spec], opset_version=int(opset), verbose=False)
+    if fmt == "triton":
+        with open(os.path.join(out_dir, name, "config.pbtxt"), "w", encoding="utf-8") as handle:
+            handle.write(triton_config(name, graph.label_count, graph.output_kind))
+    yield path, {"opset": int(opset)}
+
+
+def _write_tflite(graph, precision, spec, path, calibration, int8_scope):
+    """The `.tflite` flatbuffer; int8's once per float fallback (`int8_flatbuffers`)."""
+    import tempfile
+
+    # Keras's LiteRT exporter converts through a SavedModel too; doing that step here lets
+    # int8 choose which ops to keep in float.
+    with tempfile.TemporaryDirectory() as scratch:
+        saved = os.path.join(scratch, "saved_model")
+        graph.export(saved, format="tf_saved_model", input_signature=[spec], verbose=False)
+        if precision != "int8":
+            flatbuffers = [(litert_converter(saved, precision).convert(), {})]
+        else:
+            flatbuffers = int8_flatbuffers(saved, calibration, int8_scope)
+        for flatbuffer, notes in flatbuffers:
+            with open(path, "wb") as handle:
+                handle.write(flatbuffer)
+            yield path, notes
