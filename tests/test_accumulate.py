@@ -166,3 +166,21 @@ def test_a_run_stopped_mid_step_resumes_at_the_step_and_ends_as_the_uninterrupte
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with open(tmp_path / "cut" / "train_log.csv", newline="") as handle:
         assert [int(row["step"]) for row in csv.DictReader(handle)] == list(range(1, STEPS + 1))
+
+
+def test_toco_counts_its_loss_starts_in_optimiser_steps(data, tmp_path):
+    # ToCo's step counter advances per micro-batch; its loss starts and DOEI's schedule read
+    # optimiser steps (train_steps // accumulate), so fit_steps accepts it and sets K.
+    from helpers import tiny_toco_for_training, toco_training_loader
+
+    from wsss_keras.training.optimizers import GroupedAdamW
+
+    model = tiny_toco_for_training()
+    model.compile(optimizer=GroupedAdamW(PolyWarmup(2e-3, 2, 6), lr_multipliers={"decoder/": 10.0},
+                                         gradient_accumulation_steps=2))
+    toco_recipe = {"recipe": {"name": "toco-accumulate"}, "train": {"batch_size": 4, "accumulate": 2}}
+    fit_steps(model, toco_training_loader(data, batch_size=4), 3, str(tmp_path), "model.keras", toco_recipe,
+              echo=lambda line: None, options=QUIET)
+    assert model.accumulate == 2 and int(keras.ops.convert_to_numpy(model.train_steps)) == 6  # micro-batches
+    assert int(keras.ops.convert_to_numpy(model.optimizer_steps())) == 3
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(model._progress())), 3 / 6)  # max_steps 6

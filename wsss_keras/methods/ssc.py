@@ -291,6 +291,8 @@ class SSC(keras.Model, WSSSModel):
     ```
     """
 
+    step_counter = "train_steps"  # advanced once per training batch (see pipelines.fitting.fit_steps)
+
     def __init__(
         self,
         backbone,
@@ -333,6 +335,7 @@ class SSC(keras.Model, WSSSModel):
         self.loss_network_width = float(loss_network_width)
         self.self_modulation_weight = float(self_modulation_weight)
         self.self_modulation_start = int(self_modulation_start)
+        self.accumulate = 1  # micro-batches per optimiser step (fit_steps sets it; not saved)
         self.self_modulation_threshold = float(self_modulation_threshold)
         self.erosion_size = int(erosion_size)
         self.self_modulation_stride = int(self_modulation_stride)
@@ -450,7 +453,10 @@ class SSC(keras.Model, WSSSModel):
             if not isinstance(y, dict) or "superpixels" not in y:
                 raise ValueError("SSC's self-modulation needs the batch's superpixels: targets {'labels', 'superpixels'}.")
             terms["self_modulation"] = self.self_modulation_loss(maps, labels, y["superpixels"])
-            active = ops.cast(ops.convert_to_tensor(self.train_steps) >= self.self_modulation_start, "float32")
+            steps = ops.convert_to_tensor(self.train_steps)
+            if self.accumulate > 1:
+                steps = steps // self.accumulate  # the start counts optimiser steps
+            active = ops.cast(steps >= self.self_modulation_start, "float32")
             total = total + self.self_modulation_weight * active * terms["self_modulation"]
         for name, value in terms.items():
             self.trackers[name].update_state(value)

@@ -195,6 +195,8 @@ class SSR(WeCLIP):
     (1, 4, 4, 3)
     """
 
+    step_counter = "cmpa_step"  # advanced once per training batch (see pipelines.fitting.fit_steps)
+
     options_section = "ssr"
     loss_names = ("seg", "proto")
 

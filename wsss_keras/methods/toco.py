@@ -279,6 +279,8 @@ class ToCo(WSSSModel, keras.Model):
     ((2, 3), (2, 4, 4, 4))
     """
 
+    step_counter = "train_steps"  # advanced once per training batch (see pipelines.fitting.fit_steps)
+
     def __init__(
         self,
         encoder,
@@ -329,6 +331,9 @@ class ToCo(WSSSModel, keras.Model):
         self.projection = tuple(int(size) for size in projection)
         self.losses_config = toco_losses(losses)
         self.max_steps = int(max_steps)
+        # Micro-batches per optimiser step under gradient accumulation (fit_steps sets it; not
+        # saved): train_steps counts micro-batches, the loss starts count optimiser steps.
+        self.accumulate = 1
         if pooling not in ("max", "avg"):
             raise ValueError(f"pooling={pooling!r}: choose 'max' (ToCo) or 'avg'.")
         self.pooling = pooling
@@ -402,7 +407,12 @@ class ToCo(WSSSModel, keras.Model):
     def _progress(self):
         if not self.built:
             return None
-        return ops.minimum(ops.cast(self.train_steps, "float32") / float(max(self.max_steps, 1)), 1.0)
+        return ops.minimum(ops.cast(self.optimizer_steps(), "float32") / float(max(self.max_steps, 1)), 1.0)
+
+    def optimizer_steps(self):
+        """Optimiser steps trained so far: `train_steps` over the micro-batches per step."""
+        steps = ops.convert_to_tensor(self.train_steps)
+        return steps if self.accumulate == 1 else steps // self.accumulate
 
     def call(self, images, training=None):
         features, aux_features, class_token = self.encode(images, training=training)
@@ -449,7 +459,7 @@ class ToCo(WSSSModel, keras.Model):
         if boxes is None:
             whole = ops.convert_to_tensor([[0, height, 0, width]], "int32")
             boxes = whole + ops.zeros_like(ops.cast(labels[:, :1], "int32"))
-        step = ops.convert_to_tensor(self.train_steps)
+        step = self.optimizer_steps()
         high, low = settings["high_threshold"], settings["low_threshold"]
 
         if settings["cam_scales"] == [1.0] and not settings["cam_flip"]:

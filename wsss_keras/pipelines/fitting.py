@@ -342,7 +342,9 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     accumulate, table = _accumulate_steps(model)
     if accumulate > 1:
         check_accumulation(recipe, table or stage, loader.batch_size, accumulate, options.replicas)
-        counter = next((name for name in STEP_COUNTERS if hasattr(model, name)), None)
+        # A class names its counter (`step_counter`), so an unbuilt model, which has no counter
+        # variable yet, is recognised too.
+        counter = getattr(model, "step_counter", None) or next((name for name in STEP_COUNTERS if hasattr(model, name)), None)
         if counter is not None:
             if not hasattr(model, "accumulate"):
                 raise WSSSError(
