@@ -170,3 +170,24 @@ def test_onnx_export_agrees_with_the_keras_model(readme):
     other = np.asarray(Image.fromarray(readme["image"]).resize((48, 80), Image.BILINEAR))
     (labels,) = session.run(["labels"], {"image": other[None]})
     assert labels.shape == (1, 80, 48) and labels.max() < len(class_names(data_dir))
+
+
+def test_the_segmenter_is_the_exported_graph_in_keras_and_survives_saving(readme):
+    import onnxruntime
+
+    image, model = readme["image"], readme["model"]
+    reference = keras_logits(model, image)  # the network's size: the graph's resize is the identity
+    clear = clear_pixels(reference)
+    assert readme["labels"].shape == (1,) + image.shape[:2] and readme["labels"].dtype == np.uint8
+    np.testing.assert_array_equal(readme["labels"][0][clear], reference.argmax(-1)[clear])
+    np.testing.assert_array_equal(readme["reloaded_labels"], readme["labels"])
+    # The ONNX file (traced from the same graph on TensorFlow) gives those labels.
+    session = onnxruntime.InferenceSession(str(Path(readme["export_dir"]) / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_labels,) = session.run(["labels"], {"image": image[None]})
+    np.testing.assert_array_equal(onnx_labels[0][clear], readme["labels"][0][clear])
+    # Another size: resized to the network's input inside, labels back at the image's size.
+    other = np.asarray(Image.fromarray(image).resize((48, 80), Image.BILINEAR))
+    labels = readme["reloaded"].predict(other[None], verbose=0)["labels"]
+    (onnx_other,) = session.run(["labels"], {"image": other[None]})
+    assert labels.shape == (1, 80, 48)
+    assert (labels == onnx_other).mean() > 0.99

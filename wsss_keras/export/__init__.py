@@ -31,6 +31,7 @@ from wsss_keras.export.build import (
     OUTPUTS,
     default_input_size,
     deployment_graph,
+    image_segmenter,
 )
 from wsss_keras.export.check import (
     AGREEMENT,
@@ -85,7 +86,7 @@ __all__ = [
     "PRECISIONS", "SAMPLE_COUNT", "TRITON_MAX_BATCH", "TRITON_QUEUE_DELAY_US", "ExportCheckError", "ExportError",
     "artifact_folder", "artifact_path", "artifact_runner", "build_manifest", "check_request", "checked_pairs",
     "class_names", "compare_outputs", "default_input_size", "deployment_graph", "evaluation_miou",
-    "export_artifact", "export_model", "file_sha256", "image_folder", "int8_flatbuffers", "litert_converter",
+    "export_artifact", "export_model", "file_sha256", "image_folder", "image_segmenter", "int8_flatbuffers", "litert_converter",
     "model_name", "output_descriptions", "sample_images", "self_check", "tflite_op_names", "triton_config",
     "write_artifacts", "write_checked", "write_manifest",
 ]

@@ -62,7 +62,7 @@ def deployment_graph(model, input_size, output="logits", dynamic=False):
             f"{type(model).__name__} has no segmentation head: export the segmentation network trained on its "
             "pseudo-labels (the run's segmentation/model.keras), or this model's CAMs with --output cams."
         ) from None
-    if dynamic:
+    if dynamic and keras.backend.backend() == "tensorflow":  # the export's trace, with sizes unknown
         import tensorflow as tf
 
         try:
@@ -75,3 +75,21 @@ def deployment_graph(model, input_size, output="logits", dynamic=False):
         outputs = {"logits": model.segment_logits(keras.ops.zeros((1,) + tuple(input_size) + (3,)))}
     graph.label_count = int(outputs["cams"].shape[-1]) + 1 if output == "cams" else int(outputs["logits"].shape[-1])
     return graph
+
+
+def image_segmenter(model, input_size=None, output="labels", dynamic=False):
+    """The exported graph as a Keras model, for Python: uint8 RGB images `(B, H, W, 3)` of any
+    size in, {"labels"} (or {"logits", "labels"}, {"cams"}) at their size out, with the resize
+    and normalisation inside, on every backend. It saves and loads as a `.keras` file, the
+    model inside.
+
+    Args:
+        model: a trained `WSSSModel`.
+        input_size: (height, width) the network runs at (default `default_input_size`).
+        output, dynamic: as `deployment_graph`.
+
+    Example:
+    >>> segmenter = image_segmenter(load_model("model.keras"))  # doctest: +SKIP
+    >>> segmenter.predict(uint8_images)["labels"]  # doctest: +SKIP
+    """
+    return deployment_graph(model, tuple(input_size or default_input_size(model)), output, dynamic)

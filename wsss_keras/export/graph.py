@@ -1,15 +1,24 @@
 """The graph `wsss export` writes: uint8 RGB images in, segmentation (or CAMs) out, with the
 resizing and normalisation inside, so a client needs no preprocessing.
 
-Built on the TensorFlow backend only (export runs there), so it uses `tf` where keras.ops would
-not export: resizing back to the image's size, unknown until run time, is `tf.image.resize`
-(what keras.ops does on TensorFlow, minus its check that the size is a Python tuple).
+The same Keras model serves in Python on every backend (`wsss_keras.export.image_segmenter`),
+and saves and loads as a `.keras` file with its method inside, so `keras.saving.load_model(
+"segmenter.keras").predict(uint8_images)` gives the exported graph's label maps. On TensorFlow,
+where the exports are traced with the image size unknown until run time, it resizes back with
+`tf.image.resize` (what keras.ops does there, minus its check that the size is a Python tuple)
+and takes the argmax with `tf.math.argmax`; on JAX and PyTorch the shapes are known and it uses
+keras.ops.
 """
 
 import keras
 from keras import ops
 
 
+def _on_tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
+@keras.saving.register_keras_serializable(package="wsss_keras")
 class ImageToSegmentation(keras.Model):
     """uint8 `(B, H, W, 3)` RGB -> {"logits", "labels"} / {"labels"} / {"cams"} at `(H, W)`.
 
@@ -40,27 +49,50 @@ class ImageToSegmentation(keras.Model):
 
     @staticmethod
     def _resize(tensor, size):
-        import tensorflow as tf
+        if _on_tensorflow():
+            import tensorflow as tf
 
-        return tf.image.resize(tensor, size, method="bilinear", antialias=False)
+            return tf.image.resize(tensor, size, method="bilinear", antialias=False)
+        from wsss_keras.ops.cam import resize_bilinear
+
+        return resize_bilinear(tensor, tuple(int(v) for v in size))
 
     def call(self, images):
-        import tensorflow as tf
+        if _on_tensorflow():
+            import tensorflow as tf
 
-        size = tf.shape(images)[1:3]
+            size = tf.shape(images)[1:3]
+        else:
+            size = ops.shape(images)[1:3]
         x = ops.cast(images, "float32")
         if not self.dynamic:
             x = self._resize(x, self.input_size)
-            x.set_shape((None,) + self.input_size + (3,))
+            if _on_tensorflow():
+                x.set_shape((None,) + self.input_size + (3,))  # tf.image.resize leaves it unknown
         x = (x - ops.convert_to_tensor(self.mean, "float32")) / ops.convert_to_tensor(self.std, "float32")
         if self.output_kind == "cams":
             cams = ops.relu(self.method.cam_maps(x))
             cams = cams / (ops.max(cams, axis=(1, 2), keepdims=True) + 1e-5)
             return {"cams": self._resize(cams, size)}
         logits = self._resize(self.method.segment_logits(x), size)
-        # tf.argmax, not keras.ops.argmax: Keras's TensorFlow argmax bit-casts to tell -0.0 from
-        # 0.0, and neither ONNX Runtime nor builtin LiteRT has those ops.
-        labels = ops.cast(tf.math.argmax(logits, axis=-1), "uint8")
+        if _on_tensorflow():
+            import tensorflow as tf
+
+            # tf.argmax, not keras.ops.argmax: Keras's TensorFlow argmax bit-casts to tell -0.0
+            # from 0.0, and neither ONNX Runtime nor builtin LiteRT has those ops.
+            labels = ops.cast(tf.math.argmax(logits, axis=-1), "uint8")
+        else:
+            labels = ops.cast(ops.argmax(logits, axis=-1), "uint8")
         if self.output_kind == "labels":
             return {"labels": labels}
         return {"logits": logits, "labels": labels}
+
+    def get_config(self):
+        return {**super().get_config(), "method": keras.saving.serialize_keras_object(self.method),
+                "input_size": list(self.input_size), "output": self.output_kind, "dynamic": self.dynamic}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        method = keras.saving.deserialize_keras_object(config.pop("method"))
+        return cls(method, **config)
