@@ -79,7 +79,8 @@ def test_outputs_outside_their_range_are_not_sane(tmp_path):
 
 def test_out_of_memory_names_the_stage_and_the_batch_to_lower(tmp_path):
     meter = _meter(tmp_path)
-    with pytest.raises(WSSSError, match=r"\[train\] ran out of memory at .* GiB; lower \[train\] batch_size \(now 8\)"):
+    with pytest.raises(WSSSError, match=r"\[train\] ran out of memory at .* GiB; set \[train\] accumulate = 2 \(or more\) in .* to keep "
+                                           r"the batch of 8 in smaller micro-batches, or lower batch_size"):
         with meter("train"):
             raise MemoryError
     assert meter.rows[0]["output"] == "out of memory"

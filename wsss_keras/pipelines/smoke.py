@@ -252,8 +252,8 @@ class SmokeMeter:
         table = _TRAINING_FILES.get(stage, (None, None))[1]
         batch = section(self.recipe, table).get("batch_size") if table else None
         peak = row["accelerator_peak"] if row["accelerator_peak"] is not None else row["host_peak"]
-        fix = (f"lower [{table}] batch_size (now {batch}) in {recipe_source(self.recipe)}" if batch
-               else "run it on a machine with more memory")
+        fix = (f"set [{table}] accumulate = 2 (or more) in {recipe_source(self.recipe)} to keep the batch of {batch} in "
+               f"smaller micro-batches, or lower batch_size" if batch else "run it on a machine with more memory")
         return f"[{stage}] ran out of memory at {_gib(peak)} GiB; {fix}."
 
     def _outputs(self, stage, seconds):
