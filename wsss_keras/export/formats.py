@@ -2,13 +2,13 @@
 artifact goes, and their writers: SavedModel and ONNX (and Triton's ONNX model repository)
 through Keras's exporters, TFLite through a SavedModel and TensorFlow's converter."""
 
-import contextlib
 import os
 
 from wsss_keras.export.errors import ExportError
 from wsss_keras.export.int8 import int8_flatbuffers
 from wsss_keras.export.tflite import litert_converter
 from wsss_keras.export.triton import triton_config
+from wsss_keras.training.keras_internals import no_default_save_signatures
 
 FORMATS = ("saved_model", "onnx", "tflite", "triton")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -46,22 +46,6 @@ def artifact_path(out_dir, fmt, name):
     return os.path.join(out_dir, ARTIFACT_NAMES[fmt])
 
 
-@contextlib.contextmanager
-def _no_default_signatures():
-    """Keras's SavedModel writing (under all three formats) traces a `serving_default` for every
-    Keras Model it meets, from the shapes that model was built with; our sub-models (encoders,
-    heads) are built from configs without input shapes, so that tracing fails. The export's own
-    endpoint is the only signature wanted, so the default ones are switched off meanwhile."""
-    from keras.src.backend.tensorflow.layer import TFLayer
-
-    original = TFLayer.__dict__["_default_save_signature"]
-    TFLayer._default_save_signature = property(lambda self: None)
-    try:
-        yield
-    finally:
-        TFLayer._default_save_signature = original
-
-
 def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFAULT_OPSET, name="model",
                     int8_scope="full"):
     """Export `graph` into `out_dir` as `fmt`: yields (artifact path, notes). Every format
@@ -72,7 +56,7 @@ def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFA
 
     path = artifact_path(out_dir, fmt, name)
     spec = keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name="image")
-    with _no_default_signatures():
+    with no_default_save_signatures():
         if fmt == "saved_model":
             graph.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
             yield path, {}

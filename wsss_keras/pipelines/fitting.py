@@ -6,6 +6,7 @@ import it; it imports none of them, so a trainer never reaches back up into `tra
 command that dispatches to them.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -132,19 +133,17 @@ def _accumulate_steps(model):
     return int(getattr(inner, "gradient_accumulation_steps", None) or 1), getattr(inner, "recipe_table", None)
 
 
-def _average_loss_over_replicas(model):
+def _averaged_over_replicas(compute_loss):
     """Under tf.distribute, Keras sums the replicas' gradients and expects each replica's loss
     divided by the replica count (its `Loss` objects do that); the methods' own `compute_loss`
     returns the plain mean over the replica's batch, so it is divided here, for this run only."""
     import tensorflow as tf
 
-    method = model.compute_loss
-
-    def compute_loss(*args, **kwargs):
-        loss = method(*args, **kwargs)
+    def averaged(*args, **kwargs):
+        loss = compute_loss(*args, **kwargs)
         return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
 
-    model.__dict__["compute_loss"] = compute_loss
+    return averaged
 
 
 def _split_batch(batch, part, parts):
@@ -325,50 +324,27 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         StepProgress,
         StepTimes,
     )
-    from wsss_keras.training.checkpoints import latest_checkpoint, restore_checkpoint
+    from wsss_keras.training.checkpoints import restore_checkpoint
+    from wsss_keras.training.keras_internals import (
+        build_for_restore,
+        compute_loss_wrapped,
+    )
     from wsss_keras.training.options import current_options
 
     options = options or current_options()
     os.makedirs(out_dir, exist_ok=True)
     stem = "train" if model_file == MODEL_FILE else os.path.splitext(model_file)[0]
     folder = os.path.join(out_dir, "checkpoints", stem)
-    record = None if options.resume is False else latest_checkpoint(folder)
-    if record is None and os.path.isdir(folder):
-        shutil.rmtree(folder)  # --restart, or leftovers without a whole checkpoint
-    if record is not None and record["step"] >= steps:
-        raise WSSSError(f"[{stage}] {folder} holds a checkpoint at step {record['step']}, past this run's {steps} "
-                        "steps; pass --restart to start over, or the steps it was started with.")
+    record = _resume_record(folder, steps, stage, options)
     start = record["step"] if record else 0
-    accumulate, table = _accumulate_steps(model)
-    if accumulate > 1:
-        check_accumulation(recipe, table or stage, loader.batch_size, accumulate, options.replicas)
-        # A class names its counter (`step_counter`), so an unbuilt model, which has no counter
-        # variable yet, is recognised too.
-        counter = getattr(model, "step_counter", None) or next((name for name in STEP_COUNTERS if hasattr(model, name)), None)
-        if counter is not None:
-            if not hasattr(model, "accumulate"):
-                raise WSSSError(
-                    f"[{stage}] accumulate = {accumulate}: {type(model).__name__} counts its own steps ({counter}) once "
-                    "per batch it trains on, so its step-dependent losses would count micro-batches; set accumulate = 1 "
-                    f"in [{table or stage}] of {recipe_source(recipe)}."
-                )
-            model.accumulate = accumulate
+    accumulate = _prepare_accumulation(model, loader, recipe, stage, options)
     if loader.batch_size % options.replicas:
         raise WSSSError(f"[{stage}] the batch of {loader.batch_size} images is the global batch and must split evenly "
                         f"over the {options.replicas} replicas; set this stage's batch_size in {recipe_source(recipe)} "
                         f"to a multiple of {options.replicas}.")
     if options.resume and record is None:
         echo(f"[{stage}] no checkpoint in {folder}; starting at step 0")
-    echo(
-        f"[{stage}] {recipe['recipe']['name']}: {steps} steps of {loader.batch_size} images "
-        f"({steps / len(loader):.1f} epochs), backend {keras.backend.backend()}"
-        + (f", each the mean gradient of {accumulate} micro-batches of {loader.batch_size // accumulate}"
-           if accumulate > 1 else "")
-        + (f", {options.replicas} replicas of {loader.batch_size // accumulate // options.replicas}"
-           if options.replicas > 1 else "")
-        + (f", {options.precision}" if options.precision != "float32" else "")
-        + (f", resuming at step {start}" if start else "")
-    )
+    echo(_start_line(recipe, stage, steps, loader, accumulate, options, start))
     clock = StepClock(start, steps)
     log_every = options.log_interval(steps)
     progress = StepProgress(clock, echo, every=log_every, stage=stage)
@@ -382,24 +358,84 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     if accumulate > 1:
         stream = _micro_batches(stream, accumulate)  # item s·K + j: micro-batch j of step start + s
     times = StepTimes()
-    if options.replicas > 1 and keras.backend.backend() == "tensorflow":
-        _average_loss_over_replicas(model)
     if record:
-        # Build the model's and the optimiser's variables from one batch, as `fit` does itself
-        # (on TensorFlow only when tracing its first step), so the checkpoint can fill them.
-        model._symbolic_build(data_batch=stream[0])
+        build_for_restore(model, stream[0])  # so that the checkpoint can fill the variables
         restore_checkpoint(model, record)
+    per_replica = options.replicas > 1 and keras.backend.backend() == "tensorflow"
     begun = time.perf_counter()
-    try:
+    with compute_loss_wrapped(model, _averaged_over_replicas) if per_replica else contextlib.nullcontext():
         # shuffle=False: Keras would otherwise shuffle the order of a PyDataset's batches; the
         # order is the StepStream's, so that a resumed run reads what an uninterrupted one would.
         step_callbacks = [StepCounter(clock), progress, log, checkpointing, times, *callbacks]
         if accumulate > 1:
             step_callbacks = [_per_optimizer_step(step_callbacks, accumulate)]
         model.fit(stream, epochs=1, verbose=0, shuffle=False, callbacks=step_callbacks)
-    finally:
-        model.__dict__.pop("compute_loss", None)  # `_average_loss_over_replicas`'s wrapper
     seconds = time.perf_counter() - begun
+    _raise_if_stopped(checkpointing, record, folder, stage, recipe, options, clock)
+    path = _save_model(model, out_dir, model_file, folder)
+    record = {
+        "recipe": recipe["recipe"]["name"], "stage": stage, "backend": keras.backend.backend(), "steps": steps,
+        **({"accumulate": accumulate} if accumulate > 1 else {}), "train_seconds": round(seconds, 1),
+        **({"resumed_at": start} if start else {}), **(summary or {}), **times.summary(),
+        "final": {key: value for key, value in log.last.items() if key not in ("step", "seconds")},
+    }
+    with open(os.path.join(out_dir, f"{stem}_summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    echo(f"[{stage}] saved {path}")
+    return path
+
+
+def _resume_record(folder, steps, stage, options):
+    """The checkpoint record to resume from (None: start at step 0, clearing leftovers)."""
+    from wsss_keras.training.checkpoints import latest_checkpoint
+
+    record = None if options.resume is False else latest_checkpoint(folder)
+    if record is None and os.path.isdir(folder):
+        shutil.rmtree(folder)  # --restart, or leftovers without a whole checkpoint
+    if record is not None and record["step"] >= steps:
+        raise WSSSError(f"[{stage}] {folder} holds a checkpoint at step {record['step']}, past this run's {steps} "
+                        "steps; pass --restart to start over, or the steps it was started with.")
+    return record
+
+
+def _prepare_accumulation(model, loader, recipe, stage, options):
+    """The optimiser's micro-batches per step (1: none), checked against the batch, and told to
+    a model that counts its own steps."""
+    accumulate, table = _accumulate_steps(model)
+    if accumulate == 1:
+        return 1
+    check_accumulation(recipe, table or stage, loader.batch_size, accumulate, options.replicas)
+    # A class names its counter (`step_counter`), so an unbuilt model, which has no counter
+    # variable yet, is recognised too.
+    counter = getattr(model, "step_counter", None) or next((name for name in STEP_COUNTERS if hasattr(model, name)), None)
+    if counter is not None:
+        if not hasattr(model, "accumulate"):
+            raise WSSSError(
+                f"[{stage}] accumulate = {accumulate}: {type(model).__name__} counts its own steps ({counter}) once "
+                "per batch it trains on, so its step-dependent losses would count micro-batches; set accumulate = 1 "
+                f"in [{table or stage}] of {recipe_source(recipe)}."
+            )
+        model.accumulate = accumulate
+    return accumulate
+
+
+def _start_line(recipe, stage, steps, loader, accumulate, options, start):
+    import keras
+
+    return (
+        f"[{stage}] {recipe['recipe']['name']}: {steps} steps of {loader.batch_size} images "
+        f"({steps / len(loader):.1f} epochs), backend {keras.backend.backend()}"
+        + (f", each the mean gradient of {accumulate} micro-batches of {loader.batch_size // accumulate}"
+           if accumulate > 1 else "")
+        + (f", {options.replicas} replicas of {loader.batch_size // accumulate // options.replicas}"
+           if options.replicas > 1 else "")
+        + (f", {options.precision}" if options.precision != "float32" else "")
+        + (f", resuming at step {start}" if start else "")
+    )
+
+
+def _raise_if_stopped(checkpointing, record, folder, stage, recipe, options, clock):
+    """A diverged loss or a signal ended the fit early: say so, with the checkpoint kept."""
     if checkpointing.diverged:
         kept = (f"the checkpoint of step {checkpointing.last_saved or record['step']} in {folder} is kept"
                 if (checkpointing.last_saved or record) else "no checkpoint was written before it")
@@ -410,6 +446,10 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     if checkpointing.interrupted:
         raise TrainingInterrupted(f"[{stage}] stopped by {checkpointing.interrupted} after step {clock.step}; checkpoint "
                                   f"in {folder}. Run the same command again to resume.", checkpointing.interrupted)
+
+
+def _save_model(model, out_dir, model_file, folder):
+    """Write the model file whole (renamed into place) and remove the stage's checkpoints."""
     path = os.path.join(out_dir, model_file)
     temporary = os.path.join(out_dir, f"tmp-{os.getpid()}-{model_file}")
     model.save(temporary)
@@ -419,13 +459,4 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         os.rmdir(os.path.dirname(folder))  # OUT/checkpoints, once no stage has one left
     except OSError:
         pass
-    record = {
-        "recipe": recipe["recipe"]["name"], "stage": stage, "backend": keras.backend.backend(), "steps": steps,
-        **({"accumulate": accumulate} if accumulate > 1 else {}), "train_seconds": round(seconds, 1), **({"resumed_at": start} if start else {}), **(summary or {}),
-        **times.summary(),
-        "final": {key: value for key, value in log.last.items() if key not in ("step", "seconds")},
-    }
-    with open(os.path.join(out_dir, f"{stem}_summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-    echo(f"[{stage}] saved {path}")
     return path
