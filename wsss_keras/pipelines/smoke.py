@@ -261,8 +261,9 @@ class SmokeMeter:
             file_name = _TRAINING_FILES[stage][0]
             stem = "train" if file_name == MODEL_FILE else os.path.splitext(file_name)[0]
             summary_path = os.path.join(self.out_dir, f"{stem}_summary.json")
-            if not os.path.isfile(summary_path):
-                return {"unit": "-", "output": "skipped (there already)"}
+            if not os.path.isfile(summary_path):  # kept from an earlier run, or nothing to train
+                there = os.path.isfile(os.path.join(self.out_dir, file_name))
+                return {"unit": "-", "output": "skipped (there already)" if there else "nothing to train"}
             with open(summary_path, encoding="utf-8") as handle:
                 summary = json.load(handle)
             per_step = summary.get("seconds_per_step") or summary.get("first_step_seconds")
@@ -291,7 +292,7 @@ class SmokeMeter:
 
     def sane(self):
         """Whether every stage ran and wrote sane outputs."""
-        return all(row.get("output", "").endswith(("ok", "metrics.json", "skipped (there already)", "-"))
+        return all(row.get("output", "").endswith(("ok", "metrics.json", "skipped (there already)", "nothing to train", "-"))
                    for row in self.rows)
 
     def table(self):
