@@ -215,6 +215,9 @@ def main():
     parser.add_argument("--keep", default=None, help="keep the data, runs and logs in this folder")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    from results_io import provenance
+
+    started = provenance()  # the commit the runs start from (each run imports the code anew)
     recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     with tempfile.TemporaryDirectory() as scratch:
@@ -243,7 +246,7 @@ def main():
     table = markdown(records)
     print(table)
     write_results(args.json, "bench_paper_scale", f"paper recipes at full size, {args.steps} steps per training stage",
-                  markdown=table, records=records, steps=args.steps, weights=args.weights)
+                  markdown=table, records=records, steps=args.steps, weights=args.weights, commit=started["commit"])
     return 0 if all(record["status"] == "ok" for record in records) else 1
 
 
