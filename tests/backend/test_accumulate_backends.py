@@ -14,9 +14,6 @@ from wsss_keras.pipelines.fitting import TrainingInterrupted
 from wsss_keras.training.checkpoints import latest_checkpoint
 from wsss_keras.training.options import TrainingOptions
 
-# The outer suite runs tests/test_accumulate.py on TensorFlow; CI is near its time limit.
-pytestmark = pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="tests/test_accumulate.py covers it")
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
