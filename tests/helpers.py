@@ -191,3 +191,20 @@ def plain_training_loader(data, crop_size, batch_size=2):
 
     return SegmentationLoader(open_dataset(data, "train"), batch_size, TrainTransform(crop_size=crop_size, scale_range=(0.7, 1.3)),
                               shuffle=True, seed=0, drop_remainder=True)
+
+
+def sigterm_during_step(step):
+    """A Keras callback that sends this process a real SIGTERM as (1-based) step `step` of a fit
+    begins (under accumulation: optimiser step `step`, before its second micro-batch), so
+    `fit_steps` checkpoints at that step's end and stops. Keras is imported here, so importing
+    this module never fixes the backend."""
+    import signal
+
+    import keras
+
+    class SigtermDuringStep(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch + 1 == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return SigtermDuringStep()

@@ -4,13 +4,11 @@ that is a mean over the batch, no BatchNorm); the learning rate, logs, checkpoin
 count optimiser steps; a batch that does not split is a one-line recipe error."""
 
 import csv
-import os
-import signal
 
 import keras
 import numpy as np
 import pytest
-from helpers import tiny_synthetic
+from helpers import sigterm_during_step, tiny_synthetic
 
 from wsss_keras.data.layouts import open_dataset
 from wsss_keras.data.loader import SegmentationLoader
@@ -141,22 +139,10 @@ def test_a_model_counting_its_own_steps_is_refused(data, tmp_path, counter):
         fit_steps(model, loader, STEPS, str(tmp_path), "model.keras", recipe(2), echo=lambda line: None, options=QUIET)
 
 
-class SigtermDuringStep(keras.callbacks.Callback):
-    """A real SIGTERM as (1-based) optimiser step `step` begins: before its second micro-batch."""
-
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch + 1 == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_a_run_stopped_mid_step_resumes_at_the_step_and_ends_as_the_uninterrupted_one(data, tmp_path):
     whole, _, _ = train(data, tmp_path / "whole", 2, "adamw")
     with pytest.raises(TrainingInterrupted, match="after step 3"):
-        train(data, tmp_path / "cut", 2, "adamw", callbacks=[SigtermDuringStep(3)])
+        train(data, tmp_path / "cut", 2, "adamw", callbacks=[sigterm_during_step(3)])
     record = latest_checkpoint(str(tmp_path / "cut" / "checkpoints" / "train"))
     assert record["step"] == 3  # the end of the step the signal came in, not a micro-batch
     resumed, _, lines = train(data, tmp_path / "cut", 2, "adamw", options=TrainingOptions(log_every=1, tensorboard=False))

@@ -7,8 +7,8 @@ the last; TensorFlow and PyTorch branch)."""
 import keras
 import numpy as np
 import pytest
-from helpers import tiny_synthetic
-from test_accumulate import CLASSES, STEPS, SigtermDuringStep, train, weights_of
+from helpers import sigterm_during_step, tiny_synthetic
+from test_accumulate import CLASSES, STEPS, train, weights_of
 
 from wsss_keras.pipelines.fitting import TrainingInterrupted
 from wsss_keras.training.checkpoints import latest_checkpoint
@@ -33,7 +33,7 @@ def test_accumulated_steps_match_whole_batches_and_resume_within_a_step(data, tm
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
     with pytest.raises(TrainingInterrupted, match="after step 3"):
-        train(data, tmp_path / "cut", 2, callbacks=[SigtermDuringStep(3)])
+        train(data, tmp_path / "cut", 2, callbacks=[sigterm_during_step(3)])
     assert latest_checkpoint(str(tmp_path / "cut" / "checkpoints" / "train"))["step"] == 3
     resumed, _, _ = train(data, tmp_path / "cut", 2, options=TrainingOptions(log_every=1, tensorboard=False))
     for got, want in zip(state(resumed), state(whole)):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from helpers import (
     plain_training_loader,
+    sigterm_during_step,
     tiny_amr_for_training,
     tiny_ssr_for_training,
     tiny_synthetic,
@@ -101,19 +102,6 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(data, tmp
     assert steps == [2, 4, 6, 8, 10, 12]  # rows after the checkpoint were dropped and written again
 
 
-class SigtermDuringStep(keras.callbacks.Callback):
-    """Sends this process a real SIGTERM as (1-based) step `step` of this fit begins, so
-    `fit_steps` checkpoints at that step's end and stops."""
-
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch + 1 == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def prototype_callbacks(model, loader):
     from wsss_keras.pipelines.ssr import prototype_refresh
 
@@ -157,7 +145,7 @@ def test_a_stateful_method_stopped_halfway_and_resumed_ends_as_the_uninterrupted
 
     def run(folder, stop_at=None):
         model, loader = build(), make_loader(method_data)  # what a new process builds
-        callbacks = make_callbacks(model, loader) + ([SigtermDuringStep(stop_at)] if stop_at else [])
+        callbacks = make_callbacks(model, loader) + ([sigterm_during_step(stop_at)] if stop_at else [])
         fit_steps(model, loader, METHOD_STEPS, str(folder), "model.keras", RECIPE, echo=lambda line: None,
                   callbacks=callbacks, options=options)
         return model
