@@ -266,8 +266,8 @@ def _check_predict_settings(recipe):
         segmentation_crf(settings.get("crf"))
     except ValueError as error:
         raise recipe_error(recipe, f"[predict] {error}") from None
-    for key in ("flip_merge", "scale_merge"):
-        if settings.get(key, "sum") not in MERGES:
+    for key, default in (("flip_merge", "sum"), ("scale_merge", "max")):
+        if settings.get(key, default) not in MERGES:
             raise recipe_error(recipe, f"[predict] {key} = {settings[key]!r}: choose one of {', '.join(MERGES)}.")
 
 
