@@ -48,24 +48,42 @@ class ImageSizes(click.ParamType):
     help="Image size: a side in pixels (square), WxH (500x375), a comma list the images cycle through "
     "(500x375,375x500), or voc / coco for those datasets' common sizes. Sides 32..4096.",
 )  # fmt: skip
+@click.option(
+    "--style", type=click.Choice(["flat", "photo", "clutter"]), default="flat", show_default=True,
+    help="What makes the data hard. flat: drawn objects with co-occurrence and under-activation traps; "
+    "photo: small objects (0.5-2 %% of the image each) with photographic textures on photographs, same traps; "
+    "clutter: thin articulated shapes, 3-8 per image at many scales, among distractor strokes.",
+)  # fmt: skip
+@click.option(
+    "--present-classes", default=None, metavar="N|NAMES",
+    help="VOC layout: keep VOC's 21-class list (masks use VOC's indices) but let only these classes occur: "
+    "a count (the first N of the catalog) or a comma-separated list of VOC names. Not with --classes.",
+)  # fmt: skip
 @click.option("--n-train", type=click.IntRange(min=1), default=600, show_default=True, help="Training images.")
 @click.option("--n-val", type=click.IntRange(min=1), default=150, show_default=True, help="Validation images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same arguments give the same files.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
-def synth(out, layout, classes, size, n_train, n_val, seed, overwrite):
+def synth(out, layout, classes, size, style, present_classes, n_train, n_val, seed, overwrite):
     """Write a synthetic WSSS dataset in the PASCAL VOC layout (or COCO's) to OUT.
 
     It contains co-occurrence traps (boat on water, train on rails) and under-activation traps
-    (aeroplane and bus: a large plain body with one small distinctive part).
+    (aeroplane and bus: a large plain body with one small distinctive part); --style picks how
+    the objects look.
     """
     from wsss_keras.data.synthetic import generate
 
-    info = generate(out, classes, size, n_train, n_val, seed, overwrite, progress=progress_printer("synth"), layout=layout)
+    info = generate(
+        out, classes, size, n_train, n_val, seed, overwrite, progress=progress_printer("synth"), layout=layout, style=style,
+        present_classes=present_classes,
+    )  # fmt: skip
     if layout == "coco":
         splits = " + ".join(f"{count} {split}" for split, count in info["splits"].items())
         click.echo(f"wrote {out}: {splits} images, {len(info['classes']) - 1} COCO classes")
     else:
-        click.echo(f"wrote {out}: {info['splits']['train']} train + {info['splits']['val']} val images, classes: {', '.join(info['classes'][1:])}")
+        classes_text = ", ".join(info.get("present_classes", info["classes"][1:]))
+        if "present_classes" in info:
+            classes_text += f" (of VOC's {len(info['classes']) - 1})"
+        click.echo(f"wrote {out}: {info['splits']['train']} train + {info['splits']['val']} val images, classes: {classes_text}")
     for name, kind in info["traps"].items():
         click.echo(f"  trap: {name} ({kind})")
 

@@ -24,9 +24,11 @@ shares), every other class a simple shape with a colour and texture of its own.
 """
 
 import colorsys
+import functools
 import json
 import os
 import shutil
+import zlib
 from xml.etree import ElementTree
 
 import cv2
@@ -36,6 +38,7 @@ from wsss_keras.data.classes import (
     CLASS_NAMES_FILE,
     COCO_CATEGORY_IDS,
     COCO_CLASSES,
+    VOC_CLASSES,
     write_class_names,
 )
 from wsss_keras.data.imageio import IGNORE_INDEX, write_image, write_label_map
@@ -543,7 +546,31 @@ def _annotation_xml(name, width, height, objects):
     return ElementTree.tostring(root, encoding="unicode")
 
 
-def generate(out, classes=None, size=128, n_train=600, n_val=150, seed=0, overwrite=False, progress=None, layout="voc"):
+def resolve_present_classes(present):
+    """The VOC classes that `--present-classes` lets occur: a count (the catalog's first N, then
+    VOC's other classes in VOC order) or a comma-separated list of VOC names; in VOC order."""
+    voc = VOC_CLASSES[1:]
+    if isinstance(present, int) or (isinstance(present, str) and present.strip().isdigit()):
+        count = int(present)
+        if not 1 <= count <= len(voc):
+            raise DataError(f"--present-classes {count}: choose 1..{len(voc)} classes, or a comma-separated list of VOC names.")
+        order = CATALOG + tuple(name for name in voc if name not in CATALOG)
+        names = order[:count]
+    else:
+        names = tuple(name.strip() for name in str(present).split(",") if name.strip())
+        unknown = [name for name in names if name not in voc]
+        if unknown or not names or len(set(names)) != len(names):
+            raise DataError(
+                f"--present-classes {present!r}: give a count or distinct VOC class names: {', '.join(voc)}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+    return tuple(sorted(names, key=voc.index))
+
+
+def generate(
+    out, classes=None, size=128, n_train=600, n_val=150, seed=0, overwrite=False, progress=None, layout="voc", style="flat",
+    present_classes=None,
+):  # fmt: skip
     """Write a synthetic dataset in the VOC layout (or COCO's) under `out`.
 
     Args:
@@ -559,6 +586,12 @@ def generate(out, classes=None, size=128, n_train=600, n_val=150, seed=0, overwr
         progress: optional callable(done, total).
         layout: "voc" (splits train, train_aug, val) or "coco" (train2014, val2014, with
             instances JSONs as `wsss_keras.data.coco` reads them).
+        style: what makes the data hard (see STYLES): "flat" (drawn objects with built-in
+            traps), "photo" (small objects with photographic textures on photographs) or
+            "clutter" (thin articulated shapes among distractor strokes).
+        present_classes: VOC layout only, instead of `classes`: write VOC's 21 classes with only
+            these occurring (a count or a comma-separated list of VOC names, see
+            `resolve_present_classes`); masks use VOC's class indices.
 
     Returns:
         a dict of what was written (also saved as `synthetic.json`).
@@ -571,9 +604,17 @@ def generate(out, classes=None, size=128, n_train=600, n_val=150, seed=0, overwr
     """
     if layout not in ("voc", "coco"):
         raise DataError(f"--layout {layout!r}: choose voc or coco.")
-    if layout == "coco" and classes is not None:
-        raise DataError("--classes: the COCO layout always has COCO's 80 classes; leave --classes out.")
-    class_names = resolve_classes(DEFAULT_CLASSES if classes is None else classes) if layout == "voc" else COCO_CLASSES[1:]
+    if style not in STYLES:
+        raise DataError(f"--style {style!r}: choose one of {', '.join(STYLES)}.")
+    if layout == "coco" and (classes is not None or present_classes is not None):
+        raise DataError("--classes / --present-classes: the COCO layout always has COCO's 80 classes; leave them out.")
+    if classes is not None and present_classes is not None:
+        raise DataError("--classes and --present-classes: give one (--present-classes keeps VOC's 21-class list).")
+    present = resolve_present_classes(present_classes) if present_classes is not None else None
+    if present is not None:
+        class_names = VOC_CLASSES[1:]
+    else:
+        class_names = resolve_classes(DEFAULT_CLASSES if classes is None else classes) if layout == "voc" else COCO_CLASSES[1:]
     sizes = parse_sizes(size)
     if n_train < 1 or n_val < 1:
         raise DataError(f"--n-train {n_train} / --n-val {n_val}: each split needs at least one image.")
@@ -582,10 +623,17 @@ def generate(out, classes=None, size=128, n_train=600, n_val=150, seed=0, overwr
             raise DataError(f"{out}: folder exists and is not empty; choose another folder or pass --overwrite.")
         shutil.rmtree(out)
     if layout == "coco":
-        return _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress)
+        return _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress, style)
     for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "Annotations", "ImageSets/Segmentation"):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     all_names = ("background",) + tuple(class_names)
+    renderer = RENDERERS[style]
+    drawn = present if present is not None else tuple(class_names)
+    # The renderer labels the drawn classes 1..K; with a subset, map those to VOC's indices.
+    lut = None
+    if present is not None:
+        lut = np.arange(256, dtype=np.uint8)
+        lut[1 : len(present) + 1] = [VOC_CLASSES.index(name) for name in present]
     write_class_names(os.path.join(out, CLASS_NAMES_FILE), all_names)
 
     splits = {"train": [f"train_{i:05d}" for i in range(n_train)], "val": [f"val_{i:05d}" for i in range(n_val)]}
@@ -594,7 +642,9 @@ def generate(out, classes=None, size=128, n_train=600, n_val=150, seed=0, overwr
         for index, name in enumerate(names):
             rng = np.random.default_rng([seed, split_id, index])
             width, height = _size_of(sizes, index)
-            image, label_map, objects, context = render_sample(rng, (width, height), class_names)
+            image, label_map, objects, context = renderer(rng, (width, height), drawn)
+            if lut is not None:
+                label_map = lut[label_map]
             write_image(os.path.join(out, "JPEGImages", f"{name}.jpg"), image, quality=92)
             for folder in ("SegmentationClass", "SegmentationClassAug"):
                 write_label_map(os.path.join(out, folder, f"{name}.png"), label_map)
@@ -613,6 +663,8 @@ def generate(out, classes=None, size=128, n_train=600, n_val=150, seed=0, overwr
         with open(os.path.join(out, "ImageSets", "Segmentation", f"{split}.txt"), "w", encoding="utf-8") as handle:
             handle.write("\n".join(names) + "\n")
     np.save(os.path.join(out, "cls_labels.npy"), cls_labels)
+    if present is not None:  # contexts of classes that never occur say nothing
+        context_counts = {key: value for key, value in context_counts.items() if key.rsplit("_", 1)[1] in present}
     info = {
         "generator": "wsss_keras.data.synthetic",
         "version": GENERATOR_VERSION,
@@ -620,11 +672,16 @@ def generate(out, classes=None, size=128, n_train=600, n_val=150, seed=0, overwr
         "size": _size_info(sizes),
         "classes": list(all_names),
         "splits": {name: len(ids) for name, ids in lists.items()},
-        "traps": {name: kind for name, kind in TRAP_CLASSES.items() if name in class_names},
+        "traps": {name: kind for name, kind in STYLE_TRAPS[style].items() if name in drawn},
         "context_rates": {"with_class": CONTEXT_WITH_CLASS, "without_class": CONTEXT_WITHOUT_CLASS, "distractor": DISTRACTOR_RATE},
         "context_counts": context_counts,
         "note": "train_aug lists the same images as train: the synthetic data has no separate augmented set.",
     }
+    # Only other styles and subsets add keys: the default's synthetic.json stays as it was.
+    if style != "flat":
+        info["style"] = style
+    if present is not None:
+        info["present_classes"] = list(present)
     with open(os.path.join(out, "synthetic.json"), "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=2)
     return info
@@ -640,7 +697,7 @@ COCO_OBJECT_COUNTS = ([1, 2, 3, 4, 5], [0.15, 0.3, 0.25, 0.18, 0.12])
 COCO_SPLITS = ("train2014", "val2014")
 
 
-def _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress):
+def _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress, style="flat"):
     """The COCO 2014 layout of `wsss_keras.data.coco`: JPEGImages/<split>/COCO_<split>_<id>.jpg,
     SegmentationClass/<split>/<stem>.png (0 background, 1..80, no ignore band, as
     `instances_to_label_maps` writes them), annotations/instances_<split>.json (one RLE
@@ -661,7 +718,7 @@ def _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress):
         for index in range(count):
             rng = np.random.default_rng([seed, split_id, index])
             width, height = _size_of(sizes, index)
-            image, label_map, _, context = render_sample(
+            image, label_map, _, context = RENDERERS[style](
                 rng, (width, height), class_names, void_border=0, counts=COCO_OBJECT_COUNTS, kinds=COCO_KINDS
             )
             image_id += 1
@@ -701,10 +758,12 @@ def _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress):
         "size": _size_info(sizes),
         "classes": list(COCO_CLASSES),
         "splits": {"train2014": n_train, "val2014": n_val},
-        "traps": {name: TRAP_CLASSES[COCO_KINDS.get(name, name)] for name in class_names if COCO_KINDS.get(name, name) in TRAP_CLASSES},
+        "traps": {name: traps[COCO_KINDS.get(name, name)] for name in class_names if COCO_KINDS.get(name, name) in (traps := STYLE_TRAPS[style])},
         "context_counts": context_counts,
         "note": "COCO 2014 layout: JPEGImages/<split>/, SegmentationClass/<split>/, annotations/instances_<split>.json.",
     }
+    if style != "flat":
+        info["style"] = style
     with open(os.path.join(out, "synthetic.json"), "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=2)
     return info
@@ -720,3 +779,374 @@ def _count_context(counts, split, vector, class_names, context):
         entry = counts.setdefault(key, [0, 0])
         entry[0] += int(bool(context.get(context_kind)))
         entry[1] += 1
+
+
+# --------------------------------------------------------------------------------------
+# Styles beyond `flat` (the drawings above). Each style fails WSSS differently:
+#
+# * photo: small objects (0.5-2 % of the image each) cut out of photographs and pasted on
+#   photographs. Texture, not colour, tells the classes apart, and the backgrounds are crops of
+#   the same photographs, so CAMs must find a few pixels in a busy scene. The traps stay:
+#   water under boats and rails under trains, and plain bodies of the aeroplane's and the bus's
+#   texture as background beside objects whose distinctive part is small.
+# * clutter: thin, articulated stick shapes (chains of limbs bent at random joints) at scales
+#   from tiny to half the image, several per image and overlapping, among many thin
+#   distractor strokes, some in the classes' own colours. Thin parts are what CAMs blur away.
+
+STYLES = ("flat", "photo", "clutter")
+DEFAULT_STYLE = "flat"
+# The traps each style keeps, by catalog kind (clutter has no small distinctive parts).
+STYLE_TRAPS = {
+    "flat": TRAP_CLASSES,
+    "photo": TRAP_CLASSES,
+    "clutter": {name: kind for name, kind in TRAP_CLASSES.items() if kind == "co-occurrence"},
+}
+
+# The photographs that ship inside scikit-image's wheel (no download): `skimage.data` fetches
+# others through pooch, which would need the network.
+PHOTO_BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "grass", "gravel", "brick", "moon", "immunohistochemistry")
+# Each catalog kind's texture: a photograph, the region of it (top, left, bottom, right as
+# fractions) and a tint for grey photographs (None: the photograph's own colours).
+PHOTO_TEXTURES = {
+    "aeroplane": ("moon", (0.0, 0.0, 1.0, 1.0), (215, 215, 225)),
+    "boat": ("coffee", (0.55, 0.75, 1.0, 1.0), None),
+    "car": ("coffee", (0.55, 0.15, 0.85, 0.45), None),
+    "person": ("astronaut", (0.55, 0.05, 1.0, 0.5), None),
+    "train": ("rocket", (0.05, 0.0, 0.9, 0.2), None),
+    "bus": ("coins", (0.0, 0.0, 1.0, 1.0), (240, 190, 40)),
+    "dog": ("chelsea", (0.0, 0.0, 0.45, 0.35), None),
+    "bird": ("immunohistochemistry", (0.0, 0.0, 1.0, 1.0), None),
+    "bottle": ("grass", (0.0, 0.0, 1.0, 1.0), (60, 170, 80)),
+    "sheep": ("gravel", (0.0, 0.0, 1.0, 1.0), (245, 240, 225)),
+    "cat": ("chelsea", (0.55, 0.6, 1.0, 1.0), None),
+    "tvmonitor": ("hubble_deep_field", (0.0, 0.0, 1.0, 1.0), None),
+}
+# The small distinctive part of the under-activation kinds: its texture, and where it sits in
+# the object's box (top, left, bottom, right as fractions, for an object facing right).
+PHOTO_PARTS = {
+    "aeroplane": (("astronaut", (0.0, 0.0, 0.45, 0.12), None), (0.0, 0.0, 0.55, 0.28)),
+    "bus": (("hubble_deep_field", (0.0, 0.0, 1.0, 1.0), None), (0.0, 0.72, 0.45, 1.0)),
+}
+PHOTO_AREA = (0.005, 0.02)  # each object's share of the image: VOC's and COCO's small objects
+PHOTO_COUNTS = ([1, 2, 3, 4], [0.3, 0.3, 0.25, 0.15])
+CLUTTER_COUNTS = ([3, 4, 5, 6, 7, 8], [0.2, 0.2, 0.2, 0.15, 0.15, 0.1])
+CLUTTER_SCALE = (0.12, 0.6)  # an object's length as a fraction of the image side, log-uniform
+
+
+def _name_code(name):
+    """A number fixed by the class name, so a class looks the same in every subset and layout."""
+    return zlib.crc32(str(name).encode("utf-8"))
+
+
+@functools.cache
+def _photo(name):
+    """A photograph of scikit-image's wheel as float32 RGB (grey ones as three equal channels)."""
+    import skimage.data
+
+    array = np.asarray(getattr(skimage.data, name)(), dtype=np.float32)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    array = array[..., :3]
+    array.setflags(write=False)
+    return array
+
+
+def _photo_crop(rng, source, width, height):
+    """A random crop of `source` (photograph, region, tint) resized to width x height, flipped at
+    random and with its brightness jittered; grey photographs take the tint's colour."""
+    name, (top, left, bottom, right), tint = source
+    photo = _photo(name)
+    ph, pw = photo.shape[:2]
+    y0, x0, y1, x1 = int(top * ph), int(left * pw), max(int(bottom * ph), int(top * ph) + 2), max(int(right * pw), int(left * pw) + 2)
+    region_h, region_w = y1 - y0, x1 - x0
+    # Keep the crop's aspect close to the target's, at 35-100 % of the region's size.
+    fraction = rng.uniform(0.35, 1.0)
+    aspect = width / max(height, 1)
+    crop_h = max(2, int(min(region_h, region_w / aspect) * fraction))
+    crop_w = max(2, min(region_w, int(crop_h * aspect)))
+    cy = y0 + int(rng.integers(0, max(1, region_h - crop_h + 1)))
+    cx = x0 + int(rng.integers(0, max(1, region_w - crop_w + 1)))
+    crop = photo[cy : cy + crop_h, cx : cx + crop_w]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    out = cv2.resize(np.ascontiguousarray(crop), (int(width), int(height)), interpolation=cv2.INTER_AREA if crop_w > width else cv2.INTER_LINEAR)
+    if tint is not None:
+        grey = out.mean(axis=2, keepdims=True)
+        out = grey / max(float(grey.mean()), 1.0) * np.asarray(tint, np.float32)
+    out = out * rng.uniform(0.85, 1.15)
+    return np.clip(out, 0, 255).astype(np.float32)
+
+
+def _photo_texture_of(name, kind):
+    if kind in PHOTO_TEXTURES:
+        return PHOTO_TEXTURES[kind]
+    # Classes without a texture of their own (COCO's, VOC's without a drawer): a region and a
+    # tint fixed by the name, from the grey photographs, so the tint sets them apart.
+    code = _name_code(name)
+    grey = ("grass", "gravel", "brick", "moon", "coins", "camera")
+    row, column = (code >> 8) % 2, (code >> 12) % 2
+    hue = (code % 997) / 997.0
+    tint = tuple(255 * c for c in colorsys.hsv_to_rgb(hue, 0.6, 0.9))
+    return grey[code % len(grey)], (0.5 * row, 0.5 * column, 0.5 * row + 0.5, 0.5 * column + 0.5), tint
+
+
+def _largest_component(mask):
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return mask
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def _silhouette(rng, name, kind, class_index):
+    """The outline of one object of the class, cropped to its box: the flat style's drawing of
+    the class (or the generic shape) on a scratch canvas, so shapes stay those of the class."""
+    side = 128
+    scratch = _Canvas(np.zeros((side, side, 3), np.float32), np.zeros((side, side), np.uint8))
+    drawer = DRAWERS.get(kind) or _generic_drawer(class_index)
+    flip = bool(rng.random() < 0.5)
+    if kind in GROUNDED:
+        mask = drawer(rng, scratch, 1, side * 0.1, side * 0.2, side * 0.6, flip, ground=None)
+    else:
+        mask = drawer(rng, scratch, 1, side * 0.1, side * 0.2, side * 0.6, flip)
+    mask = _largest_component(mask)
+    ys, xs = np.nonzero(mask)
+    return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], flip
+
+
+def _scaled_mask(template, area, low, high):
+    """`template` resized so that its largest connected piece covers about `area` pixels, and
+    within [low, high] where the image allows it."""
+    scale = np.sqrt(area / float(template.sum()))
+    best, best_error = None, np.inf
+    for _ in range(8):  # resizing rounds the area; correct the scale until it lands in range
+        h = max(1, round(template.shape[0] * scale))
+        w = max(1, round(template.shape[1] * scale))
+        mask = _largest_component(cv2.resize(template.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0.5)
+        got = float(mask.sum())
+        error = 0.0 if low <= got <= high else min(abs(got - low), abs(got - high))
+        if got > 0 and error < best_error:
+            best, best_error = mask, error
+        if got > 0 and error == 0.0 and abs(got - area) <= 0.1 * area:
+            break
+        scale *= np.sqrt(area / max(got, 1.0)) * (1.0 + 0.03 * np.sign(area - got))
+    if best is None:
+        return np.ones((1, 1), bool)
+    ys, xs = np.nonzero(best)
+    return best[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def _place(rng, occupied, box_h, box_w, ground=None, tries=40):
+    """Top-left corner of a box_h x box_w box inside the image that keeps three pixels away from
+    `occupied`, or None (three pixels: the void bands of two neighbours stay apart). With `ground`,
+    the box stands on that line (its bottom near it)."""
+    height, width = occupied.shape
+    if box_h > height - 2 or box_w > width - 2:
+        return None
+    for _ in range(tries):
+        x = int(rng.integers(1, width - box_w))
+        if ground is None:
+            y = int(rng.integers(1, height - box_h))
+        else:
+            y = int(np.clip(ground - box_h * rng.uniform(0.75, 0.95), 1, height - box_h - 1))
+        if not occupied[max(0, y - 3) : y + box_h + 3, max(0, x - 3) : x + box_w + 3].any():
+            return y, x
+    return None
+
+
+def render_photo_sample(rng, size, class_names, void_border=1, counts=None, kinds=None):
+    """One image of the `photo` style; arguments and result as `render_sample`. Objects do not
+    touch one another, so each one is a connected piece of its class in the label map."""
+    width, height = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    kinds = kinds or {}
+    kind_of = {name: kinds.get(name, name) for name in class_names}
+    present_kinds = set(kind_of.values())
+    choices, probabilities = counts or PHOTO_COUNTS
+    count = int(rng.choice(choices, p=probabilities))
+    chosen = [str(name) for name in rng.choice(class_names, size=count, replace=count > len(class_names))]
+    chosen_kinds = {kind_of[name] for name in chosen}
+    background = PHOTO_BACKGROUNDS[int(rng.integers(len(PHOTO_BACKGROUNDS)))]
+    image = _photo_crop(rng, (background, (0.0, 0.0, 1.0, 1.0), None), width, height)
+    image += rng.normal(0, 4, image.shape).astype(np.float32)
+    label_map = np.zeros((height, width), np.uint8)
+    canvas = _Canvas(image, label_map)
+    context = {}
+    ground = height * rng.uniform(0.6, 0.78)
+    for context_kind, owner in (("water", "boat"), ("rails", "train")):
+        if owner not in present_kinds:
+            continue
+        rate = CONTEXT_WITH_CLASS if owner in chosen_kinds else CONTEXT_WITHOUT_CLASS
+        if rng.random() < rate:
+            if context_kind == "water":
+                band = _rect(canvas.shape, 0, ground, width, height)
+                water = _photo_crop(rng, ("gravel", (0.0, 0.0, 1.0, 1.0), (50, 110, 190)), width, height)
+                canvas.paint(band, water, 0)
+            else:
+                _paint_rails(rng, canvas, ground)
+            context[context_kind] = True
+    image_area = width * height
+    index_of = {name: position + 1 for position, name in enumerate(class_names)}
+    for kind in ("aeroplane", "bus"):
+        # A plain body in the class's body texture, as background: only the small part is the class.
+        if kind in present_kinds and rng.random() < DISTRACTOR_RATE:
+            area = image_area * rng.uniform(*PHOTO_AREA)
+            h = max(2, int(np.sqrt(area * (0.35 if kind == "aeroplane" else 0.42))))
+            w = max(2, int(area / h))
+            y, x = int(rng.integers(0, max(1, height - h))), int(rng.integers(0, max(1, width - w)))
+            body = _ellipse(canvas.shape, (x + w / 2, y + h / 2), (w / 2, h / 2)) if kind == "aeroplane" else _rect(canvas.shape, x, y, x + w, y + h)
+            canvas.paint(body, _paste(canvas.shape, _photo_crop(rng, PHOTO_TEXTURES[kind], w, h), y, x), 0)
+            context[f"{kind}_distractor"] = True
+    occupied = np.zeros((height, width), bool)
+    objects = []
+    for name in chosen:
+        kind = kind_of[name]
+        template, flip = _silhouette(rng, name, kind, index_of[name])
+        low, high = PHOTO_AREA[0] * image_area, PHOTO_AREA[1] * image_area
+        mask = _scaled_mask(template, image_area * rng.uniform(PHOTO_AREA[0] * 1.2, PHOTO_AREA[1] * 0.9), low, high)
+        h, w = mask.shape
+        grounded = (kind == "boat" and context.get("water")) or (kind == "train" and context.get("rails"))
+        corner = _place(rng, occupied, h, w, ground=ground if grounded else None)
+        if corner is None:
+            continue
+        y, x = corner
+        texture = _photo_crop(rng, _photo_texture_of(name, kind), w, h)
+        if kind in PHOTO_PARTS:
+            source, (top, left, bottom, right) = PHOTO_PARTS[kind]
+            if flip:
+                left, right = 1.0 - right, 1.0 - left
+            part = np.zeros_like(mask)
+            part[int(top * h) : max(int(bottom * h), int(top * h) + 1), int(left * w) : max(int(right * w), int(left * w) + 1)] = True
+            texture = np.where(part[..., None], _photo_crop(rng, source, w, h), texture)
+        full = np.zeros((height, width), bool)
+        full[y : y + h, x : x + w] = mask
+        canvas.paint(full, _paste(canvas.shape, texture, y, x), index_of[name])
+        occupied |= full
+        objects.append((name, (x + 1, y + 1, x + w, y + h)))
+    if not objects:  # every placement failed (a tiny image): fall back to the flat drawing
+        return render_sample(rng, size, class_names, void_border, counts, kinds)
+    # A faint shadow of the photographs' blur, so pasted edges are not a give-away.
+    canvas.image[:] = cv2.GaussianBlur(canvas.image, (3, 3), 0.6)
+    if void_border > 0:
+        label_map = _add_void_border(label_map, void_border)
+    return np.clip(canvas.image, 0, 255).astype(np.uint8), label_map, objects, context
+
+
+def _paste(shape, patch, y, x):
+    """`patch` placed at (y, x) on an image-sized texture (zeros elsewhere)."""
+    out = np.zeros(shape + (3,), np.float32)
+    h, w = patch.shape[:2]
+    out[y : y + h, x : x + w] = patch[: shape[0] - y, : shape[1] - x]
+    return out
+
+
+def _stick_look(name, kind):
+    """A class's fixed look in the clutter style: limbs, their thickness and bend, a side branch,
+    an end mark and a colour, all fixed by the name (by the catalog position for catalog kinds)."""
+    code = CATALOG.index(kind) * 7919 + 11 if kind in CATALOG else _name_code(name)
+    hue = ((code % 1009) / 1009.0 * 0.618034 + (code % 13) / 13.0) % 1.0
+    return {
+        "limbs": 2 + code % 4,
+        "thickness": (0.025, 0.045, 0.07)[(code // 4) % 3],
+        "bend": np.deg2rad(((code // 12) % 7) * 20 - 60),
+        "branch": bool((code // 84) % 2),
+        "end": (code // 168) % 4,  # 0 none, 1 disc, 2 fork, 3 bar
+        "colour": tuple(255 * c for c in colorsys.hsv_to_rgb(hue, 0.75, 0.9)),
+        "second": tuple(255 * c for c in colorsys.hsv_to_rgb((hue + 0.45) % 1.0, 0.6, 0.45)),
+    }
+
+
+def _draw_stick(rng, canvas, label, look, cx, cy, length):
+    """One articulated object: a chain of limbs from (cx, cy), each bent by the class's angle
+    plus a random joint angle, with its branch and end mark; returns its mask."""
+    shape = canvas.shape
+    mask = np.zeros(shape, np.uint8)
+    # Three pixels at least, so that a line keeps a core of its class inside the void band.
+    thick = max(3, round(length * look["thickness"]))
+    limb = length / look["limbs"]
+    angle = rng.uniform(0, 2 * np.pi)
+    points = [(cx, cy)]
+    for _ in range(look["limbs"]):
+        angle += look["bend"] + rng.uniform(-0.45, 0.45)
+        points.append((points[-1][0] + limb * np.cos(angle), points[-1][1] + limb * np.sin(angle)))
+    pts = np.round(np.asarray(points)).astype(np.int32)
+    cv2.polylines(mask, [pts], False, 1, thick)
+    if look["branch"]:
+        mid = pts[len(pts) // 2]
+        side = angle + np.pi / 2 + rng.uniform(-0.4, 0.4)
+        cv2.line(mask, tuple(int(v) for v in mid), (int(mid[0] + 0.7 * limb * np.cos(side)), int(mid[1] + 0.7 * limb * np.sin(side))), 1, thick)
+    end = pts[-1]
+    mark = max(2, round(limb * 0.3))
+    if look["end"] == 1:
+        cv2.circle(mask, tuple(int(v) for v in end), mark, 1, -1)
+    elif look["end"] == 2:
+        for turn in (-0.6, 0.6):
+            cv2.line(mask, tuple(int(v) for v in end), (int(end[0] + mark * 1.5 * np.cos(angle + turn)), int(end[1] + mark * 1.5 * np.sin(angle + turn))), 1, max(1, thick // 2))
+    elif look["end"] == 3:
+        across = angle + np.pi / 2
+        a = (int(end[0] - mark * np.cos(across)), int(end[1] - mark * np.sin(across)))
+        b = (int(end[0] + mark * np.cos(across)), int(end[1] + mark * np.sin(across)))
+        cv2.line(mask, a, b, 1, thick + 1)
+    mask = mask.astype(bool)
+    texture = _stripes(shape, _jitter_colour(rng, look["colour"], 14), look["second"], max(2.0, thick * 1.5), angle)
+    canvas.paint(mask, texture, label)
+    return mask
+
+
+def render_clutter_sample(rng, size, class_names, void_border=1, counts=None, kinds=None):
+    """One image of the `clutter` style; arguments and result as `render_sample`."""
+    width, height = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    side = min(width, height)
+    kinds = kinds or {}
+    kind_of = {name: kinds.get(name, name) for name in class_names}
+    present_kinds = set(kind_of.values())
+    choices, probabilities = counts or CLUTTER_COUNTS
+    count = int(rng.choice(choices, p=probabilities))
+    chosen = [str(name) for name in rng.choice(class_names, size=count, replace=count > len(class_names))]
+    chosen_kinds = {kind_of[name] for name in chosen}
+    label_map = np.zeros((height, width), np.uint8)
+    canvas = _Canvas(_background(rng, width, height), label_map)
+    context = {}
+    ground = height * rng.uniform(0.55, 0.75)
+    for context_kind, owner in (("water", "boat"), ("rails", "train")):
+        if owner not in present_kinds:
+            continue
+        rate = CONTEXT_WITH_CLASS if owner in chosen_kinds else CONTEXT_WITHOUT_CLASS
+        if rng.random() < rate:
+            (_paint_water if context_kind == "water" else _paint_rails)(rng, canvas, ground)
+            context[context_kind] = True
+    looks = {name: _stick_look(name, kind_of[name]) for name in class_names}
+    # Distractor strokes: straight, unbranched, in muted colours or a present class's colour, so
+    # neither colour nor thinness alone tells a class.
+    strokes = int(rng.integers(8, 20))
+    for _ in range(strokes):
+        if rng.random() < 0.35:
+            colour = looks[str(rng.choice(class_names))]["colour"]
+            context["class_coloured_strokes"] = context.get("class_coloured_strokes", 0) + 1
+        else:
+            colour = tuple(float(c) for c in rng.uniform(60, 190, 3))
+        a = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        length, angle = side * rng.uniform(0.1, 0.5), rng.uniform(0, 2 * np.pi)
+        b = (int(a[0] + length * np.cos(angle)), int(a[1] + length * np.sin(angle)))
+        cv2.line(canvas.image, a, b, tuple(float(c) for c in _jitter_colour(rng, colour, 14)), max(1, int(side * rng.uniform(0.01, 0.05))))
+    objects = []
+    index_of = {name: position + 1 for position, name in enumerate(class_names)}
+    for name in chosen:
+        length = side * float(np.exp(rng.uniform(np.log(CLUTTER_SCALE[0]), np.log(CLUTTER_SCALE[1]))))
+        cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
+        if kind_of[name] in ("boat", "train") and context.get("water" if kind_of[name] == "boat" else "rails"):
+            cy = ground - length * 0.15
+        mask = _draw_stick(rng, canvas, index_of[name], looks[name], cx, cy, length)
+        visible = mask & (label_map == index_of[name])
+        if visible.any():
+            ys, xs = np.nonzero(visible)
+            objects.append((name, (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1)))
+    if void_border > 0:
+        label_map = _add_void_border(label_map, void_border)
+    # Crossings and the void band may leave a class no pixel of its own; the labels follow the map.
+    present = {class_names[v - 1] for v in np.unique(label_map) if 0 < v < IGNORE_INDEX}
+    objects = [obj for obj in objects if obj[0] in present]
+    if not objects:  # every stick left the image or vanished: fall back to the flat drawing
+        return render_sample(rng, size, class_names, void_border, counts, kinds)
+    return np.clip(canvas.image, 0, 255).astype(np.uint8), label_map, objects, context
+
+
+RENDERERS = {"flat": render_sample, "photo": render_photo_sample, "clutter": render_clutter_sample}
