@@ -35,7 +35,7 @@ def chromium():
 
 def headless(*arguments):
     result = subprocess.run([chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                             *arguments], capture_output=True, text=True, timeout=120)
+                             *arguments], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -104,3 +104,48 @@ def test_report_says_what_is_missing(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(run)])
     assert result.exit_code == 1 and "--data DIR" in result.output
     assert CliRunner().invoke(cli, ["report", str(run), "--data", data]).exit_code == 0
+
+
+def test_report_shows_a_legend_and_marks_iou_drops(tmp_path):
+    """The legend holds each label value of the shown maps in its palette colour; a class whose
+    IoU in a later stage is below half of its CAM IoU is marked on the page and the console."""
+    run, data, _ = write_run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    # Force one drop, and one class that stays just above half of its CAM IoU.
+    metrics["cams"]["iou"]["car"], metrics["segmentation"]["iou"]["car"] = 0.8, 0.3
+    metrics["cams"]["iou"]["person"], metrics["pseudo_labels"]["iou"]["person"] = 0.8, 0.41
+    metrics["segmentation"]["iou"]["person"] = 0.41
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    expected = set()
+    for key, label in (("pseudo_labels", "pseudo-labels"), ("segmentation", "segmentation")):
+        for name, cam in metrics["cams"]["iou"].items():
+            value = metrics[key]["iou"].get(name)
+            if cam is not None and value is not None and value < cam / 2:
+                expected.add((name, label))
+    assert ("car", "segmentation") in expected and not any(name == "person" for name, _ in expected)
+
+    result = CliRunner().invoke(cli, ["report", str(run), "--samples", "2"])
+    assert result.exit_code == 0, result.output
+    warned = set(re.findall(r"\[report\] warning: (\S+): (\S+) IoU [\d.]+ % < half of its CAM IoU", result.output))
+    assert warned == expected
+    assert "car: segmentation IoU 30.0 % < half of its CAM IoU 80.0 %" in result.output
+    text = (run / "report" / "index.html").read_text()
+    assert set(re.findall(r'class="warning drop" data-class="([^"]+)"', text)) == {name for name, _ in expected}
+
+    # Legend: the values of the label maps the page shows (pseudo-labels, predictions, truth).
+    shown_train = re.findall(r'src="img/train_(\w+)_pseudo_labels\.png"', text)
+    shown_val = re.findall(r'src="img/val_(\w+)_predictions\.png"', text)
+    assert len(shown_train) == len(shown_val) == 2
+    values = set()
+    for name in shown_train:
+        values |= set(np.unique(read_label_map(str(run / "pseudo_labels" / f"{name}.png"))).tolist())
+        values |= set(np.unique(read_label_map(os.path.join(data, "SegmentationClass", f"{name}.png"))).tolist())
+    legends = re.findall(r'<aside class="legend">(.*?)</aside>', text)
+    assert len(legends) == 2
+    entries = dict(re.findall(r'data-label="(\d+)"><span class="swatch" style="background: (rgb\([^)]*\))"', legends[0]))
+    assert {int(v) for v in entries} == values and 255 in values
+    palette = voc_palette(256)
+    names = open_dataset(data, "train").class_names
+    for value in values:
+        assert entries[str(value)] == "rgb({}, {}, {})".format(*palette[value])
+        assert f"{value} {'ignore' if value == 255 else names[value]}</li>" in legends[0]

@@ -2,8 +2,10 @@
 
 For sample images of the CAM split: the image, each present class's CAM over it, the
 pseudo-label and the ground truth; for sample images of the prediction split: the image, the
-prediction and the ground truth. Then per-class IoU bars of every scored stage and the loss
-curves of every training log (matplotlib PNGs). Everything lands in OUT (default
+prediction and the ground truth, with a legend of the palette's colours beside them. Then
+per-class IoU bars of every scored stage, with the classes whose IoU falls below half of their
+CAM IoU in a later stage marked (also printed), and the loss curves of every training log
+(matplotlib PNGs). Everything lands in OUT (default
 RUN/report): `index.html` and `img/`, linked relatively, so the folder can be zipped or served.
 """
 
@@ -19,6 +21,9 @@ from wsss_keras.errors import DataError
 
 STAGES = (("cams", "CAMs"), ("pseudo_labels", "pseudo-labels"), ("segmentation", "segmentation"))
 THUMBNAIL = 160  # pixels on the long side
+# A class is marked when a later stage's IoU falls below this share of its CAM IoU: refinement
+# or segmentation training lost what the CAMs had found.
+DROP_SHARE = 0.5
 
 
 def find_run(run_dir):
@@ -93,8 +98,39 @@ class ReportWriter:
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def iou_bars(metrics, class_names):
-    """One horizontal bar chart: each class's IoU in every scored stage."""
+def iou_drops(metrics, class_names, share=DROP_SHARE):
+    """[(class, stage label, stage IoU, CAM IoU)] for each class whose IoU in a stage after the
+    CAMs is below `share` of its CAM IoU (classes without an IoU in either are skipped)."""
+    if "cams" not in metrics:
+        return []
+    drops = []
+    for name in class_names:
+        cam = metrics["cams"]["iou"].get(name)
+        if cam is None or cam <= 0:
+            continue
+        for key, label in STAGES[1:]:
+            value = metrics.get(key, {}).get("iou", {}).get(name)
+            if value is not None and value < share * cam:
+                drops.append((name, label, value, cam))
+    return drops
+
+
+def legend(values, palette, class_names):
+    """HTML swatches with the colour and name of each label value in `values` (255: ignore)."""
+    table = np.zeros((256, 3), np.uint8)
+    table[: len(palette)] = palette[:256]
+    entries = []
+    for value in sorted(values):
+        name = "ignore" if value == 255 else class_names[value] if value < len(class_names) else f"label {value}"
+        r, g, b = (int(c) for c in table[value])
+        entries.append(f'<li data-label="{value}"><span class="swatch" style="background: rgb({r}, {g}, {b})"></span>'
+                       f"{value} {html.escape(name)}</li>")
+    return f'<aside class="legend"><h3>Colours</h3><ul>{"".join(entries)}</ul></aside>'
+
+
+def iou_bars(metrics, class_names, marked=()):
+    """One horizontal bar chart: each class's IoU in every scored stage; the `marked` classes'
+    names in red with a "!"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +146,10 @@ def iou_bars(metrics, class_names):
                 for value in (metrics[key]["iou"].get(name) for name in class_names)]
         axis.barh(positions + offset * height, ious, height,
                   label=f"{label} ({metrics[key]['split']}, mIoU {100 * metrics[key]['miou']:.1f})")
-    axis.set_yticks(positions + height * (len(stages) - 1) / 2, class_names)
+    axis.set_yticks(positions + height * (len(stages) - 1) / 2, [f"! {name}" if name in marked else name for name in class_names])
+    for tick, name in zip(axis.get_yticklabels(), class_names):
+        if name in marked:
+            tick.set_color("#c00")
     axis.invert_yaxis()
     axis.set_xlim(0, 100)
     axis.set_xlabel("IoU (%)")
@@ -181,6 +220,12 @@ table.metrics td, table.metrics th { padding: 0.3em 1em; text-align: right; bord
 .row { display: flex; flex-wrap: wrap; gap: 8px; margin-bottom: 14px; align-items: flex-start; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #555; max-width: 160px; }
 .warning { background: #fdd; padding: 0.5em; }
+.samples { display: flex; gap: 16px; align-items: flex-start; }
+.legend { position: sticky; top: 1em; font-size: 12px; min-width: 130px; }
+.legend ul { list-style: none; padding: 0; margin: 0; }
+.legend li { margin: 2px 0; white-space: nowrap; }
+.swatch { display: inline-block; width: 14px; height: 14px; margin-right: 6px; vertical-align: middle; border: 1px solid #999; }
+.badge { background: #c00; color: #fff; border-radius: 3px; padding: 0 0.4em; font-size: 12px; }
 </style>"""
 
 
@@ -198,8 +243,8 @@ def build_report(run_dir, data_dir=None, out_dir=None, samples=6, echo=print):
     out_dir = out_dir or os.path.join(run_dir, "report")
     writer = ReportWriter(out_dir)
     body = [f"<h1>{html.escape(metrics.get('recipe', 'run'))}</h1>",
-            f"<p>Run folder <code>{html.escape(os.path.abspath(method_dir))}</code>, dataset "
-            f"<code>{html.escape(os.path.abspath(data_dir))}</code>.</p>"]
+            (f"<p>Run folder <code>{html.escape(os.path.abspath(method_dir))}</code>, dataset "
+             f"<code>{html.escape(os.path.abspath(data_dir))}</code>.</p>")]
     scored = [(key, label) for key, label in STAGES if key in metrics]
     if scored:
         rows = "".join(f"<tr><td>{label}</td><td>{metrics[key]['split']}</td><td>{metrics[key]['images']}</td>"
@@ -207,10 +252,12 @@ def build_report(run_dir, data_dir=None, out_dir=None, samples=6, echo=print):
         body.append("<h2>Scores</h2><table class=\"metrics\"><tr><th>stage</th><th>split</th><th>images</th>"
                     f"<th>mIoU (%)</th></tr>{rows}</table>")
 
+    # All 256 entries, so the ignore band (255) shows in VOC's colour, not as background black.
+    palette = voc_palette(256)
+
     def sample_rows(split, kinds):
         dataset = open_dataset(data_dir, split)
-        palette = voc_palette(len(dataset.class_names))
-        rows, shown = [], 0
+        rows, shown, seen = [], 0, set()
         for index, name in enumerate(dataset.names):
             if shown >= samples:
                 break
@@ -230,14 +277,19 @@ def build_report(run_dir, data_dir=None, out_dir=None, samples=6, echo=print):
             for kind, caption in (("pseudo_labels", "pseudo-label"), ("predictions", "prediction")):
                 if kind in paths:
                     labels = read_label_map(paths[kind])
+                    seen.update(np.unique(labels).tolist())
                     cells.append(writer.figure(f"{split}_{name}_{kind}", _thumbnail(colorize(labels, palette), nearest=True),
                                                caption))
             truth = dataset.label_map_paths[index] if dataset.has_label_maps else None
             if truth:
-                cells.append(writer.figure(f"{split}_{name}_truth",
-                                           _thumbnail(colorize(read_label_map(truth), palette), nearest=True),
+                labels = read_label_map(truth)
+                seen.update(np.unique(labels).tolist())
+                cells.append(writer.figure(f"{split}_{name}_truth", _thumbnail(colorize(labels, palette), nearest=True),
                                            "ground truth"))
             rows.append(f'<div class="row">{"".join(cells)}</div>')
+        # The legend lists the values the shown label maps hold (COCO's 81 would bury them).
+        if rows and seen:
+            rows = [f'<div class="samples"><div>{"".join(rows)}</div>{legend(seen, palette, dataset.class_names)}</div>']
         return rows, dataset
 
     class_names = None
@@ -254,8 +306,15 @@ def build_report(run_dir, data_dir=None, out_dir=None, samples=6, echo=print):
         class_names = class_names or dataset.class_names
         body.append(f"<h2>Predictions ({html.escape(split)})</h2>" + "".join(rows))
     if scored and class_names:
-        body.append("<h2>Per-class IoU</h2>" + writer.figure("iou", iou_bars(metrics, class_names),
-                                                             "IoU per class and stage"))
+        drops = iou_drops(metrics, class_names)
+        marks = "".join(
+            f'<p class="warning drop" data-class="{html.escape(name)}"><span class="badge">IoU drop</span> '
+            f"{html.escape(name)}: {label} IoU {100 * value:.1f} % is below half of its CAM IoU {100 * cam:.1f} %</p>"
+            for name, label, value, cam in drops)
+        for name, label, value, cam in drops:
+            echo(f"[report] warning: {name}: {label} IoU {100 * value:.1f} % < half of its CAM IoU {100 * cam:.1f} %")
+        body.append("<h2>Per-class IoU</h2>" + marks + writer.figure(
+            "iou", iou_bars(metrics, class_names, {name for name, *_ in drops}), "IoU per class and stage"))
     logs = sorted(glob.glob(os.path.join(method_dir, "*_log.csv")))
     curves = [(path, read_log(path)) for path in logs]
     curves = [(path, log) for path, log in curves if log and log[2]]
