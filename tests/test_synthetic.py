@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import tiny_synthetic
+
 from wsss_keras.data import VocDataset
 from wsss_keras.data.imageio import read_label_map
 from wsss_keras.data.synthetic import CATALOG, generate, render_sample, resolve_classes
