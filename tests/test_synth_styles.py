@@ -180,3 +180,21 @@ def test_styles_write_the_coco_layout(tmp_path, style):
     generate(root, layout="coco", style=style, n_train=3, n_val=1, size=64)
     dataset = CocoDataset(root, "train2014")
     assert dataset.check() == [] and dataset.labels.sum(1).min() >= 1
+
+
+def test_photo_keeps_the_traps():
+    """As in flat: water comes with boats and rails with trains far more often than without, and
+    plain bodies of the under-activation classes appear as background."""
+    names = resolve_classes(6)
+    seen = {"water|boat": [], "water|no boat": [], "rails|train": [], "rails|no train": [], "distractor": []}
+    for index in range(90):
+        _, label_map, objects, context = RENDERERS["photo"](np.random.default_rng([9, 0, index]), 48, names, void_border=0)
+        present = {names[value - 1] for value in np.unique(label_map) if value}
+        assert present == {name for name, _ in objects}
+        seen["water|boat" if "boat" in present else "water|no boat"].append(bool(context.get("water")))
+        seen["rails|train" if "train" in present else "rails|no train"].append(bool(context.get("rails")))
+        seen["distractor"].append(bool(context.get("aeroplane_distractor") or context.get("bus_distractor")))
+    rates = {key: float(np.mean(value)) for key, value in seen.items()}
+    assert rates["water|boat"] > 0.8 and rates["water|no boat"] < 0.2, rates
+    assert rates["rails|train"] > 0.8 and rates["rails|no train"] < 0.2, rates
+    assert rates["distractor"] > 0.3, rates

@@ -21,6 +21,12 @@ common sizes), so that smoke runs meet odd sizes and aspect ratios as on real da
 `layout="coco"` writes a COCO-2014-layout folder (see `wsss_keras.data.coco`) with COCO's 80
 classes: the classes with a drawer of their own use it (airplane, tv and the VOC names COCO
 shares), every other class a simple shape with a colour and texture of its own.
+
+`style` picks what makes the data hard (`STYLES`, described where the styles are drawn):
+"flat" (the default, the drawings above), "photo" (small objects with photographic textures on
+photographs, same traps) and "clutter" (thin articulated shapes among distractor strokes).
+`present_classes` writes VOC's 21-class list with only some of its classes occurring, as real
+subsets of VOC are; the label maps then use VOC's class indices.
 """
 
 import colorsys
@@ -171,8 +177,8 @@ def _poly(shape, points):
 
 def _ellipse(shape, centre, axes, angle=0.0):
     mask = np.zeros(shape, np.uint8)
-    centre = (int(round(centre[0])), int(round(centre[1])))
-    axes = (max(1, int(round(axes[0]))), max(1, int(round(axes[1]))))
+    centre = (round(centre[0]), round(centre[1]))
+    axes = (max(1, round(axes[0])), max(1, round(axes[1])))
     cv2.ellipse(mask, centre, axes, angle, 0, 360, 1, -1)
     return mask.astype(bool)
 
