@@ -51,13 +51,13 @@ class ImageSizes(click.ParamType):
 @click.option(
     "--style", type=click.Choice(["flat", "photo", "clutter"]), default="flat", show_default=True,
     help="What makes the data hard. flat: drawn objects with co-occurrence and under-activation traps; "
-    "photo: small objects (0.5-2 %% of the image each) with photographic textures on photographs, same traps; "
+    "photo: small objects (0.5-2 % of the image each) with photographic textures on photographs, same traps; "
     "clutter: thin articulated shapes, 3-8 per image at many scales, among distractor strokes.",
 )  # fmt: skip
 @click.option(
     "--present-classes", default=None, metavar="N|NAMES",
     help="VOC layout: keep VOC's 21-class list (masks use VOC's indices) but let only these classes occur: "
-    "a count (the first N of the catalog) or a comma-separated list of VOC names. Not with --classes.",
+    "a count (the catalog's first N, then VOC's other classes) or a comma-separated list of VOC names. Not with --classes.",
 )  # fmt: skip
 @click.option("--n-train", type=click.IntRange(min=1), default=600, show_default=True, help="Training images.")
 @click.option("--n-val", type=click.IntRange(min=1), default=150, show_default=True, help="Validation images.")
