@@ -819,7 +819,7 @@ PHOTO_TEXTURES = {
     "car": ("coffee", (0.55, 0.15, 0.85, 0.45), None),
     "person": ("astronaut", (0.55, 0.05, 1.0, 0.5), None),
     "train": ("rocket", (0.05, 0.0, 0.9, 0.2), None),
-    "bus": ("coins", (0.0, 0.0, 1.0, 1.0), (240, 190, 40)),
+    "bus": ("brick", (0.0, 0.0, 1.0, 1.0), (240, 190, 40)),  # rows of panes; the dotted board is the part
     "dog": ("chelsea", (0.0, 0.0, 0.45, 0.35), None),
     "bird": ("immunohistochemistry", (0.0, 0.0, 1.0, 1.0), None),
     "bottle": ("grass", (0.0, 0.0, 1.0, 1.0), (60, 170, 80)),
