@@ -28,12 +28,11 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
 @keras.saving.register_keras_serializable(package="wsss_tests")
-class TinyPipelineModel(keras.Model, WSSSModel):
+class TinyPipelineModel(WSSSModel):
     """CAMs and segmentation logits: 1x1 convolutions of the image average-pooled to stride 4."""
 
-    def __init__(self, num_classes, segmentation=True, class_names=None, image_mean=MEAN, image_std=STD, recipe=None, **kwargs):
-        super().__init__(**kwargs)
-        self._init_wsss(class_names, image_mean, image_std, recipe)
+    def __init__(self, num_classes, segmentation=True, image_mean=MEAN, image_std=STD, **kwargs):
+        super().__init__(image_mean=image_mean, image_std=image_std, **kwargs)
         self.num_classes, self.segmentation = num_classes, segmentation
         self.pool = keras.layers.AveragePooling2D(4)
         self.cam_head = keras.layers.Conv2D(num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(seed=1))
@@ -53,7 +52,7 @@ class TinyPipelineModel(keras.Model, WSSSModel):
         return self.seg_head(self.pool(images))
 
     def get_config(self):
-        return {**super().get_config(), **self._wsss_config(), "num_classes": self.num_classes, "segmentation": self.segmentation}
+        return {**super().get_config(), "num_classes": self.num_classes, "segmentation": self.segmentation}
 
 
 def save_model(path, num_classes=NUM_CLASSES, segmentation=True):

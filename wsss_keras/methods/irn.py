@@ -31,7 +31,6 @@ the heads share nothing, so it has no effect on the boundary branch) is not buil
 import keras
 from keras import ops
 
-from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_keras.methods.base import WSSSModel
 from wsss_keras.ops.affinity import affinity_loss, boundary_to_affinity, pair_labels
 from wsss_keras.ops.cam import resize_bilinear
@@ -49,7 +48,7 @@ def tap_strides(backbone):
 
 
 @keras.saving.register_keras_serializable(package="wsss_keras")
-class IRNet(keras.Model, WSSSModel):
+class IRNet(WSSSModel):
     """IRN's boundary network on a frozen ResNet: boundary logits at stride 4.
 
     Args:
@@ -58,8 +57,8 @@ class IRNet(keras.Model, WSSSModel):
         radius: radius of the training pairs (10 in IRN; `path_directions(10)` has 152).
         head_channels: width of each tap's 1x1 conv (32).
         groups: GroupNorm groups (4).
-        class_names, image_mean, image_std, recipe: saved metadata (`WSSSModel`).
-        **kwargs: `keras.Model` arguments.
+        **kwargs: `WSSSModel`'s `class_names`, `image_mean`, `image_std`, `recipe` (saved
+            with the model) and `keras.Model`'s arguments.
 
     Example:
     >>> import numpy as np
@@ -75,14 +74,9 @@ class IRNet(keras.Model, WSSSModel):
         radius=10,
         head_channels=32,
         groups=4,
-        class_names=None,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        recipe=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_wsss(class_names, image_mean, image_std, recipe)
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if not hasattr(backbone, "stages"):
@@ -161,10 +155,5 @@ class IRNet(keras.Model, WSSSModel):
             radius=self.radius,
             head_channels=self.head_channels,
             groups=self.groups,
-            **self._wsss_config(),
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

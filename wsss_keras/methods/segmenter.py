@@ -52,7 +52,6 @@ importer, and saves and exports like every other method.
 import keras
 from keras import ops
 
-from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_keras.methods.base import WSSSModel
 from wsss_keras.ops.cam import resize_bilinear
 from wsss_keras.ops.losses import IGNORE_INDEX, pixel_cross_entropy
@@ -208,7 +207,7 @@ def _scaled_size(images, scale):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DeepLabV2(WSSSModel, keras.Model):
+class DeepLabV2(WSSSModel):
     """DeepLab-v2: a dilated ResNet, a summed ASPP classifier and optional MSC training.
 
     `call(images)` returns logits at the backbone's output stride, (B, h, w, num_classes),
@@ -237,9 +236,9 @@ class DeepLabV2(WSSSModel, keras.Model):
         loss_resolution: "logits" (labels nearest-resized to each logit map; the reference)
             or "labels" (logits bilinearly upsampled to the label size).
         ignore_index: label value left out of the loss (255).
-        class_names, image_mean, image_std, recipe: saved metadata (`WSSSModel`); images are
-            normalised torchvision-style by default.
-        **kwargs: `keras.Model` arguments (name, dtype).
+        **kwargs: `WSSSModel`'s `class_names`, `image_mean`, `image_std`, `recipe` (saved
+            with the model) and `keras.Model`'s arguments. Images are normalised
+            torchvision-style (ImageNet mean and std) by default.
 
     Example:
     ```python
@@ -267,14 +266,9 @@ class DeepLabV2(WSSSModel, keras.Model):
         msc_scales=MSC_SCALES,
         loss_resolution="logits",
         ignore_index=IGNORE_INDEX,
-        class_names=None,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        recipe=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_wsss(class_names, image_mean, image_std, recipe)
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if not isinstance(backbone, keras.layers.Layer) or not hasattr(backbone, "num_features"):
@@ -293,7 +287,7 @@ class DeepLabV2(WSSSModel, keras.Model):
                 f"msc_scales={msc_scales!r} must be positive and exclude 1.0 (scale 1 is always used); "
                 f"the paper uses {MSC_SCALES}, () disables MSC."
             )
-        if class_names is not None and len(self.class_names) != int(num_classes):
+        if self.class_names is not None and len(self.class_names) != int(num_classes):
             raise ValueError(
                 f"num_classes={num_classes} counts background, but class_names has {len(self.class_names)} "
                 "names; list the background first."
@@ -414,13 +408,8 @@ class DeepLabV2(WSSSModel, keras.Model):
             msc_scales=list(self.msc_scales),
             loss_resolution=self.loss_resolution,
             ignore_index=self.ignore_index,
-            **self._wsss_config(),
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def build_deeplab_v2(num_classes, arch="resnet101", weights=None, backbone_kwargs=None, **model_kwargs):

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from wsss_keras.methods.weclip import WECLIP_DEFAULTS, WeCLIP, _unit, freeze
+from wsss_keras.methods.weclip import WECLIP_DEFAULTS, WeCLIP, freeze, unit_normalize
 from wsss_keras.ops.cam import resize_bilinear
 from wsss_keras.ops.prototypes import (
     MAX_INVERSE_TEMPERATURE,
@@ -47,8 +47,16 @@ from wsss_keras.ops.prototypes import (
     prototype_contrastive_loss,
     text_to_image_loss,
 )
-from wsss_keras.ops.region_masks import correction_mask, pixel_to_token_mask, target_region_mask
-from wsss_keras.ops.token_affinity import box_token_mask, fuse_attention, sinkhorn_transition
+from wsss_keras.ops.region_masks import (
+    correction_mask,
+    pixel_to_token_mask,
+    target_region_mask,
+)
+from wsss_keras.ops.token_affinity import (
+    box_token_mask,
+    fuse_attention,
+    sinkhorn_transition,
+)
 from wsss_keras.step_counts import SSR_STEP_KNOBS
 
 _PACKAGE = "wsss_keras"
@@ -316,7 +324,7 @@ class SSR(WeCLIP):
     def cam_text_features(self):
         if self.options["cam_space"] == "clip":
             return super().cam_text_features()
-        aligned = _unit(self.text_rows())
+        aligned = unit_normalize(self.text_rows())
         if not self._both_spaces:
             return aligned
         clip_weight, aligned_weight = self._space_weights()
@@ -376,7 +384,7 @@ class SSR(WeCLIP):
         batch = ops.shape(features)[0]
         class_ids = ops.tile(ops.arange(classes, dtype="int32")[None, :], (batch, 1))
         indices = ops.reshape(ops.stack([class_ids, slot], axis=-1), (-1, 2))
-        rows = ops.reshape(ops.stop_gradient(_unit(features)), (-1, features.shape[-1]))
+        rows = ops.reshape(ops.stop_gradient(unit_normalize(features)), (-1, features.shape[-1]))
         stamps = ops.cast(ops.zeros_like(indices[:, 0]), "float32") + self.cmpa_step
         self.recent_features.assign(ops.scatter_update(self.recent_features, indices, rows))
         self.recent_steps.assign(ops.scatter_update(self.recent_steps, indices, stamps))

@@ -1,86 +1,32 @@
-"""WeCLIP (Zhang et al., CVPR 2024, "Frozen CLIP: A Strong Backbone for Weakly Supervised
-Semantic Segmentation"): the single-stage frozen-CLIP host of SSR.
-
-A frozen CLIP image tower gives, per image,
-- the residual stream of its first L−1 blocks and their head-averaged attention (one pass);
-- Grad-CAMs (CLIP-ES): block L and the head are run again from block L's `ln_1` output, the
-  image embedding is the mean of the projected patch tokens, and the target is the softmax of
-  `logit_scale · cos(image, text)` over the present classes' prompts and the background
-  prompts; the gradient flows through block L's attention branch only;
-- a transition matrix from the mean attention of the last `affinity_layers` blocks, Sinkhorn
-  normalised, symmetrised and squared, which propagates each class's CAM inside a mask (the
-  CAM's boxes, `scoremap2bbox`; SSR replaces it);
-- online pseudo-labels: min-max, bilinear to the crop, background `(1 − max)^bg_power`, PAR,
-  argmax; no ignore region: the crop's padding is trained on like any pixel, as WeCLIP's
-  training loop does (it loads `img_box` and never reads it); `ignore_padding` masks it with
-  255 from the targets' `crop_boxes` instead, as ToCo does.
-A light decoder (per-layer MLPs over the L−1 layers, a 1x1 fusion, a 3-block transformer) is
-the only trained part (CE on the pseudo-labels, ToCo/WeCLIP's balanced form) and the only one
-used for prediction.
-
-A method built on the host (SSR) subclasses `WeCLIP` and overrides its steps: the Grad-CAM
-feature spaces (`cam_text_features`, `cam_token_features`), `transition`, `propagation_masks`
-and `extra_losses` (its loss terms), which read the loader's item maps from the targets; its
-training stage plugs in through `wsss_keras.pipelines.weclip.WeCLIPPlugin`. The host never
-imports such a method.
-
-Verified in WeCLIP's code (spec methods/ssr.md §2.1-2.8, [CODE-W]/[CODE-E]); differences:
-- all CLIP classes' Grad-CAMs come from one backward pass over a copy of block L per class
-  (same values as one pass per class);
-- WeCLIP's RFM (decoder-affinity refinement after 15k steps) and its affinity loss are not
-  built: SSR's loss does not use them (spec §2.9);
-- the frozen tower runs in float32 (the reference runs fp16; ~1e-3 apart).
-"""
+"""The WeCLIP model: a frozen CLIP image tower, Grad-CAM pseudo-labels, a trained decoder (see
+the package)."""
 
 import keras
 import numpy as np
 from keras import ops
 
 from wsss_keras.backbones.clip.clip_model import CLIPImageEncoder
-from wsss_keras.backbones.transformer import TransformerBlock
-from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_keras.methods.base import WSSSModel
-from wsss_keras.methods.initializers import torch_bias_uniform, torch_uniform
-from wsss_keras.ops.cam import IGNORE_INDEX, crop_box_mask, min_max_normalize, resize_bilinear
+from wsss_keras.ops.cam import (
+    IGNORE_INDEX,
+    crop_box_mask,
+    min_max_normalize,
+    resize_bilinear,
+)
 from wsss_keras.ops.grad import value_and_gradient
 from wsss_keras.ops.losses import balanced_segmentation_loss
-from wsss_keras.ops.par import DEFAULT_DILATIONS, par_refine
-from wsss_keras.ops.token_affinity import box_token_mask, fuse_attention, propagate_cams, sinkhorn_transition
+from wsss_keras.ops.par import par_refine
+from wsss_keras.ops.token_affinity import (
+    box_token_mask,
+    fuse_attention,
+    propagate_cams,
+    sinkhorn_transition,
+)
 
 _PACKAGE = "wsss_keras"
 
-# WeCLIP's VOC settings (configs/voc_attn_reg.yaml, clip/clip_tool.py, WeCLIP_model/PAR.py).
-WECLIP_DEFAULTS = {
-    "logit_scale": 100.0,             # exp(logit_scale) of OpenAI's ViT-B/16; None = the CLIP's own
-    "gradcam_softmax": "present",     # "present": present classes + background prompts (CLIP-ES);
-                                      # "all": every class + background prompts
-    "affinity_layers": 8,             # last k attention maps averaged
-    "sinkhorn_iterations": 3,
-    "box_threshold": 0.4,             # 0.7 on COCO
-    "bg_power": 1.0,                  # cam_bg_thres
-    "par_iterations": 20,
-    "par_dilations": list(DEFAULT_DILATIONS),
-    "seg_weight": 1.0,
-    "ignore_padding": False,          # False: padding keeps its pseudo-label (WeCLIP's code);
-                                      # True: 255 outside `crop_boxes` in the seg loss (ToCo's way)
-}
-
-
-def weclip_options(overrides=None, defaults=None, source="weclip"):
-    """`defaults` (WeCLIP's) with `overrides`; unknown keys raise a ValueError naming them."""
-    defaults = dict(WECLIP_DEFAULTS if defaults is None else defaults)
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise ValueError(f"[{source}] unknown setting(s) {unknown}; known: {sorted(defaults)}.")
-    options = {**defaults, **overrides}
-    if options["gradcam_softmax"] not in ("present", "all"):
-        raise ValueError(f"[{source}] gradcam_softmax = {options['gradcam_softmax']!r}; choose 'present' or 'all'.")
-    if int(options["affinity_layers"]) < 1:
-        raise ValueError(f"[{source}] affinity_layers = {options['affinity_layers']}; give at least 1.")
-    if not isinstance(options["ignore_padding"], bool):
-        raise ValueError(f"[{source}] ignore_padding = {options['ignore_padding']!r}; give true or false.")
-    return options
+from wsss_keras.methods.weclip.decoder import WeCLIPDecoder
+from wsss_keras.methods.weclip.options import WECLIP_DEFAULTS, weclip_options
 
 
 def freeze(layer):
@@ -99,96 +45,13 @@ def _array_or_zeros(value):
     return np.asarray(value, "float32")
 
 
-def _unit(x, axis=-1):
+def unit_normalize(x, axis=-1):
+    """`x` scaled to unit L2 norm along `axis` (zero vectors stay finite)."""
     return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), 1e-12))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class WeCLIPDecoder(keras.layers.Layer):
-    """WeCLIP's decoder (`SegFormerHead` + `DecoderTransformer`): per input layer a token MLP
-    (Linear → ReLU → Linear), concatenation, a 1x1 fusion with bias, channel dropout, then
-    CLIP-style pre-LN blocks without positions, and a 1x1 classifier.
-
-    Args:
-        num_classes: output channels (foreground classes + background).
-        num_inputs: how many token maps come in (WeCLIP: the 11 frozen layers).
-        width: channels of the MLPs, the fusion and the transformer (256).
-        num_layers: transformer blocks (3).
-        num_heads: attention heads (8).
-        dropout: `SpatialDropout2D` rate after the fusion (0.1).
-
-    Call arguments:
-        token_maps: list of `num_inputs` maps `(B, h, w, D)`.
-
-    Returns:
-        `(logits (B, h, w, num_classes), fused (B, h, w, width))`.
-
-    Example:
-    >>> decoder = WeCLIPDecoder(3, num_inputs=2, width=16, num_layers=1, num_heads=2)
-    >>> logits, fused = decoder([np.zeros((1, 4, 4, 8), "float32")] * 2)
-    >>> tuple(logits.shape), tuple(fused.shape)
-    ((1, 4, 4, 3), (1, 4, 4, 16))
-    """
-
-    def __init__(self, num_classes, num_inputs, width=256, num_layers=3, num_heads=8, dropout=0.1, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes, self.num_inputs, self.width = int(num_classes), int(num_inputs), int(width)
-        self.num_layers, self.num_heads, self.dropout_rate = int(num_layers), int(num_heads), float(dropout)
-        self.mlps = []
-        for index in range(self.num_inputs):
-            self.mlps.append((
-                keras.layers.Dense(self.width, activation="relu", name=f"mlp{index}_fc1"),
-                keras.layers.Dense(self.width, name=f"mlp{index}_fc2"),
-            ))
-        self.fuse = keras.layers.Dense(self.width, name="fuse")
-        self.dropout = keras.layers.SpatialDropout2D(self.dropout_rate)
-        self.blocks = [
-            TransformerBlock(self.width, self.num_heads, 4 * self.width, activation="quick_gelu",
-                             layer_norm_epsilon=1e-5, name=f"block{index}")
-            for index in range(self.num_layers)
-        ]
-        self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
-
-    def build(self, input_shape):
-        shapes = list(input_shape)
-        if len(shapes) != self.num_inputs:
-            raise ValueError(f"{self.name}: built for {self.num_inputs} token maps, given {len(shapes)}.")
-        for (fc1, fc2), shape in zip(self.mlps, shapes):
-            depth = shape[-1]
-            # PyTorch's nn.Linear / nn.Conv2d defaults, as the reference trains them.
-            for layer, fan_in in ((fc1, depth), (fc2, self.width)):
-                layer.kernel_initializer, layer.bias_initializer = torch_uniform(fan_in), torch_bias_uniform(fan_in)
-            fc1.build((None, depth))
-            fc2.build((None, self.width))
-        fan_in = self.width * self.num_inputs
-        self.fuse.kernel_initializer, self.fuse.bias_initializer = torch_uniform(fan_in), torch_bias_uniform(fan_in)
-        self.fuse.build((None, fan_in))
-        for block in self.blocks:
-            block.build((None, None, self.width))
-        self.classifier.kernel_initializer = torch_uniform(self.width)
-        self.classifier.bias_initializer = torch_bias_uniform(self.width)
-        self.classifier.build((None, self.width))
-        self.built = True
-
-    def call(self, token_maps, training=None):
-        maps = [fc2(fc1(tokens)) for (fc1, fc2), tokens in zip(self.mlps, token_maps)]
-        fused = self.dropout(self.fuse(ops.concatenate(maps, axis=-1)), training=training)
-        batch, height, width = ops.shape(fused)[0], fused.shape[1], fused.shape[2]
-        tokens = ops.reshape(fused, (batch, -1, self.width))
-        for block in self.blocks:
-            tokens, _ = block(tokens)
-        logits = self.classifier(ops.reshape(tokens, (batch, height, width, self.width)))
-        return logits, fused
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(num_classes=self.num_classes, num_inputs=self.num_inputs, width=self.width,
-                      num_layers=self.num_layers, num_heads=self.num_heads, dropout=self.dropout_rate)
-        return config
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class WeCLIP(keras.Model, WSSSModel):
+class WeCLIP(WSSSModel):
     """WeCLIP: frozen CLIP image tower, Grad-CAM pseudo-labels, trained decoder.
 
     Args:
@@ -199,8 +62,9 @@ class WeCLIP(keras.Model, WSSSModel):
         background_features: `(M, E)` background-prompt embeddings, or None (M = 0).
         options: dict of `WECLIP_DEFAULTS` overrides.
         decoder_width, decoder_layers, decoder_heads: the decoder's size (256, 3, 8).
-        class_names, image_mean, image_std, recipe: saved with the model (`WSSSModel`);
-            WeCLIP feeds ImageNet-normalised images to CLIP.
+        **kwargs: `WSSSModel`'s `class_names`, `image_mean`, `image_std`, `recipe` (saved
+            with the model) and `keras.Model`'s arguments. WeCLIP feeds
+            ImageNet-normalised images to CLIP (the default).
 
     Call arguments:
         images: `(B, H, W, 3)` normalised.
@@ -219,10 +83,8 @@ class WeCLIP(keras.Model, WSSSModel):
     """
 
     def __init__(self, image_encoder, num_classes, text_features, background_features=None, options=None,
-                 decoder_width=256, decoder_layers=3, decoder_heads=8, class_names=None, image_mean=IMAGENET_MEAN,
-                 image_std=IMAGENET_STD, recipe=None, **kwargs):
+                 decoder_width=256, decoder_layers=3, decoder_heads=8, **kwargs):
         super().__init__(**kwargs)
-        self._init_wsss(class_names, image_mean, image_std, recipe)
         if isinstance(image_encoder, dict):
             image_encoder = keras.saving.deserialize_keras_object(image_encoder)
         if not isinstance(image_encoder, CLIPImageEncoder):
@@ -294,7 +156,7 @@ class WeCLIP(keras.Model, WSSSModel):
     # Grad-CAM ----------------------------------------------------------------------------------
     def cam_text_features(self):
         """`(C + M, E')` unit text rows the Grad-CAM softmax compares with (SSR: TSA-projected)."""
-        return _unit(ops.concatenate([self.text_features, self.background_features], axis=0))
+        return unit_normalize(ops.concatenate([self.text_features, self.background_features], axis=0))
 
     def cam_token_features(self, projected):
         """Per-token image features `(B', N, E')` Grad-CAM pools (SSR: ISA, inference mode)."""
@@ -332,7 +194,7 @@ class WeCLIP(keras.Model, WSSSModel):
         out = mid + block.mlp(block.norm2(mid))
         projected = encoder.project(out)
         features = self.cam_token_features(projected[:, 1:])
-        image = _unit(ops.mean(features, axis=1))
+        image = unit_normalize(ops.mean(features, axis=1))
         logits = self._logit_scale() * ops.matmul(image, ops.transpose(self.cam_text_features()))
         logits = ops.where(allowed, logits, -1e4)
         return ops.softmax(logits, axis=-1), ops.mean(probs, axis=1), projected
@@ -479,10 +341,5 @@ class WeCLIP(keras.Model, WSSSModel):
             decoder_width=self.decoder_width,
             decoder_layers=self.decoder_layers,
             decoder_heads=self.decoder_heads,
-            **self._wsss_config(),
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

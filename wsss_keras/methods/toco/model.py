@@ -1,48 +1,9 @@
-"""ToCo (Ru et al., CVPR 2023, "Token Contrast for Weakly-Supervised Semantic Segmentation"):
-the single-stage ViT host of DOEI.
-
-A ViT (optionally behind a convolutional stem) gives
-- image logits from the global max pool of the final patch tokens and a bias-free linear
-  classifier, whose response map is the CAM;
-- auxiliary logits and CAM from the un-normalised tokens of an intermediate block (`aux_layer`);
-- segmentation logits from a LargeFOV head on the final patch tokens.
-
-Training (`compute_loss`, so `fit` works on every backend) follows the reference code
-(rulixiang/ToCo `scripts/dist_train_voc_seg_neg.py`, spec methods/doei.md §2.1 and §3.1):
-online multi-scale + flip CAMs, two-threshold PAR-refined pseudo-labels for the balanced
-segmentation loss, the dense-energy regulariser, patch token contrast (PTC) on the final
-tokens with targets from the auxiliary CAM, and class token contrast (CTC) between global
-views and local crops cut around uncertain regions, with an EMA projection head as teacher.
-Every loss weight, start step and threshold is in `losses` (defaults: ToCo's VOC script).
-
-Where this differs from the reference, on purpose:
-- The crop box is recorded after every flip (the reference records it before its last flip,
-  so half its boxes are mirrored).
-- PTC's crop box: "reference" (default) passes image-pixel box coordinates to the token grid
-  as the code does (so padded crops ignore most PTC pairs); "scaled" scales them to the grid.
-- The dense-energy kernel is exact on a coarser grid instead of a permutohedral lattice
-  (see `ops.losses.dense_energy_loss`).
-- The CTC loss is written with log-sum-exp (same value, no overflow).
-- The student projection of the two global views reuses the class tokens of the main forward
-  and of the second view (the reference runs both views through the encoder again; without
-  dropout the values are the same).
-
-The local crops are cut from the loader's `local_source`, which the reference flips independently
-of the main input whose CAMs place them; `[train] augment.local_crops_follow_flip = true`
-(`ToCoTrainTransform`) makes it follow the main input's flip. Only training steps move the EMA
-teacher, the step counter and the crop sampler's seed; `evaluate` leaves them as they were.
-
-DOEI (`wsss_keras.methods.doei.DOEI`) plugs in through the encoder's attention hook: pass
-`doei=DOEI(...)` and it runs in every forward pass (CAMs, segmentation, and the CTC crop passes
-unless `doei.in_crop_passes` is False).
-"""
+"""The ToCo model: a ViT CAM network trained with its losses in `compute_loss` (see the package)."""
 
 import keras
 from keras import ops
 
-from wsss_keras.backbones.transformer import gelu_exact
 from wsss_keras.backbones.vit.vit_encoder import ViTEncoder
-from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_keras.methods.base import WSSSModel
 from wsss_keras.ops.cam import (
     cams_to_pseudo_labels,
@@ -51,7 +12,6 @@ from wsss_keras.ops.cam import (
     multiscale_cams,
     refine_pseudo_labels,
     resize_bilinear,
-    strongest_present_class,
 )
 from wsss_keras.ops.losses import (
     balanced_segmentation_loss,
@@ -61,197 +21,17 @@ from wsss_keras.ops.losses import (
     multilabel_soft_margin_loss,
     patch_token_contrast_loss,
 )
-from wsss_keras.step_counts import TOCO_LOSS_STARTS, default_steps
+from wsss_keras.step_counts import default_steps
 
 _PACKAGE = "wsss_keras"
 
-# ToCo's VOC settings (scripts/dist_train_voc_seg_neg.py, model/losses.py, utils/camutils.py);
-# the loss start steps are in wsss_keras.step_counts, which --steps scales.
-TOCO_LOSS_DEFAULTS = {
-    "cls_weight": 1.0,
-    "aux_weight": 1.0,
-    "ptc_weight": 0.2,
-    "ctc_weight": 0.5,
-    "seg_weight": 0.1,
-    "reg_weight": 0.05,
-    **TOCO_LOSS_STARTS,
-    "high_threshold": 0.7,
-    "low_threshold": 0.25,
-    "cam_scales": [1.0, 0.5, 1.5],
-    "cam_flip": True,
-    "par_down_scale": 2,
-    "par_iterations": 10,
-    "seg_guard_empty": True,
-    "ptc_box": "reference",
-    "ctc_temperature": 0.5,
-    "local_crops": 8,
-    "local_crop_size": 96,
-    "negative_ratio": 0.2,
-    "ema_momentum": 0.9,
-    "reg_energy_scale": 1e-7,
-    "reg_sigma_rgb": 15.0,
-    "reg_sigma_xy": 100.0,
-    "reg_scale": 0.5,
-    "reg_max_pixels": 4096,
-}
-
-
-def toco_losses(overrides=None, source="losses"):
-    """ToCo's loss settings with `overrides` applied; unknown keys raise a ValueError naming them."""
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(TOCO_LOSS_DEFAULTS))
-    if unknown:
-        raise ValueError(f"{source}: unknown ToCo loss setting(s) {unknown}; known: {sorted(TOCO_LOSS_DEFAULTS)}.")
-    settings = {**TOCO_LOSS_DEFAULTS, **overrides}
-    if settings["ptc_box"] not in ("reference", "scaled"):
-        raise ValueError(f"{source}: ptc_box={settings['ptc_box']!r}; choose 'reference' or 'scaled'.")
-    if not 0.0 <= settings["low_threshold"] < settings["high_threshold"] <= 1.0:
-        raise ValueError(
-            f"{source}: thresholds low={settings['low_threshold']} high={settings['high_threshold']} "
-            "must satisfy 0 <= low < high <= 1."
-        )
-    settings["cam_scales"] = [float(scale) for scale in settings["cam_scales"]]
-    return settings
+from wsss_keras.methods.toco.crops import sample_local_crops, uncertainty_roi
+from wsss_keras.methods.toco.layers import LargeFOV, ProjectionHead
+from wsss_keras.methods.toco.losses import TOCO_LOSS_DEFAULTS, toco_losses
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class LargeFOV(keras.layers.Layer):
-    """DeepLab-LargeFOV head (ToCo `model/decoder/conv_head.py`): two dilated 3x3 convs with
-    ReLU and a 1x1 classifier, all bias-free, PyTorch's default (Kaiming-uniform, a = √5) init.
-
-    Args:
-        num_classes: output channels (foreground classes + background).
-        channels: width of the two dilated convs (512 in ToCo).
-        dilation: dilation of the 3x3 convs (5 in ToCo).
-    """
-
-    def __init__(self, num_classes, channels=512, dilation=5, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes, self.channels, self.dilation = int(num_classes), int(channels), int(dilation)
-        # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch's Conv2d default.
-        init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
-        conv = dict(padding="same", use_bias=False, kernel_initializer=init)
-        self.conv1 = keras.layers.Conv2D(self.channels, 3, dilation_rate=self.dilation, name="conv1", **conv)
-        self.conv2 = keras.layers.Conv2D(self.channels, 3, dilation_rate=self.dilation, name="conv2", **conv)
-        self.classifier = keras.layers.Conv2D(self.num_classes, 1, name="conv3", **conv)
-
-    def build(self, input_shape):
-        self.conv1.build(input_shape)
-        inner = tuple(input_shape[:-1]) + (self.channels,)
-        self.conv2.build(inner)
-        self.classifier.build(inner)
-        self.built = True
-
-    def call(self, features):
-        return self.classifier(ops.relu(self.conv2(ops.relu(self.conv1(features)))))
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.num_classes,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(num_classes=self.num_classes, channels=self.channels, dilation=self.dilation)
-        return config
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class ProjectionHead(keras.layers.Layer):
-    """ToCo's `CTCHead`: MLP (GELU) → L2-normalise → weight-normalised linear without bias.
-
-    The last layer's gain is frozen at 1 in the reference, which is the same as normalising
-    each output unit's weight vector to unit length; that is what is done here.
-
-    Args:
-        hidden_dim, bottleneck_dim, output_dim: 2048, 256, 1024 in ToCo.
-    """
-
-    def __init__(self, hidden_dim=2048, bottleneck_dim=256, output_dim=1024, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_dim, self.bottleneck_dim, self.output_dim = int(hidden_dim), int(bottleneck_dim), int(output_dim)
-        dense = dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), bias_initializer="zeros")
-        self.fc1 = keras.layers.Dense(self.hidden_dim, name="fc1", **dense)
-        self.fc2 = keras.layers.Dense(self.hidden_dim, name="fc2", **dense)
-        self.fc3 = keras.layers.Dense(self.bottleneck_dim, name="fc3", **dense)
-
-    def build(self, input_shape):
-        self.fc1.build(input_shape)
-        self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
-        self.fc3.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
-        self.last_kernel = self.add_weight(
-            shape=(self.bottleneck_dim, self.output_dim),
-            initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="last_kernel",
-        )
-        self.built = True
-
-    def call(self, tokens):
-        x = self.fc3(gelu_exact(self.fc2(gelu_exact(self.fc1(tokens)))))
-        x = x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
-        kernel = self.last_kernel / ops.maximum(ops.norm(self.last_kernel, axis=0, keepdims=True), 1e-12)
-        return ops.matmul(x, kernel)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.output_dim,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(hidden_dim=self.hidden_dim, bottleneck_dim=self.bottleneck_dim, output_dim=self.output_dim)
-        return config
-
-
-def uncertainty_roi(cams, labels, high, low):
-    """ToCo's ROI for local crops: 0 where the strongest present-class CAM ≤ low, 2 where ≥ high, else 1."""
-    strongest, _ = strongest_present_class(cams, labels)
-    roi = ops.where(strongest <= low, 0.0, 1.0)
-    return ops.where(strongest >= high, 2.0, roi)
-
-
-def gather_square_crops(images, centres, size):
-    """Square `size` crops of (B, H, W, C) images centred at (B, n, 2) integer (row, col) centres.
-
-    Centres must lie in [size // 2, H − size + size // 2] so that every crop is inside.
-    Returns (B, n, size, size, C).
-    """
-    images, centres = ops.convert_to_tensor(images), ops.convert_to_tensor(centres, "int32")
-    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
-    count = centres.shape[1]
-    offsets = ops.arange(size, dtype="int32") - size // 2
-    rows = centres[..., 0:1] + offsets[None, None, :]  # B, n, s
-    cols = centres[..., 1:2] + offsets[None, None, :]
-    flat_index = rows[:, :, :, None] * width + cols[:, :, None, :]  # B, n, s, s
-    flat_index = ops.tile(ops.reshape(flat_index, (-1, count * size * size, 1)), (1, 1, channels))
-    pixels = ops.take_along_axis(ops.reshape(images, (-1, height * width, channels)), flat_index, axis=1)
-    return ops.reshape(pixels, (-1, count, size, size, channels))
-
-
-def sample_local_crops(images, roi, count, size, negative_ratio, seed):
-    """ToCo's `crop_from_roi_neg`: `count` crops centred at distinct random pixels whose ROI is
-    ≤ 1 (uncertain or background), chosen among the pixels at least size/2 from the border (any
-    such pixel when fewer than `count` qualify); a crop is negative when its mean ROI ≤ `negative_ratio`.
-
-    Returns:
-        crops (B, count, size, size, C) and positive flags (B, count) float32.
-    """
-    roi = ops.convert_to_tensor(roi, "float32")
-    height, width = roi.shape[1], roi.shape[2]
-    margin = size // 2
-    rows = ops.arange(height)[None, :, None]
-    cols = ops.arange(width)[None, None, :]
-    inner = (rows >= margin) & (rows < height - margin) & (cols >= margin) & (cols < width - margin)
-    wanted = inner & (roi <= 1.0)
-    enough = ops.sum(ops.cast(wanted, "int32"), axis=(1, 2), keepdims=True) >= count
-    allowed = ops.reshape(ops.where(enough, wanted, inner), (-1, height * width))
-    # Distinct uniform picks: top-k of Gumbel noise over the allowed pixels.
-    noise = -ops.log(-ops.log(keras.random.uniform((ops.shape(roi)[0], height * width), 1e-6, 1.0 - 1e-6, seed=seed)))
-    _, picks = ops.top_k(ops.where(allowed, noise, -1e9), count)
-    centres = ops.stack([picks // width, picks % width], axis=-1)
-    crops = gather_square_crops(images, centres, size)
-    roi_crops = gather_square_crops(roi[..., None], centres, size)
-    positive = ops.mean(roi_crops, axis=(2, 3, 4)) > negative_ratio
-    return crops, ops.cast(positive, "float32")
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class ToCo(WSSSModel, keras.Model):
+class ToCo(WSSSModel):
     """ToCo: a ViT CAM network with auxiliary CAM, LargeFOV segmentation head, PTC and CTC.
 
     Args:
@@ -267,8 +47,9 @@ class ToCo(WSSSModel, keras.Model):
         max_steps: training length, for DOEI's iteration schedule.
         pooling: "max" (ToCo's global max pool before the classifiers) or "avg" (global average
             pooling, the classic CAM network's; the CPU recipes use it, see their notes).
-        class_names, image_mean, image_std, recipe: saved metadata (`WSSSModel`).
         seed: seed of the local-crop sampling.
+        **kwargs: `WSSSModel`'s `class_names`, `image_mean`, `image_std`, `recipe` (saved
+            with the model) and `keras.Model`'s arguments.
 
     Example:
     >>> import numpy as np
@@ -294,15 +75,10 @@ class ToCo(WSSSModel, keras.Model):
         doei=None,
         max_steps=default_steps("toco", "train"),
         pooling="max",
-        class_names=None,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        recipe=None,
         seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_wsss(class_names, image_mean, image_std, recipe)
         if isinstance(encoder, dict):
             encoder = keras.saving.deserialize_keras_object(encoder)
         if isinstance(stem, dict):
@@ -605,10 +381,5 @@ class ToCo(WSSSModel, keras.Model):
             max_steps=self.max_steps,
             pooling=self.pooling,
             seed=self.seed,
-            **self._wsss_config(),
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

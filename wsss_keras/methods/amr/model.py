@@ -1,303 +1,22 @@
-"""AMR (Qin et al., AAAI 2022): a spotlight and a compensation branch, recalibrated CAMs.
-
-Spec: methods/amr.md (verified in AMR's code). The pieces:
-
-- `CamNetwork`: the plain CAM network (IRN/AMR's `resnet50_cam`): a ResNet (or ViT), a 1x1 classifier
-  without bias, logits by global average pooling, multi-label soft-margin loss; stage A of the
-  pipeline and AMR's spotlight branch.
-- `AMM`: the attention modulation module, CBAM's channel-then-spatial gate whose gate values
-  are the normal density of the attention logits (`gaussian_projection`) instead of a
-  sigmoid: responses near the mean weigh most, extreme ones are damped (§2.5).
-- `AMR`: the spotlight branch (a trained `CamNetwork`, backbone frozen) and the compensation
-  branch (a ResNet with an AMM in every bottleneck), trained with
-  0.5·MLSM(spotlight) + 0.5·MLSM(compensation) + 0.05·L_cps, L_cps the L1 distance of the two
-  branches' ReLU'd CAMs (§3.2). Its CAM is the 0.5/0.5 mix of the branches' max-normalised CAMs.
-
-Where we follow the released code (it differs from the paper's figure, §2.6 / §8):
-- an AMM in each of the 16 bottlenecks, on the residual branch before the shortcut add (the
-  figure draws three, between stages); channel gate on average pooling only, spatial gate on
-  [max, mean] over channels, 7x7 conv without bias, then a normalisation on batch statistics;
-- the Gaussian's mean and std are over the whole tensor (all images of the batch), the std is
-  unbiased, both are constants for autodiff, no epsilon; the density is not rescaled to a peak
-  of 1;
-- the spatial gate's BatchNorm never leaves training mode in the reference (its `train()`
-  override), so it always normalises with the statistics of the batch it sees. Its moving
-  statistics are never read, so `BatchStatNorm` keeps only gamma and beta;
-- in training both statistics are the whole batch's; in the reference's CAM pass the batch is
-  always one image and its mirror, so there an image's gates see the statistics of that pair
-  and nothing else. Our CAMs do the same (`paired` gates, `AMR.branch_cam_maps`): an image's
-  CAM does not depend on the other images of a batch, in `wsss cams` and in an export alike;
-- the spotlight backbone is frozen and its logits detached: its classification loss is logged
-  but gives no gradient; its classifier learns through L_cps only;
-- the compensation branch's stem and stage 1 (with their three AMMs, left at their
-  initialisation) are frozen: the reference detaches stage 1's output;
-- learning-rate groups inverted as in the reference: the compensation backbone and its AMMs
-  at 10x the base rate, both classifiers at 1x.
-
-On a ViT (spec §7, an option): a branch's features are the encoder's patch tokens on their
-grid, and the compensation branch's AMMs gate each block's attention branch on that grid before
-it is added to the residual stream (the analogue of gating a bottleneck's residual branch);
-class tokens pass through ungated. Nothing of a ViT compensation encoder is frozen (stage 1 is
-a ResNet notion), and the Gaussian statistics and batch-statistics normalisation are the same.
-
-One deliberate difference, an option: the reference's L_cps pairs the CAM of image 0 plus the
-mirrored CAM of image 1 of each (per-GPU) batch (its inference-time flip merge left in the
-training forward; AMR issue #8), so only two images per device enter it. `cps_mode="per_image"`
-(the default) compares each image's two CAMs over the whole batch, as the paper describes;
-`cps_mode="code"` reproduces the reference.
-"""
-
-import math
+"""AMR's networks: the plain CAM network and the two-branch AMR model with its losses."""
 
 import keras
 from keras import ops
 
 from wsss_keras.backbones.resnet.backbone import BottleneckHooks
-from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from wsss_keras.methods.amr.features import (
+    TokenGridAMM,
+    as_backbone,
+    dense_features,
+    feature_channels,
+    is_vit,
+)
+from wsss_keras.methods.amr.layers import AMM
 from wsss_keras.methods.base import WSSSModel
-from wsss_keras.methods.initializers import torch_bias_uniform, torch_uniform
+from wsss_keras.methods.initializers import torch_uniform
 from wsss_keras.ops.losses import multilabel_soft_margin_loss
 
 CPS_MODES = ("per_image", "code")
-
-
-def _pair_halves(values):
-    if values.shape[0] is not None and values.shape[0] % 2:
-        raise ValueError(
-            f"paired statistics need a batch of images followed by their mirrors (an even batch), got {values.shape[0]}."
-        )
-    return ops.split(values, 2, axis=0)
-
-
-def batch_moments(values, inner_axes, paired=False):
-    """Mean and biased variance over the batch axis and `inner_axes`, broadcastable to `values`.
-
-    `paired`: the batch is [x_1..x_B, mirror(x_1)..mirror(x_B)] (how the CAM views are stacked),
-    and rows i and B + i share the statistics of those two rows only: the reference's CAM pass
-    runs each image with its mirror as a batch of 2.
-    """
-    if not paired:
-        return ops.moments(values, axes=(0,) + tuple(inner_axes), keepdims=True)
-    first, second = _pair_halves(values)
-    mean = (ops.mean(first, axis=inner_axes, keepdims=True) + ops.mean(second, axis=inner_axes, keepdims=True)) / 2.0
-    variance = (
-        ops.mean(ops.square(first - mean), axis=inner_axes, keepdims=True)
-        + ops.mean(ops.square(second - mean), axis=inner_axes, keepdims=True)
-    ) / 2.0
-    return ops.concatenate([mean, mean], axis=0), ops.concatenate([variance, variance], axis=0)
-
-
-def _group_size(values, paired):
-    """How many entries one set of statistics covers: the whole tensor, or two rows."""
-    if not paired:
-        return ops.cast(ops.size(values), "float32")
-    row = values.shape[1:]
-    if None not in row:
-        return 2.0 * float(math.prod(row))
-    # Sizes known only at run time (an export with --dynamic).
-    return 2.0 * ops.cast(ops.size(values), "float32") / ops.cast(ops.shape(values)[0], "float32")
-
-
-def gaussian_projection(values, paired=False):
-    """The normal density of `values` under their own mean and unbiased std.
-
-    The statistics are over the whole tensor (training, as in AMR's `amm.py`), or, `paired`,
-    over each image and its mirror (`batch_moments`). Mean and std are constants for autodiff
-    and carry no epsilon.
-
-    Example:
-    >>> import numpy as np
-    >>> x = np.array([0.0, 1.0, 2.0], "float32")
-    >>> [round(float(v), 4) for v in gaussian_projection(x)]
-    [0.242, 0.3989, 0.242]
-    """
-    values = ops.cast(values, "float32")
-    inner_axes = tuple(range(1, len(values.shape)))
-    mean, variance = batch_moments(values, inner_axes, paired)
-    count = _group_size(values, paired)
-    mean = ops.stop_gradient(mean)
-    std = ops.stop_gradient(ops.sqrt(variance * count / (count - 1.0)))
-    return ops.exp(-ops.square(values - mean) / (2.0 * ops.square(std))) / (math.sqrt(2.0 * math.pi) * std)
-
-
-@keras.saving.register_keras_serializable(package="wsss_keras")
-class BatchStatNorm(keras.layers.Layer):
-    """Normalisation over (B, H, W) with the batch's own statistics, always, and gamma/beta.
-
-    What AMR's spatial-gate `BatchNorm2d` does, since its module never leaves training mode:
-    biased variance, eps 1e-5; no moving statistics (the reference never reads them).
-    `paired=True` at call time: each image and its mirror are normalised on their own
-    (`batch_moments`), as in the reference's CAM pass.
-    """
-
-    def __init__(self, epsilon=1e-5, **kwargs):
-        super().__init__(**kwargs)
-        self.epsilon = epsilon
-
-    def build(self, input_shape):
-        channels = input_shape[-1]
-        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
-        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
-
-    def call(self, inputs, paired=False):
-        mean, variance = batch_moments(inputs, (1, 2), paired)
-        return self.gamma * (inputs - mean) / ops.sqrt(variance + self.epsilon) + self.beta
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
-
-
-@keras.saving.register_keras_serializable(package="wsss_keras")
-class ChannelGate(keras.layers.Layer):
-    """x · G(MLP(GAP(x))): AMR's channel gate (reduction r, average pooling only).
-
-    Args:
-        channels: input channels C.
-        reduction: the MLP's hidden width is max(1, C // reduction).
-    """
-
-    def __init__(self, channels, reduction=16, **kwargs):
-        super().__init__(**kwargs)
-        self.channels, self.reduction = int(channels), int(reduction)
-        hidden = max(1, self.channels // self.reduction)
-        self.squeeze = keras.layers.Dense(
-            hidden, activation="relu", kernel_initializer=torch_uniform(self.channels),
-            bias_initializer=torch_bias_uniform(self.channels), name="squeeze",
-        )
-        self.excite = keras.layers.Dense(
-            self.channels, kernel_initializer=torch_uniform(hidden), bias_initializer=torch_bias_uniform(hidden),
-            name="excite",
-        )
-
-    def build(self, input_shape):
-        self.squeeze.build((None, self.channels))
-        self.excite.build((None, self.squeeze.units))
-
-    def call(self, inputs, paired=False):
-        logits = self.excite(self.squeeze(ops.mean(inputs, axis=(1, 2))))
-        return inputs * gaussian_projection(logits, paired)[:, None, None, :]
-
-    def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "reduction": self.reduction}
-
-
-@keras.saving.register_keras_serializable(package="wsss_keras")
-class SpatialGate(keras.layers.Layer):
-    """x · G(norm(conv([max_C x, mean_C x]))): AMR's spatial gate.
-
-    Args:
-        kernel_size: the conv's side (7), zero-padded to keep the size.
-    """
-
-    def __init__(self, kernel_size=7, **kwargs):
-        super().__init__(**kwargs)
-        self.kernel_size = int(kernel_size)
-        self.conv = keras.layers.Conv2D(
-            1, self.kernel_size, padding="same", use_bias=False, kernel_initializer=torch_uniform(2 * self.kernel_size**2),
-            name="conv",
-        )
-        self.norm = BatchStatNorm(name="norm")
-
-    def build(self, input_shape):
-        self.conv.build((None, None, None, 2))
-        self.norm.build((None, None, None, 1))
-
-    def call(self, inputs, paired=False):
-        pooled = ops.concatenate([ops.max(inputs, axis=-1, keepdims=True), ops.mean(inputs, axis=-1, keepdims=True)], axis=-1)
-        return inputs * gaussian_projection(self.norm(self.conv(pooled), paired=paired), paired)
-
-    def get_config(self):
-        return {**super().get_config(), "kernel_size": self.kernel_size}
-
-
-@keras.saving.register_keras_serializable(package="wsss_keras")
-class AMM(keras.layers.Layer):
-    """AMR's attention modulation module: `SpatialGate(ChannelGate(x))`, shape-preserving.
-
-    It runs in float32 whatever the model's dtype policy (1/σ and the exponential over- or
-    underflow in float16).
-
-    Args:
-        channels: input channels.
-        reduction: channel gate reduction (16).
-        kernel_size: spatial gate kernel (7).
-
-    Call with `paired=True` on a batch [images, their mirrors] to gate each image with the
-    statistics of itself and its mirror only (the reference's CAM pass); by default the
-    statistics are the whole batch's (training).
-
-    Example:
-    >>> import numpy as np
-    >>> AMM(32, reduction=4)(np.random.rand(2, 5, 6, 32).astype("float32")).shape
-    (2, 5, 6, 32)
-    """
-
-    def __init__(self, channels, reduction=16, kernel_size=7, **kwargs):
-        kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-        self.channels, self.reduction, self.kernel_size = int(channels), int(reduction), int(kernel_size)
-        self.channel_gate = ChannelGate(self.channels, self.reduction, name="channel_gate")
-        self.spatial_gate = SpatialGate(self.kernel_size, name="spatial_gate")
-
-    def build(self, input_shape):
-        self.channel_gate.build((None, None, None, self.channels))
-        self.spatial_gate.build((None, None, None, self.channels))
-
-    def call(self, inputs, paired=False):
-        return self.spatial_gate(self.channel_gate(inputs, paired=paired), paired=paired)
-
-    def get_config(self):
-        config = {**super().get_config(), "channels": self.channels, "reduction": self.reduction, "kernel_size": self.kernel_size}
-        config.pop("dtype", None)
-        return config
-
-
-def _backbone(backbone):
-    """A wsss_keras ResNet or ViT encoder (deserialised from its config when given one)."""
-    if isinstance(backbone, dict):
-        backbone = keras.saving.deserialize_keras_object(backbone)
-    if not (hasattr(backbone, "stages") or hasattr(backbone, "patch_grid")):
-        raise ValueError(
-            f"expected a wsss_keras ResNet or ViTEncoder backbone, got {type(backbone).__name__}."
-        )
-    return backbone
-
-
-def is_vit(backbone):
-    return hasattr(backbone, "patch_grid")
-
-
-def feature_channels(backbone):
-    return backbone.hidden_dim if is_vit(backbone) else backbone.num_features
-
-
-def dense_features(backbone, images, training=None, hooks=None):
-    """(B, h, w, C) features: a ResNet's last stage, or a ViT's patch tokens on their grid.
-
-    `hooks` are `BottleneckHooks` for a ResNet, an attention hook for a ViT.
-    """
-    if not is_vit(backbone):
-        return backbone(images, training=training, hooks=hooks)
-    tokens = backbone(images, hook=hooks)["patch_tokens"]
-    height, width = backbone.patch_grid(images)
-    return ops.reshape(tokens, (-1, height, width, tokens.shape[-1]))
-
-
-class TokenGridAMM:
-    """An attention hook that gates each block's attention branch with that block's AMM on the
-    patch grid (the ViT analogue of AMR's residual-branch AMMs); class tokens pass ungated.
-    `paired`: the AMMs' statistics per image and mirror (`AMM`)."""
-
-    def __init__(self, amms, num_class_tokens, grid, paired=False):
-        self.amms, self.num_class_tokens, self.grid, self.paired = amms, num_class_tokens, grid, paired
-
-    def attention_output(self, output, block_index, tokens):
-        height, width = self.grid
-        classes, patches = output[:, : self.num_class_tokens], output[:, self.num_class_tokens :]
-        gated = self.amms[block_index](ops.reshape(patches, (-1, height, width, patches.shape[-1])), paired=self.paired)
-        patches = ops.reshape(ops.cast(gated, patches.dtype), (-1, height * width, patches.shape[-1]))
-        return ops.concatenate([classes, patches], axis=1)
-
 
 def _classifier(num_classes, channels, name):
     """A 1x1 conv without bias, PyTorch's default initialisation (the CAM head)."""
@@ -311,7 +30,7 @@ def _labels(y):
 
 
 @keras.saving.register_keras_serializable(package="wsss_keras")
-class CamNetwork(keras.Model, WSSSModel):
+class CamNetwork(WSSSModel):
     """The plain CAM network: GAP logits of a 1x1 classifier without bias on a ResNet or ViT.
 
     Stage A of AMR's pipeline (its `train_cam`, on a ResNet), and the plain-CAM baseline. The
@@ -321,7 +40,8 @@ class CamNetwork(keras.Model, WSSSModel):
     Args:
         backbone: a `wsss_keras.backbones.resnet.ResNet` or `ViTEncoder` (or its config).
         num_classes: foreground classes.
-        class_names, image_mean, image_std, recipe: saved metadata (`WSSSModel`).
+        **kwargs: `WSSSModel`'s `class_names`, `image_mean`, `image_std`, `recipe` (saved
+            with the model) and `keras.Model`'s arguments.
 
     Example:
     >>> import numpy as np
@@ -331,11 +51,9 @@ class CamNetwork(keras.Model, WSSSModel):
     ((2, 5), (1, 4, 4, 5))
     """
 
-    def __init__(self, backbone, num_classes, class_names=None, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-                 recipe=None, **kwargs):
+    def __init__(self, backbone, num_classes, **kwargs):
         super().__init__(**kwargs)
-        self._init_wsss(class_names, image_mean, image_std, recipe)
-        self.backbone = _backbone(backbone)
+        self.backbone = as_backbone(backbone)
         self.num_classes = int(num_classes)
         self.classifier = _classifier(self.num_classes, feature_channels(self.backbone), "cam_classifier")
         self.built = True
@@ -366,17 +84,12 @@ class CamNetwork(keras.Model, WSSSModel):
         config = super().get_config()
         config.update(
             backbone=keras.saving.serialize_keras_object(self.backbone), num_classes=self.num_classes,
-            **self._wsss_config(),
         )
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package="wsss_keras")
-class AMR(keras.Model, WSSSModel):
+class AMR(WSSSModel):
     """AMR: spotlight + compensation branches with AMMs and cross pseudo supervision.
 
     Args:
@@ -394,7 +107,8 @@ class AMR(keras.Model, WSSSModel):
             0.05).
         amm_reduction: the AMMs' channel reduction (16).
         cam_branch_weights: weights of the spotlight and compensation CAMs in the fused CAM.
-        class_names, image_mean, image_std, recipe: saved metadata (`WSSSModel`).
+        **kwargs: `WSSSModel`'s `class_names`, `image_mean`, `image_std`, `recipe` (saved
+            with the model) and `keras.Model`'s arguments.
 
     Example:
     ```python
@@ -419,14 +133,9 @@ class AMR(keras.Model, WSSSModel):
         cps_weight=0.05,
         amm_reduction=16,
         cam_branch_weights=(0.5, 0.5),
-        class_names=None,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        recipe=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_wsss(class_names, image_mean, image_std, recipe)
         if isinstance(spotlight, dict):
             spotlight = keras.saving.deserialize_keras_object(spotlight)
         if not isinstance(spotlight, CamNetwork):
@@ -441,7 +150,7 @@ class AMR(keras.Model, WSSSModel):
             raise ValueError(f"cam_branch_weights={cam_branch_weights}: give two weights (spotlight, compensation).")
         self.spotlight = spotlight
         self.spotlight.backbone.trainable = False
-        self.compensation = _backbone(compensation_backbone)
+        self.compensation = as_backbone(compensation_backbone)
         if spotlight.num_classes != int(num_classes):
             raise ValueError(f"the spotlight network has {spotlight.num_classes} classes, AMR was given {num_classes}.")
         clashing = [v.path for v in spotlight.weights if f"{self.compensation.name}/" in v.path]
@@ -619,10 +328,5 @@ class AMR(keras.Model, WSSSModel):
             cps_weight=self.cps_weight,
             amm_reduction=self.amm_reduction,
             cam_branch_weights=list(self.cam_branch_weights),
-            **self._wsss_config(),
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
