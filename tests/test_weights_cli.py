@@ -213,3 +213,17 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(kind, command, tmp_path)
     assert lines[0].startswith(f"Error: {path}: "), result.output
     assert DAMAGED_CHECKPOINTS[kind] in lines[0], result.output
     assert not (tmp_path / "out.weights.h5").exists()
+
+
+def test_inspect_reports_a_torch_files_half_precision_dtypes_as_stored(tmp_path):
+    import torch
+
+    path = str(tmp_path / "half.pt")
+    torch.save({"a.weight": torch.zeros(2, 3, dtype=torch.float16), "b.bias": torch.zeros(4, dtype=torch.bfloat16),
+                "c.weight": torch.zeros(1, dtype=torch.float32)}, path)
+    fmt, tensors = registry.read_tensor_shapes(path)
+    assert fmt == "torch"
+    assert tensors == {"a.weight": ((2, 3), "float16"), "b.bias": ((4,), "bfloat16"), "c.weight": ((1,), "float32")}
+    result = CliRunner().invoke(_cli(), ["weights", "inspect", path])
+    assert result.exit_code == 0, result.output
+    assert "bfloat16" in result.output and "float16" in result.output

@@ -41,6 +41,18 @@ def read_state_dict(path):
     )
 
 
+def read_tensor_info(path):
+    """{name: (shape, dtype name)} of a checkpoint file, with the dtypes as stored in the file
+    (`read_state_dict` widens a PyTorch file's float16 and bfloat16 to float32)."""
+    extension = os.path.splitext(path)[1].lower()
+    if os.path.isfile(path) and extension in (".pt", ".pth", ".bin", ".ckpt"):
+        return {
+            name: (tuple(value.shape), str(value.dtype).removeprefix("torch."))
+            for name, value in _load_torch_tensors(path).items()
+        }
+    return {name: (tuple(value.shape), str(value.dtype)) for name, value in read_state_dict(path).items()}
+
+
 def _file_start(path, size=8):
     with open(path, "rb") as handle:
         return handle.read(size)
@@ -111,6 +123,19 @@ def _torch_load_failure(path, error):
 
 
 def _read_torch_pickle(path):
+    tensors = _load_torch_tensors(path)  # first: it names the missing torch in one line
+    import torch
+
+    state = {}
+    for name, value in tensors.items():
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()  # NumPy has no bfloat16; the models compute in float32 anyway
+        state[name] = value.numpy()
+    return state
+
+
+def _load_torch_tensors(path):
+    """{name: CPU torch tensor} of a PyTorch checkpoint, as stored (unwrapped from common containers)."""
     try:
         import torch
     except ImportError:
@@ -136,14 +161,7 @@ def _read_torch_pickle(path):
             break
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found {type(obj).__name__}.")
-    state = {}
-    for name, value in obj.items():
-        if hasattr(value, "detach"):
-            value = value.detach().cpu()
-            if value.dtype in (torch.bfloat16, torch.float16):
-                value = value.float()
-            state[name] = value.numpy()
-    return state
+    return {name: value.detach().cpu() for name, value in obj.items() if hasattr(value, "detach")}
 
 
 def strip_prefix(state, prefixes):

@@ -20,7 +20,7 @@ import json
 import os
 import re
 
-from wsss_keras.backbones.checkpoint import CheckpointError, read_state_dict, strip_prefix
+from wsss_keras.backbones.checkpoint import CheckpointError, read_tensor_info, strip_prefix
 from wsss_keras.errors import WSSSError
 
 ARCH_FAMILIES = {
@@ -149,9 +149,8 @@ def read_tensor_shapes(source):
     if source.lower().endswith(".h5"):
         return "keras_weights", _h5_tensors(source)
     extension = os.path.splitext(source)[1].lower()
-    state = read_state_dict(source)
     fmt = {".safetensors": "safetensors", ".npz": "npz"}.get(extension, "torch")
-    return fmt, {name: (tuple(value.shape), str(value.dtype)) for name, value in state.items()}
+    return fmt, read_tensor_info(source)
 
 
 def _read_json(path):
