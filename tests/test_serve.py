@@ -686,7 +686,17 @@ def test_python_m_server_with_two_workers_imports_no_keras(colour_model):
         assert metric(text, "wsss_batch_size_sum") == 6
         limits = json.loads(call(f"{url}/v1/model")[2])["server"]["limits"]
         assert limits["max_pixels_in_flight"] == 9_000_000
+        # No --threads: the usable cores shared out between the two workers, never more threads than cores.
+        assert limits["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     finally:
         process.terminate()
         output = process.communicate(timeout=30)[0]
     assert process.returncode == 0, output[-2000:]
+
+
+def test_threads_per_worker_never_oversubscribe_by_default():
+    from wsss_deploy.serve.settings import threads_per_worker
+
+    assert threads_per_worker(1, cores=8) is None  # one worker: onnxruntime's own default
+    assert [threads_per_worker(w, cores=8) for w in (2, 3, 4, 8, 16)] == [4, 2, 2, 1, 1]
+    assert threads_per_worker(4, threads=3, cores=2) == 3  # an explicit --threads is kept

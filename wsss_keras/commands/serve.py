@@ -28,7 +28,9 @@ DEFAULTS = ServeSettings(model_dir="")  # one set of defaults for both ways of s
                    "go over it is answered 503 with Retry-After before its image is decoded.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.provider,
               help="onnxruntime provider; auto uses CUDA when onnxruntime-gpu is installed.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads per worker.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              show_default="onnxruntime's with one worker, else the usable cores / --workers",
+              help="onnxruntime threads per worker.")
 def serve(model_dir, host, port, workers, max_batch_size, max_wait_ms, max_queue, max_body_mb, max_pixels,
           max_pixels_in_flight, provider, threads):
     """Serve MODEL_DIR (model.onnx and manifest.json from `wsss export --format onnx`) over HTTP.

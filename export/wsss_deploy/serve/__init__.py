@@ -31,14 +31,22 @@ def preflight(settings):
 
 
 def serve(settings, host="127.0.0.1", port=8000, workers=1, log_level="info"):
-    """Check the model (`preflight`), then run uvicorn with `workers` processes."""
+    """Check the model (`preflight`), then run uvicorn with `workers` processes, each with
+    `threads_per_worker` onnxruntime threads unless `settings.threads` says otherwise."""
+    import dataclasses
     import os
     import tempfile
 
     import uvicorn
 
-    from wsss_deploy.serve.settings import SETTINGS_ENV
+    from wsss_deploy.serve.settings import SETTINGS_ENV, threads_per_worker, usable_cores
 
+    workers = int(workers)
+    cores = usable_cores()
+    settings = dataclasses.replace(settings, threads=threads_per_worker(workers, settings.threads, cores))
+    if settings.threads is not None and workers * settings.threads > cores:
+        print(f"[serve] warning: {workers} worker(s) x {settings.threads} thread(s) oversubscribe the {cores} usable "
+              f"cores; leave --threads unset to share them out.", flush=True)
     segmenter = preflight(settings)
     options = dict(host=host, port=int(port), log_level=log_level, timeout_graceful_shutdown=10)
     if workers <= 1:  # serve in this process, with the model preflight loaded

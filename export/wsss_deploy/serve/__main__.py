@@ -25,7 +25,9 @@ def main(argv=None):
                         help="most decoded pixels held at once per worker, over all its requests (503 with "
                              f"Retry-After beyond it; default {PIXEL_BUDGET_IMAGES} x --max-pixels)")
     parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=defaults.provider)
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime threads per worker (default: onnxruntime's with one worker, "
+                             "else the usable cores / --workers)")
     args = parser.parse_args(argv)
     settings = ServeSettings.from_options(args.model_dir, args.max_batch_size, args.max_wait_ms, args.max_queue,
                                           args.max_body_mb, args.max_pixels, args.provider, args.threads,

@@ -348,7 +348,8 @@ def create_app(settings, segmenter=None):
         manifest["model"] = {k: v for k, v in manifest.get("model", {}).items() if k != "source"}
         limits = {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms,
                   "max_queue": settings.max_queue, "max_body_bytes": settings.max_body_bytes,
-                  "max_pixels": settings.max_pixels, "max_pixels_in_flight": settings.pixel_budget}
+                  "max_pixels": settings.max_pixels, "max_pixels_in_flight": settings.pixel_budget,
+                  "threads": settings.threads}
         return {"manifest": manifest, "server": {"providers": state.segmenter.providers, "limits": limits,
                                                  "endpoints": sorted(e for e in ENDPOINTS if e.startswith("/v1"))}}
 
