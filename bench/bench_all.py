@@ -1,13 +1,16 @@
 """Run every benchmark and write the results as one Markdown page, and into the README.
 
     python bench/bench_all.py [--only NAMES] [--rerun] [--results bench/results] [--keep DIR]
-                              [--seeds 0,1,2] [--run QUICKSTART_DIR] [--readme]
+                              [--seeds 0,1,2,3,4] [--styles flat,photo] [--run QUICKSTART_DIR] [--readme]
 
-Each bench writes its figures to RESULTS/<name>.json (`--json`); a bench whose JSON is already
+Each bench writes its figures to RESULTS/<name>.json (`--json`); a quality bench runs once per
+synthetic style into RESULTS/<name>@<style>.json (a <name>.json without a style field predates
+the styles and is read as "flat"). A bench whose JSON is already
 there is not run again unless --rerun (the quality benches take about an hour per method on a
 2-core CPU; with --keep their run folders survive and an interrupted bench resumes). The page,
 RESULTS/RESULTS.md, has three parts: quality per method next to its baseline (mean ± std over
-seeds), the training step time per backend next to plain PyTorch, and inference per runtime
+seeds, per style, and the paired difference per seed with its 95 % interval and what it
+supports), the training step time per backend next to plain PyTorch, and inference per runtime
 (latency, size, mIoU; the HTTP server's throughput). --readme replaces the README's part
 between `<!-- bench_all:begin -->` and `<!-- bench_all:end -->` with it, so the README's results
 are generated, not typed. Benches not measured yet are listed as such.
@@ -19,7 +22,7 @@ import os
 import subprocess
 import sys
 
-from quality_common import mean_std_cell
+from quality_common import mean_std_cell, paired_interval, verdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -36,13 +39,18 @@ BENCHES = {
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
 
 
-def run_bench(name, args):
+def result_file(results, name, style=None):
+    """RESULTS/<name>.json, or RESULTS/<name>@<style>.json for a quality bench's style."""
+    return os.path.join(results, f"{name}.json" if style is None else f"{name}@{style}.json")
+
+
+def run_bench(name, args, style=None):
     script, part, _ = BENCHES[name]
-    command = [sys.executable, os.path.join(HERE, script), "--json", os.path.join(args.results, f"{name}.json")]
+    command = [sys.executable, os.path.join(HERE, script), "--json", result_file(args.results, name, style)]
     if part == "quality":
-        command += ["--seeds", args.seeds] + (["--keep", os.path.join(args.keep, name)] if args.keep else [])
-        if args.data:
-            command += ["--data", args.data]
+        keep = os.path.join(args.keep, name if style is None else f"{name}@{style}") if args.keep else None
+        command += ["--seeds", args.seeds] + (["--keep", keep] if keep else [])
+        command += ["--data", args.data] if args.data else ["--style", style or "flat"]
     if name in ("export", "serve") and args.run:
         command += ["--run", args.run]
     print(f"[bench_all] {' '.join(command)}", flush=True)
@@ -56,21 +64,23 @@ def quality_table(records):
         for key, header in record["columns"]:
             if key not in [c[0] for c in columns]:
                 columns.append((key, header))
-    lines = ["| comparison | network | seeds | " + " | ".join(header for _, header in columns) + " |",
-             "|---|---|---|" + "---|" * len(columns)]
+    lines = ["| comparison | style | network | seeds | " + " | ".join(header for _, header in columns) + " |",
+             "|---|---|---|---|" + "---|" * len(columns)]
     for record in records:
         for arm, label in record["labels"].items():
             rows = record["rows"].get(arm, [])
             cells = [mean_std_cell([row[key] for row in rows if key in row]) for key, _ in columns]
-            lines.append(f"| {BENCHES[record['name']][2]} | {label} | {len(rows)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {BENCHES[record['name']][2]} | {record_style(record)} | {label} | {len(rows)} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def paired_verdicts(records):
     """For each quality bench, its method (second arm) against its baseline (first arm), seed by
-    seed: on how many seeds it is ahead per figure, and the mean and range of the paired
-    differences. A gain that does not hold on every seed is within what a CPU change moves a seed
-    (README, "What reproduces"), so the page says which gains hold on each seed."""
+    seed: on how many seeds it is ahead per figure, the mean and range of the paired differences,
+    and their 95 % interval (Student's t over the seeds) with what it supports: a "gain" only where
+    the interval lies above zero, "worse" where it lies below, else "no measurable difference"
+    (a CPU change alone moves a seed by a few points; README, "What reproduces")."""
     lines = []
     for record in records:
         arms = list(record["labels"])
@@ -86,11 +96,19 @@ def paired_verdicts(records):
             differences = [m - b for m, b in pairs]
             ahead, behind = sum(d > 0.05 for d in differences), sum(d < -0.05 for d in differences)
             spread = f"{min(differences):+.1f} to {max(differences):+.1f}"
+            interval = paired_interval(differences)
+            bounds = "" if interval is None else f"; 95 % interval {interval[1]:+.1f} to {interval[2]:+.1f}"
             parts.append(f"{header} ahead on {ahead}, behind on {behind} of {len(pairs)} seeds "
-                         f"(mean {sum(differences) / len(pairs):+.1f}, {spread})")
+                         f"(mean {sum(differences) / len(pairs):+.1f}, {spread}{bounds}): {verdict(interval)}")
         if parts:
-            lines.append(f"- {record['labels'][method]} vs {record['labels'][baseline]}: " + "; ".join(parts) + ".")
+            lines.append(f"- {record['labels'][method]} vs {record['labels'][baseline]} ({record_style(record)}): "
+                         + "; ".join(parts) + ".")
     return "\n".join(lines)
+
+
+def record_style(record):
+    """The data style of a quality record; records from before the styles were all "flat"."""
+    return record.get("style", "flat")
 
 
 def provenance(record):
@@ -98,20 +116,27 @@ def provenance(record):
 
 
 def render(results_dir):
-    records = {}
+    records, quality = {}, []
     for name in BENCHES:
-        path = os.path.join(results_dir, f"{name}.json")
-        if os.path.isfile(path):
+        paths = [os.path.join(results_dir, f) for f in sorted(os.listdir(results_dir)) if f.startswith(f"{name}@")]
+        legacy = os.path.join(results_dir, f"{name}.json")
+        if os.path.isfile(legacy) and not (BENCHES[name][1] == "quality" and os.path.isfile(
+                result_file(results_dir, name, "flat"))):
+            paths.insert(0, legacy)
+        for path in paths:
             with open(path, encoding="utf-8") as handle:
-                records[name] = {**json.load(handle), "name": name}
+                record = {**json.load(handle), "name": name}
+            records[name] = record
+            if BENCHES[name][1] == "quality":
+                quality.append(record)
     parts = [f"_Generated by `bench/bench_all.py` from `{os.path.relpath(results_dir, ROOT)}/*.json`; rerun it to "
              "refresh. CPU figures from this project's 2-core development machine._"]
-    quality = [records[name] for name in BENCHES if BENCHES[name][1] == "quality" and name in records]
     if quality:
         parts.append("**Quality on the synthetic data** (mIoU %, mean ± std over seeds, then each seed's figure; CAMs and pseudo-labels on "
                      "train, segmentation on val; each bench's own notes in its docstring):\n\n" + quality_table(quality))
         parts.append("**Seed by seed** (method minus baseline, same seed, same run; a difference under 0.05 "
-                     "counts as a tie):\n\n" + paired_verdicts(quality))
+                     "counts as a tie; a gain is claimed only where the 95 % interval of the paired "
+                     "differences excludes zero):\n\n" + paired_verdicts(quality))
         parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)}" + (f"; {r['note']}" if r.get("note") else "")
                                               + ")" for r in quality) + ".")
     for name in ("train_step", "export", "serve"):
@@ -144,7 +169,9 @@ def main():
     parser.add_argument("--render-only", action="store_true", help="run nothing; write the page from the JSON there is")
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
     parser.add_argument("--keep", default=None, help="keep the quality benches' run folders here (resumable)")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--styles", default="flat",
+                        help="the synthetic styles each quality bench runs on, comma-separated (flat, photo, clutter)")
     parser.add_argument("--data", default=None, help="synthetic data folder for the quality benches")
     parser.add_argument("--run", default=None, help="a quickstart folder for the export and serve benches")
     parser.add_argument("--readme", action="store_true", help="also replace the README's results part")
@@ -157,11 +184,14 @@ def main():
     failed = []
     if not args.render_only:
         for name in names:
-            if os.path.isfile(os.path.join(args.results, f"{name}.json")) and not args.rerun:
-                print(f"[bench_all] {name}: results there; --rerun to measure again")
-                continue
-            if run_bench(name, args) != 0:
-                failed.append(name)
+            styles = [s for s in args.styles.split(",") if s] if BENCHES[name][1] == "quality" else [None]
+            for style in styles:
+                label = name if style is None else f"{name}@{style}"
+                if os.path.isfile(result_file(args.results, name, style)) and not args.rerun:
+                    print(f"[bench_all] {label}: results there; --rerun to measure again")
+                    continue
+                if run_bench(name, args, style) != 0:
+                    failed.append(label)
     markdown = render(args.results)
     with open(os.path.join(args.results, "RESULTS.md"), "w", encoding="utf-8") as handle:
         handle.write(markdown)

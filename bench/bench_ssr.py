@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 
-from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, report, synthetic_data
+from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, data_style, report, synthetic_data
 
 # arm: (table label, recipe, recipe overrides); "cnn" is the plain CNN CAM network.
 ARMS = {
@@ -95,7 +95,8 @@ def main():
     results = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or scratch
-        data = synthetic_data(root, args.data)
+        data = synthetic_data(root, args.data, args.style)
+        style = data_style(data)  # read while the folder exists
         for seed in seeds:
             clip_dir = os.path.join(root, f"clip_seed{seed}")
             recipe = load_recipe("weclip_synthetic_cpu")
@@ -118,8 +119,8 @@ def main():
     import keras
 
     labels = {arm: ARMS[arm][0] for arm in arms}
-    report(args.json, "bench_ssr", f"WeCLIP vs SSR: synthetic data, backend {keras.backend.backend()}, seeds {seeds}",
-           SINGLE_STAGE_COLUMNS, labels, results)
+    report(args.json, "bench_ssr", f"WeCLIP vs SSR: synthetic data ({style}), backend {keras.backend.backend()}, seeds {seeds}",
+           SINGLE_STAGE_COLUMNS, labels, results, style=style)
     return 0
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, report, synthetic_data
+from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, data_style, report, synthetic_data
 
 
 def run_method(recipe_name, data, out, seed, steps, overrides=None):
@@ -52,7 +52,8 @@ def main():
     seeds = [int(seed) for seed in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or scratch
-        data = synthetic_data(root, args.data)
+        data = synthetic_data(root, args.data, args.style)
+        style = data_style(data)  # read while the folder exists
         results = {"toco": [], "toco_doei": [], "cnn": []}
         for seed in seeds:
             for method in ("toco", "toco_doei"):
@@ -69,8 +70,8 @@ def main():
     import keras
 
     labels = {"toco": "ToCo", "toco_doei": "ToCo + DOEI (reconstructed)", "cnn": "plain CNN CAM, same time"}
-    report(args.json, "bench_toco_doei", f"ToCo vs ToCo + DOEI: synthetic data, backend {keras.backend.backend()}, seeds {seeds}",
-           SINGLE_STAGE_COLUMNS, labels, results)
+    report(args.json, "bench_toco_doei", f"ToCo vs ToCo + DOEI: synthetic data ({style}), backend {keras.backend.backend()}, seeds {seeds}",
+           SINGLE_STAGE_COLUMNS, labels, results, style=style)
     return 0
 
 

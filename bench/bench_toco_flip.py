@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 from bench_toco_doei import run_method
-from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, report, synthetic_data
+from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, data_style, report, synthetic_data
 
 ARMS = {"independent": "local crops from an independently flipped image (reference)",
         "follow": "local crops follow the main view's flip"}
@@ -28,7 +28,8 @@ def main():
     rows = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or scratch
-        data = synthetic_data(root, args.data)
+        data = synthetic_data(root, args.data, args.style)
+        style = data_style(data)  # read while the folder exists
         for seed in seeds:
             for arm in ARMS:
                 overrides = {"losses": CTC_ON,
@@ -38,8 +39,8 @@ def main():
                 rows[arm].append({key: result[key] for key, _ in SINGLE_STAGE_COLUMNS})
                 print(f"seed {seed} {arm}: " + " / ".join(f"{result[key]:.1f}" for key, _ in SINGLE_STAGE_COLUMNS),
                       flush=True)
-    report(args.json, "bench_toco_flip", f"ToCo local crops and the flip: seeds {seeds}", SINGLE_STAGE_COLUMNS,
-           ARMS, rows)
+    report(args.json, "bench_toco_flip", f"ToCo local crops and the flip: synthetic data ({style}), seeds {seeds}", SINGLE_STAGE_COLUMNS,
+           ARMS, rows, style=style)
     return 0
 
 

@@ -6,6 +6,7 @@ function seed -> {arm: {"cam": mIoU, "pseudo": mIoU, "seconds": s}}; the single-
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -20,24 +21,59 @@ def scores(metrics):
 
 
 def argument_parser(description):
-    """--seeds, --data and --keep, the options every quality bench takes."""
+    """--seeds, --style, --data and --keep, the options every quality bench takes."""
+    from wsss_keras.data.synthetic import STYLES
+
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--seeds", default="0,1,2")
+    # Five seeds: the paired interval of a gain of a few points needs them (issue #22).
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--style", default="flat", choices=STYLES,
+                        help="the synthetic style to generate (`wsss data synth --style`); ignored with --data")
     parser.add_argument("--data", default=None, help="synthetic data folder (default: generate the quickstart's)")
     parser.add_argument("--keep", default=None, help="keep the run folders here")
     parser.add_argument("--json", default=None, help="also write the figures here (bench_all.py reads them)")
     return parser
 
 
-def synthetic_data(root, data=None):
-    """`data`, or the quickstart's synthetic dataset generated under `root`."""
+def synthetic_data(root, data=None, style="flat"):
+    """`data`, or the quickstart's synthetic dataset in `style` generated under `root`."""
     if data is not None:
         return data
     from wsss_keras.pipelines.quickstart import QUICKSTART_DATA, ensure_synthetic_data
 
-    data = os.path.join(root, "data")
-    ensure_synthetic_data(data, QUICKSTART_DATA, echo=print)
+    data = os.path.join(root, "data" if style == "flat" else f"data_{style}")
+    ensure_synthetic_data(data, {**QUICKSTART_DATA, "style": style}, echo=print)
     return data
+
+
+def data_style(data):
+    """The synthetic style of the dataset folder `data` (its synthetic.json), or "external"."""
+    marker = os.path.join(data, "synthetic.json")
+    if not os.path.isfile(marker):
+        return "external"
+    with open(marker, encoding="utf-8") as handle:
+        return json.load(handle).get("style", "flat")  # written only for the non-default styles
+
+
+def paired_interval(differences, level=0.95):
+    """(mean, low, high) of the paired differences' mean: Student's t interval at `level`
+    (seeds are few, so not the normal one); None with fewer than two."""
+    import numpy as np
+    from scipy import stats
+
+    values = np.asarray(differences, float)
+    if len(values) < 2:
+        return None
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(values.mean() - half), float(values.mean() + half)
+
+
+def verdict(interval):
+    """What a paired interval supports: "gain", "worse" or "no measurable difference"."""
+    if interval is None:
+        return "one seed: no interval"
+    _, low, high = interval
+    return "gain" if low > 0 else "worse" if high < 0 else "no measurable difference"
 
 
 def compare(description, recipe_name, labels, run_arms):
@@ -49,7 +85,8 @@ def compare(description, recipe_name, labels, run_arms):
     rows = {arm: [] for arm in labels}
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or scratch
-        data = synthetic_data(root, args.data)
+        data = synthetic_data(root, args.data, args.style)
+        style = data_style(data)
         for seed in seeds:
             for arm, result in run_arms(data, root, seed).items():
                 rows[arm].append(result)
@@ -58,18 +95,20 @@ def compare(description, recipe_name, labels, run_arms):
 
     import keras
 
-    title = f"{recipe_name}, synthetic data, backend {keras.backend.backend()}, seeds {seeds}"
+    title = f"{recipe_name}, synthetic data ({style}), backend {keras.backend.backend()}, seeds {seeds}"
     report(args.json, os.path.splitext(os.path.basename(sys.argv[0]))[0], title,
-           (("cam", "CAM (train)"), ("pseudo", "pseudo-labels after IRN (train)")), labels, rows, first="network")
+           (("cam", "CAM (train)"), ("pseudo", "pseudo-labels after IRN (train)")), labels, rows, first="network",
+           style=style)
     return 0
 
 
-def report(json_path, bench, title, columns, labels, rows, first="method"):
-    """`print_table`, and the same figures as JSON at `json_path` (when given)."""
+def report(json_path, bench, title, columns, labels, rows, first="method", style="flat"):
+    """`print_table`, and the same figures as JSON at `json_path` (when given), with the data's
+    `style` and every seed's figures."""
     from results_io import write_results
 
     print_table(title, columns, labels, rows, first)
-    write_results(json_path, bench, title, first=first, columns=[list(c) for c in columns], labels=labels,
+    write_results(json_path, bench, title, style=style, first=first, columns=[list(c) for c in columns], labels=labels,
                   rows={arm: [{key: float(value) for key, value in row.items()} for row in values]
                         for arm, values in rows.items()})
 

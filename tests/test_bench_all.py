@@ -22,7 +22,43 @@ def test_verdicts_count_each_seed_against_the_baseline_of_the_same_seed():
         },
     }
     line = bench_all.paired_verdicts([record])
-    assert line.startswith("- Method vs Host: ")
-    assert "CAM ahead on 2, behind on 1 of 3 seeds (mean +6.0, -2.0 to +10.0)" in line
-    assert "segmentation ahead on 2, behind on 0 of 3 seeds (mean +1.3, +0.0 to +3.0)" in line
+    assert line.startswith("- Method vs Host (flat): ")  # no style field: from before the styles, flat
+    # 95 % intervals by hand: CAM differences 10, 10, -2: sd 6.93, t(0.975, 2) = 4.303, half-width
+    # 4.303 * 6.93 / sqrt(3) = 17.2; segmentation 0.01, 1, 3: sd 1.52, half-width 3.78.
+    assert ("CAM ahead on 2, behind on 1 of 3 seeds (mean +6.0, -2.0 to +10.0; 95 % interval -11.2 to +23.2): "
+            "no measurable difference") in line
+    assert ("segmentation ahead on 2, behind on 0 of 3 seeds (mean +1.3, +0.0 to +3.0; 95 % interval -2.4 to +5.1): "
+            "no measurable difference") in line
     assert "CNN" not in line
+
+
+def test_a_gain_is_claimed_only_where_the_interval_excludes_zero():
+    def record(style, method_cams):
+        return {"name": "amr", "style": style, "columns": [["cam", "CAM"]], "labels": {"host": "Host", "method": "M"},
+                "rows": {"host": [{"cam": 50.0}] * len(method_cams), "method": [{"cam": v} for v in method_cams]}}
+
+    lines = bench_all.paired_verdicts([record("photo", [52.0, 53.0, 52.5, 51.5, 52.0]),   # all ahead, tight
+                                       record("clutter", [47.0, 48.0, 47.5, 46.5, 48.0]),  # all behind, tight
+                                       record("flat", [60.0])]).splitlines()             # one seed
+    assert lines[0].startswith("- M vs Host (photo): ") and lines[0].endswith(": gain.")
+    assert lines[1].startswith("- M vs Host (clutter): ") and lines[1].endswith(": worse.")
+    assert lines[2].endswith("(mean +10.0, +10.0 to +10.0): one seed: no interval.")
+
+
+def test_render_reads_one_result_file_per_style(tmp_path):
+    import json
+
+    def write(name, style):
+        record = {"bench": "bench_amr", "title": "t", "columns": [["cam", "CAM"]], "labels": {"a": "A", "b": "B"},
+                  "rows": {"a": [{"cam": 1.0}, {"cam": 2.0}], "b": [{"cam": 3.0}, {"cam": 4.0}]}}
+        if style:
+            record["style"] = style
+        (tmp_path / name).write_text(json.dumps(record))
+
+    write("amr.json", None)  # from before the styles: superseded by amr@flat.json
+    write("amr@flat.json", "flat")
+    write("amr@photo.json", "photo")
+    page = bench_all.render(str(tmp_path))
+    rows = [line for line in page.splitlines() if line.startswith("| AMR")]
+    assert [row.split(" | ")[1] for row in rows] == ["flat", "flat", "photo", "photo"]
+    assert page.count("- B vs A (") == 2

@@ -26,9 +26,10 @@ def ensure_synthetic_data(folder, settings, echo, progress=None):
     if os.path.isfile(marker):
         with open(marker, encoding="utf-8") as handle:
             info = json.load(handle)
-        same = (info.get("seed"), info.get("size"), info["splits"].get("train"), info["splits"].get("val"), len(info["classes"]) - 1) == (
-            settings["seed"], settings["size"], settings["n_train"], settings["n_val"], int(settings["classes"])
-        )
+        same = (info.get("seed"), info.get("size"), info["splits"].get("train"), info["splits"].get("val"), len(info["classes"]) - 1,
+                info.get("style", "flat")) == (
+            settings["seed"], settings["size"], settings["n_train"], settings["n_val"], int(settings["classes"]),
+            settings.get("style", "flat"))
         if same:
             echo(f"[data] reusing {folder}")
             return info
