@@ -113,3 +113,8 @@ def register(cli):
 
         loaded = with_steps(load_recipe(recipe), steps)
         train_segmenter(loaded, data_dir, out_dir, weights=weights, steps=steps, echo=click.echo)
+
+    # `wsss train-student`, the edge student trained after a run's stages.
+    from wsss_keras.commands import student
+
+    student.register(cli)

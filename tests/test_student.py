@@ -1,0 +1,143 @@
+"""`wsss train-student`: a tiny keras-hub SegFormer student trained on a tiny run's pseudo-labels
+from a local keras-hub preset, loaded, predicting, exported to ONNX and LiteRT whose labels (run
+here with onnxruntime and the LiteRT interpreter) match the Keras student's `wsss predict`
+labels; the command's one-line errors. TensorFlow only (the export); the training on every
+backend is in tests/backend/test_student.py."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import tiny_synthetic
+from PIL import Image
+
+from wsss_keras.cli import cli
+from wsss_keras.data import VocDataset
+from wsss_keras.data.imageio import read_label_map
+
+SIZE = 64
+# MiT with four one-head stages of distinct widths (keras-hub names its SegFormer projections
+# after the widths, so they must differ); the first stage is one-head as in B0.
+TINY_MIT = {"hidden_dims": [8, 12, 16, 20], "layerwise_num_heads": [1, 1, 1, 1], "layerwise_depths": [1, 1, 1, 1]}
+
+
+def make_run(tmp_path):
+    """A dataset and a finished run folder: pseudo-labels (the ground truth copied) and a tiny
+    DeepLab-v2 as the run's final network, with the recipe saying which split they cover."""
+    import keras
+
+    from wsss_keras.methods.segmenter import build_deeplab_v2
+
+    data = tiny_synthetic(tmp_path / "data", n_train=4, n_val=2, size=SIZE, classes="3")
+    train = VocDataset(data, "train")
+    run = tmp_path / "run"
+    os.makedirs(run / "pseudo_labels")
+    for path in train.label_map_paths:
+        shutil.copy(path, run / "pseudo_labels")
+    keras.utils.set_random_seed(0)
+    teacher = build_deeplab_v2(train.num_classes, backbone_kwargs={"block_counts": (1, 1, 1, 1), "base_width": 4},
+                               msc_scales=(), class_names=train.class_names,
+                               recipe={"recipe": {"name": "tiny", "method": "amr"}, "pseudo_labels": {"split": "train"}})
+    teacher.save(str(run / "segmenter.keras"))
+    return data, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from wsss_keras.methods.student import build_encoder
+    from wsss_keras.pipelines.student import train_student
+
+    tmp_path = tmp_path_factory.mktemp("student")
+    data, run = make_run(tmp_path)
+    preset = tmp_path / "mit_preset"
+    encoder = build_encoder("segformer_b0", SIZE, TINY_MIT)
+    encoder.save_to_preset(str(preset))  # what a downloaded keras-hub preset folder holds
+    lines = []
+    path = train_student(str(run), data, "segformer_b0", steps=2, student_weights=str(preset),
+                         settings={"input_size": SIZE, "batch_size": 2, "projection_filters": 16, "kd_weight": 0.5},
+                         echo=lines.append)
+    return data, run, preset, encoder, path, lines
+
+
+def test_student_trains_saves_loads_and_predicts(trained):
+    from wsss_keras.pipelines.model_io import load_model
+    from wsss_keras.pipelines.predict import predict_folder
+
+    data, run, _, encoder, path, lines = trained
+    assert path == str(run / "student_segformer_b0.keras") and os.path.isfile(path)
+    assert any("step 2/2" in line for line in lines) and any("distilling from" in line for line in lines)
+    assert os.path.isfile(run / "student_segformer_b0_log.csv")
+    student = load_model(path)
+    val = VocDataset(data, "val")
+    assert type(student).__name__ == "StudentSegmenter" and student.class_names == list(val.class_names)
+    # The encoder started from the preset: same architecture (variable shapes) as the saved one.
+    mit = student.network.backbone.image_encoder
+    assert [tuple(w.shape) for w in mit.weights] == [tuple(w.shape) for w in encoder.weights]
+    assert predict_folder(student, val, str(run / "predictions"), overlay=False) == len(val)
+    for i, name in enumerate(val.names):
+        labels = read_label_map(str(run / "predictions" / f"{name}.png"), val.num_classes)
+        assert labels.shape == val.load_image(i).shape[:2] and labels.max() < val.num_classes
+
+
+def test_exported_onnx_and_litert_labels_match_the_keras_student(trained, tmp_path):
+    import onnxruntime
+    from ai_edge_litert.interpreter import Interpreter
+
+    from wsss_keras.export.api import export_model
+    from wsss_keras.pipelines.model_io import load_model
+    from wsss_keras.pipelines.predict import predict_folder
+
+    data, _, _, _, path, _ = trained
+    export_model(path, str(tmp_path / "out"), formats=("onnx", "tflite"), precisions=("fp32",), output="labels",
+                 echo=lambda line: None)
+    val = VocDataset(data, "val")
+    keras_dir = tmp_path / "keras_labels"
+    predict_folder(load_model(path), val, str(keras_dir), overlay=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / "onnx_fp32" / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    interpreter = Interpreter(model_path=str(tmp_path / "out" / "tflite_fp32" / "model.tflite"))
+    total = differ_onnx = differ_lite = 0
+    for name in val.names:
+        rgb = np.asarray(Image.open(os.path.join(data, "JPEGImages", f"{name}.jpg")).convert("RGB"))
+        expected = read_label_map(str(keras_dir / f"{name}.png"), val.num_classes)
+        onnx_labels, = session.run(None, {session.get_inputs()[0].name: rgb[None]})
+        detail = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(detail["index"], (1,) + rgb.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(detail["index"], rgb[None])
+        interpreter.invoke()
+        lite_labels = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        total += expected.size
+        differ_onnx += int((onnx_labels[0] != expected).sum())
+        differ_lite += int((lite_labels[0] != expected).sum())
+    # Same float32 network, same resizing: only argmax ties at rounding level may differ.
+    assert differ_onnx <= total // 1000 and differ_lite <= total // 1000, (differ_onnx, differ_lite, total)
+    with open(tmp_path / "out" / "onnx_fp32" / "manifest.json", encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    assert len(manifest["classes"]) == val.num_classes
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_student_errors_are_one_line(trained, tmp_path):
+    data, run, preset, _, _, _ = trained
+    invoke = CliRunner().invoke
+    empty = tmp_path / "empty_run"
+    os.makedirs(empty)
+    shutil.copy(run / "segmenter.keras", empty)
+    result = invoke(cli, ["train-student", str(empty), "--arch", "segformer_b0", "--data", data, "--steps", "1"])
+    assert_one_line_error(result, "no pseudo-labels", "wsss run")
+    result = invoke(cli, ["train-student", str(run), "--arch", "mobilenet_v3_small", "--data", data,
+                          "--student-weights", str(preset), "--steps", "1"])
+    assert_one_line_error(result, "MiTBackbone", "MobileNetBackbone", "--arch segformer_b0")
+    result = invoke(cli, ["train-student", str(run), "--arch", "resnet9000", "--data", data])
+    assert_one_line_error(result, "resnet9000", "segformer_b0", "mobilenet_v3_small")
