@@ -43,11 +43,12 @@ def _register_commands():
 
     for module in (info, data, evaluate, quickstart, weights, export, serve, report):
         module.register(cli)
-    from wsss_keras.commands import infer, run, stages
+    from wsss_keras.commands import infer, launch, run, stages
 
     infer.register(cli)
     run.register(cli)
     stages.register(cli)
+    launch.register(cli)
 
 
 _register_commands()

@@ -96,13 +96,18 @@ class SegmentationLoader(keras.utils.PyDataset):
     def __getitem__(self, batch_index):
         return self.batch_at(self.epoch, batch_index, self._order)
 
-    def batch_at(self, epoch, batch_index, order=None):
+    def batch_at(self, epoch, batch_index, order=None, shard=None):
         """Batch `batch_index` of epoch `epoch`, whatever epoch the loader is at: the same
-        images and augmentation `__getitem__` gives in that epoch (training resumes with it)."""
+        images and augmentation `__getitem__` gives in that epoch (training resumes with it).
+
+        shard: (index, count, parts) for one process of a multi-process run: only its rows of
+        the batch, read and augmented exactly as in the whole batch (`shard_positions`)."""
         if not 0 <= batch_index < len(self):
             raise IndexError(f"batch {batch_index} out of range for {len(self)} batches")
         order = self._make_order(epoch) if order is None else order
         positions = range(batch_index * self.batch_size, min((batch_index + 1) * self.batch_size, len(self.dataset)))
+        if shard is not None:
+            positions = shard_positions(positions, *shard)
         images, label_maps, boxes, indices, extras = [], [], [], [], []
         for position in positions:
             index = int(order[position])
@@ -138,7 +143,22 @@ class SegmentationLoader(keras.utils.PyDataset):
         return np.stack(images).astype(np.float32), targets
 
 
-__all__ = ["SegmentationLoader", "TrainTransform", "EvalTransform"]
+__all__ = ["EvalTransform", "SegmentationLoader", "TrainTransform"]
+
+
+def shard_positions(positions, index, count, parts=1):
+    """Process `index` of `count`'s rows of a batch: the batch is cut into `parts` equal
+    micro-batches (gradient accumulation; 1: none), each of those into `count` equal pieces,
+    and the process takes piece `index` of each, in order. So micro-batch j of every process
+    together is micro-batch j of the whole batch, as a single process cuts it."""
+    positions = list(positions)
+    if len(positions) % (count * parts):
+        raise DataError(f"a batch of {len(positions)} images does not split into {parts} micro-batch(es) over "
+                        f"{count} processes; set batch_size to a multiple of {count * parts}.")
+    micro = len(positions) // parts
+    piece = micro // count
+    return [position for part in range(parts)
+            for position in positions[part * micro + index * piece:part * micro + (index + 1) * piece]]
 
 
 class StepStream(keras.utils.PyDataset):
@@ -150,19 +170,23 @@ class StepStream(keras.utils.PyDataset):
         loader: a `SegmentationLoader` (its `batch_at`); its workers settings carry over.
         start: the first step (0, or the step a checkpoint was taken at).
         stop: the step training ends at (exclusive).
+        shard: (index, count, parts): only this process's rows of each batch (`shard_positions`).
     """
 
-    def __init__(self, loader, start, stop):
+    def __init__(self, loader, start, stop, shard=None):
         super().__init__(workers=loader.workers, use_multiprocessing=loader.use_multiprocessing,
                          max_queue_size=loader.max_queue_size)
         if not 0 <= start < stop:
             raise ValueError(f"steps {start}..{stop}: need 0 <= start < stop")
         self.loader, self.start, self.stop = loader, int(start), int(stop)
         self.batches_per_epoch = len(loader)
+        self.shard = shard
 
     def __len__(self):
         return self.stop - self.start
 
     def __getitem__(self, index):
         step = self.start + index
-        return self.loader.batch_at(step // self.batches_per_epoch, step % self.batches_per_epoch)
+        if self.shard is None:
+            return self.loader.batch_at(step // self.batches_per_epoch, step % self.batches_per_epoch)
+        return self.loader.batch_at(step // self.batches_per_epoch, step % self.batches_per_epoch, shard=self.shard)

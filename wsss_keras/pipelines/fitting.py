@@ -313,6 +313,37 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
     Returns:
         the path of the saved model.
     """
+    from wsss_keras.training.options import current_options
+
+    options = options or current_options()
+    os.makedirs(out_dir, exist_ok=True)
+    if options.num_processes > 1:
+        with _process_files(options) as files_dir:
+            return _fit_steps(model, loader, steps, out_dir, model_file, recipe, stage, echo, summary, callbacks,
+                              options, files_dir)
+    return _fit_steps(model, loader, steps, out_dir, model_file, recipe, stage, echo, summary, callbacks, options,
+                      out_dir)
+
+
+@contextlib.contextmanager
+def _process_files(options):
+    """Where this process of a multi-process run writes its files: OUT for the chief
+    (process 0), a scratch folder, removed afterwards, for the others. They write the same
+    files as the chief there (not nothing) because under tf.distribute reading some variables
+    (ON_READ ones: BatchNorm statistics) is a collective every worker must join."""
+    import tempfile
+
+    if options.is_chief:
+        yield None
+        return
+    scratch = tempfile.mkdtemp(prefix=f"wsss-process{options.process_id}-")
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fit_steps(model, loader, steps, out_dir, model_file, recipe, stage, echo, summary, callbacks, options, files_dir):
     import keras
 
     from wsss_keras.data.loader import StepStream
@@ -329,12 +360,12 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         build_for_restore,
         compute_loss_wrapped,
     )
-    from wsss_keras.training.options import current_options
 
-    options = options or current_options()
-    os.makedirs(out_dir, exist_ok=True)
+    files_dir = files_dir or out_dir  # None: the chief's, OUT itself
     stem = "train" if model_file == MODEL_FILE else os.path.splitext(model_file)[0]
     folder = os.path.join(out_dir, "checkpoints", stem)
+    # Every process resumes from the chief's checkpoints (OUT is shared); only the chief writes them.
+    write_folder = os.path.join(files_dir, "checkpoints", stem)
     record = _resume_record(folder, steps, stage, options)
     start = record["step"] if record else 0
     accumulate = _prepare_accumulation(model, loader, recipe, stage, options)
@@ -342,19 +373,32 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         raise WSSSError(f"[{stage}] the batch of {loader.batch_size} images is the global batch and must split evenly "
                         f"over the {options.replicas} replicas; set this stage's batch_size in {recipe_source(recipe)} "
                         f"to a multiple of {options.replicas}.")
+    if options.num_processes > 1:
+        from wsss_keras.training.cluster import recipe_digest
+        from wsss_keras.training.options import check_same_everywhere
+
+        # Processes started with different recipes or steps would train on mismatched batches
+        # (or deadlock in a collective); the resumed step must agree too.
+        check_same_everywhere(options, recipe_digest(saved_recipe(recipe), stage, steps, start, loader.batch_size,
+                                                     len(loader), accumulate, options.replicas),
+                              f"[{stage}] the recipe ({recipe_source(recipe)}), steps, batch or resumed step")
     if options.resume and record is None:
         echo(f"[{stage}] no checkpoint in {folder}; starting at step 0")
     echo(_start_line(recipe, stage, steps, loader, accumulate, options, start))
     clock = StepClock(start, steps)
     log_every = options.log_interval(steps)
     progress = StepProgress(clock, echo, every=log_every, stage=stage)
-    log = StepLog(clock, os.path.join(out_dir, f"{stem}_log.csv"), every=log_every,
-                  tensorboard_dir=os.path.join(out_dir, "tensorboard", stem) if options.tensorboard else None)
-    checkpointing = Checkpointing(clock, folder, every=options.checkpoint_interval(steps))
+    log = StepLog(clock, os.path.join(files_dir, f"{stem}_log.csv"), every=log_every,
+                  tensorboard_dir=os.path.join(files_dir, "tensorboard", stem) if options.tensorboard else None)
+    if files_dir != out_dir and start:
+        _copy_if_there(os.path.join(out_dir, f"{stem}_log.csv"), log.csv_path)  # the rows a resumed log keeps
+    checkpointing = Checkpointing(clock, write_folder, every=options.checkpoint_interval(steps))
     for callback in callbacks:
         if hasattr(callback, "start_step"):
             callback.start_step = start
-    stream = StepStream(loader, start, steps)
+    # Several processes: each reads only its rows of every global batch.
+    shard = (options.process_id, options.num_processes, accumulate) if options.num_processes > 1 else None
+    stream = StepStream(loader, start, steps) if shard is None else StepStream(loader, start, steps, shard=shard)
     if accumulate > 1:
         stream = _micro_batches(stream, accumulate)  # item s·K + j: micro-batch j of step start + s
     times = StepTimes()
@@ -362,27 +406,96 @@ def fit_steps(model, loader, steps, out_dir, model_file, recipe, stage="train", 
         build_for_restore(model, stream[0])  # so that the checkpoint can fill the variables
         restore_checkpoint(model, record)
     per_replica = options.replicas > 1 and keras.backend.backend() == "tensorflow"
+    data, fit_options, built = stream, {}, contextlib.nullcontext()
+    if per_replica and options.num_processes > 1:
+        data, fit_options = _tf_per_worker_dataset(stream), {"steps_per_epoch": len(stream)}
+        built = _built_before_fit(model, None if record else stream[0])
     begun = time.perf_counter()
-    with compute_loss_wrapped(model, _averaged_over_replicas) if per_replica else contextlib.nullcontext():
+    with compute_loss_wrapped(model, _averaged_over_replicas) if per_replica else contextlib.nullcontext(), built:
         # shuffle=False: Keras would otherwise shuffle the order of a PyDataset's batches; the
         # order is the StepStream's, so that a resumed run reads what an uninterrupted one would.
         step_callbacks = [StepCounter(clock), progress, log, checkpointing, times, *callbacks]
         if accumulate > 1:
             step_callbacks = [_per_optimizer_step(step_callbacks, accumulate)]
-        model.fit(stream, epochs=1, verbose=0, shuffle=False, callbacks=step_callbacks)
+        model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=step_callbacks, **fit_options)
     seconds = time.perf_counter() - begun
     _raise_if_stopped(checkpointing, record, folder, stage, recipe, options, clock)
-    path = _save_model(model, out_dir, model_file, folder)
+    path = _save_model(model, files_dir, model_file, write_folder)
     record = {
         "recipe": recipe["recipe"]["name"], "stage": stage, "backend": keras.backend.backend(), "steps": steps,
         **({"accumulate": accumulate} if accumulate > 1 else {}), "train_seconds": round(seconds, 1),
-        **({"resumed_at": start} if start else {}), **(summary or {}), **times.summary(),
-        "final": {key: value for key, value in log.last.items() if key not in ("step", "seconds")},
+        **({"resumed_at": start} if start else {}),
+        **({"processes": options.num_processes} if options.num_processes > 1 else {}), **(summary or {}),
+        **times.summary(), "final": {key: value for key, value in log.last.items() if key not in ("step", "seconds")},
     }
-    with open(os.path.join(out_dir, f"{stem}_summary.json"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(files_dir, f"{stem}_summary.json"), "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2)
-    echo(f"[{stage}] saved {path}")
+    if options.num_processes > 1:
+        from wsss_keras.training.options import check_same_everywhere
+
+        # A barrier: no process goes on (to a stage that loads the model) before the chief has written it.
+        check_same_everywhere(options, "0", f"[{stage}] the end of training")
+        path = os.path.join(out_dir, model_file)
+    echo(f"[{stage}] saved {path}" if options.is_chief else f"[{stage}] done; process 0 saved {path}")
     return path
+
+
+def _copy_if_there(source, target):
+    if os.path.isfile(source):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+@contextlib.contextmanager
+def _built_before_fit(model, batch):
+    """Two Keras 3.15 (TensorFlow) gaps of `fit` under MultiWorkerMirroredStrategy, bridged for
+    this fit only (Keras internals):
+
+    - `fit` builds a model with a strategy by reducing the first distributed batch with
+      `strategy.reduce`, which the strategy refuses for a nested batch (images, targets
+      dict). The model is built here from this worker's `batch` (None: built already), and
+      its private `_distribute_strategy` unset, so `fit` skips that and still trains under
+      the strategy of the enclosing scope (`distribute_strategy` falls back to
+      tf.distribute.get_strategy()).
+    - `fit` reduces every log across workers with `strategy.reduce("MEAN", value, axis=0)`,
+      which fails for a scalar: each step's logs are given a batch axis of 1 here. The
+      metrics are summed over every replica as they update, so each worker holds the global
+      value already, and the mean of the copies is that value."""
+    import tensorflow as tf
+
+    from wsss_keras.training.keras_internals import build_for_restore
+
+    if batch is not None:
+        build_for_restore(model, batch)
+    train_step = model.train_step
+
+    def with_batch_axis(data):
+        logs = train_step(data)
+        return {key: tf.reshape(value, [1]) if getattr(value, "shape", None) == () else value
+                for key, value in logs.items()}
+
+    saved = model._distribute_strategy
+    model._distribute_strategy = None
+    model.__dict__["train_step"] = with_batch_axis
+    try:
+        yield
+    finally:
+        model._distribute_strategy = saved
+        model.__dict__.pop("train_step", None)
+
+
+def _tf_per_worker_dataset(stream):
+    """`stream` (this worker's shard of every batch) as the input of one worker of
+    MultiWorkerMirroredStrategy. Given a plain dataset, tf.distribute would take each element
+    as a global batch and auto-shard it by elements, so every worker would read every image;
+    `distribute_datasets_from_function` takes the dataset as this worker's own, as it is.
+    Keras's `PyDatasetAdapter` (internal, Keras 3.15) turns the PyDataset into a tf.data
+    pipeline as `fit` itself would."""
+    import tensorflow as tf
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    adapter = PyDatasetAdapter(stream, shuffle=False)
+    return tf.distribute.get_strategy().distribute_datasets_from_function(lambda context: adapter.get_tf_dataset())
 
 
 def _resume_record(folder, steps, stage, options):
@@ -390,8 +503,8 @@ def _resume_record(folder, steps, stage, options):
     from wsss_keras.training.checkpoints import latest_checkpoint
 
     record = None if options.resume is False else latest_checkpoint(folder)
-    if record is None and os.path.isdir(folder):
-        shutil.rmtree(folder)  # --restart, or leftovers without a whole checkpoint
+    if record is None and os.path.isdir(folder) and options.is_chief:
+        shutil.rmtree(folder)  # --restart, or leftovers without a whole checkpoint (the chief's files)
     if record is not None and record["step"] >= steps:
         raise WSSSError(f"[{stage}] {folder} holds a checkpoint at step {record['step']}, past this run's {steps} "
                         "steps; pass --restart to start over, or the steps it was started with.")
