@@ -72,3 +72,25 @@ def test_few_steps_then_keras_round_trip(tmp_path):
     assert isinstance(loaded, StudentSegmenter) and loaded.class_names == student.class_names
     other = np.random.default_rng(2).normal(size=(1, 72, 72, 3)).astype("float32")  # resized to SIZE inside
     np.testing.assert_allclose(loaded.predict(other, verbose=0), student.predict(other, verbose=0), atol=1e-5)
+
+
+def test_export_friendly_rewrites_give_keras_hubs_results():
+    """The student's two op rewrites (MiT attention reshapes, depthwise Conv2D as depthwise_conv)
+    against the layers' own keras-hub / Keras code on the same weights and inputs."""
+    from keras_hub.src.models.mit.mit_layers import SegFormerMultiheadAttention
+
+    from wsss_keras.methods.student import _depthwise_call, _static_attention_call
+
+    rng = np.random.default_rng(3)
+    conv = keras.layers.Conv2D(12, 3, strides=2, padding="same", groups=6, activation="relu")
+    images = rng.normal(size=(2, 9, 9, 6)).astype("float32")
+    conv.build(images.shape)
+    conv.bias.assign(rng.normal(size=(12,)).astype("float32"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(_depthwise_call(conv, images)),
+                               keras.ops.convert_to_numpy(conv(images)), atol=1e-5)
+    for heads, sr_ratio in ((1, 2), (2, 1)):
+        attention = SegFormerMultiheadAttention(8, heads, sr_ratio)
+        tokens = rng.normal(size=(2, 16, 8)).astype("float32")
+        expected = keras.ops.convert_to_numpy(attention(tokens))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(_static_attention_call(attention, tokens)), expected,
+                                   atol=1e-5)

@@ -159,6 +159,33 @@ def _static_attention(network):
     return count
 
 
+def _depthwise_call(self, inputs):
+    """A depthwise `Conv2D` (groups == input channels, as keras-hub's MobileNet builds them) as
+    `ops.depthwise_conv`: the same result, but on TensorFlow Keras runs a grouped conv inside
+    an XLA-compiled `tf.function` (its CPU kernel is broken), which tf2onnx cannot convert (the
+    ONNX file keeps a `StatefulPartitionedCall` and does not load). The (kh, kw, 1, C * m)
+    kernel is the (kh, kw, C, m) depthwise kernel: output channel c * m + j in both."""
+    kernel = self.kernel
+    height, width, _, outputs = kernel.shape
+    kernel = ops.reshape(kernel, (height, width, self.groups, outputs // self.groups))
+    x = ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding,
+                           dilation_rate=self.dilation_rate, data_format=self.data_format)
+    if self.use_bias:
+        x = x + self.bias
+    return self.activation(x) if self.activation is not None else x
+
+
+def _plain_depthwise(network):
+    """Give every depthwise `Conv2D` of `network` `_depthwise_call` (channels-last only)."""
+    count = 0
+    for layer in network._flatten_layers(include_self=False, recursive=True):
+        if (type(layer) is keras.layers.Conv2D and layer.groups > 1 and layer.data_format == "channels_last"
+                and layer.kernel.shape[2] == 1):
+            layer.call = _depthwise_call.__get__(layer)
+            count += 1
+    return count
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class StudentSegmenter(WSSSModel):
     """A keras-hub segmentation network trained as a student on a run's pseudo-labels.
@@ -194,7 +221,9 @@ class StudentSegmenter(WSSSModel):
         if isinstance(network, dict):
             network = keras.saving.deserialize_keras_object(network)
         self.network = network
+        # Both only rewrite ops (same weights, same results) so that tf2onnx converts the graph.
         _static_attention(network)
+        _plain_depthwise(network)
         self.num_classes = int(num_classes)
         self.input_size = int(input_size)
         self.arch = str(arch)
