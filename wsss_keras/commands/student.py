@@ -50,6 +50,5 @@ def register(cli):
 
         settings = {"input_size": input_size, "batch_size": batch_size, "learning_rate": learning_rate,
                     "kd_weight": kd_weight, "kd_temperature": kd_temperature}
-        path = train(run_dir, data_dir, arch, steps=steps, student_weights=student_weights, settings=settings,
-                     echo=click.echo)
-        click.echo(f"[train-student] saved {path}")
+        # fit_steps prints the saved path itself.
+        train(run_dir, data_dir, arch, steps=steps, student_weights=student_weights, settings=settings, echo=click.echo)
