@@ -52,6 +52,8 @@ from wsss_keras.errors import DataError
 
 GENERATOR_VERSION = 1
 
+# The co-occurrence traps: (context, the class it comes with).
+CONTEXTS = (("water", "boat"), ("rails", "train"))
 # How often the context region appears with and without its class: P(context | class) and
 # P(context | no class). The gap is what makes the context a shortcut for the classifier.
 CONTEXT_WITH_CLASS = 0.95
@@ -485,13 +487,7 @@ def render_sample(rng, size, class_names, void_border=1, counts=None, kinds=None
             _paint_distractor(rng, canvas, kind)
             context[f"{kind}_distractor"] = True
     ground = height * rng.uniform(0.55, 0.75)
-    for context_kind, owner in (("water", "boat"), ("rails", "train")):
-        if owner not in present_kinds:
-            continue
-        rate = CONTEXT_WITH_CLASS if owner in chosen_kinds else CONTEXT_WITHOUT_CLASS
-        if rng.random() < rate:
-            (_paint_water if context_kind == "water" else _paint_rails)(rng, canvas, ground)
-            context[context_kind] = True
+    _paint_contexts(rng, canvas, ground, present_kinds, chosen_kinds, context)
     objects = []
     index_of = {name: position + 1 for position, name in enumerate(class_names)}
     for name in chosen:
@@ -775,9 +771,23 @@ def _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress, styl
     return info
 
 
+def _paint_contexts(rng, canvas, ground, present_kinds, chosen_kinds, context, paint_water=None):
+    """Paint the co-occurrence traps' contexts (water under `ground` for boats, rails for trains):
+    each with CONTEXT_WITH_CLASS's probability when its class is in the image, else
+    CONTEXT_WITHOUT_CLASS's; marks what was painted in `context`."""
+    for context_kind, owner in CONTEXTS:
+        if owner not in present_kinds:
+            continue
+        rate = CONTEXT_WITH_CLASS if owner in chosen_kinds else CONTEXT_WITHOUT_CLASS
+        if rng.random() < rate:
+            painter = (paint_water or _paint_water) if context_kind == "water" else _paint_rails
+            painter(rng, canvas, ground)
+            context[context_kind] = True
+
+
 def _count_context(counts, split, vector, class_names, context):
     """Tally how often each context appears with and without its class (the trap's strength)."""
-    for context_kind, owner in (("water", "boat"), ("rails", "train")):
+    for context_kind, owner in CONTEXTS:
         if owner not in class_names:
             continue
         with_class = bool(vector[class_names.index(owner)])
@@ -977,18 +987,13 @@ def render_photo_sample(rng, size, class_names, void_border=1, counts=None, kind
     canvas = _Canvas(image, label_map)
     context = {}
     ground = height * rng.uniform(0.6, 0.78)
-    for context_kind, owner in (("water", "boat"), ("rails", "train")):
-        if owner not in present_kinds:
-            continue
-        rate = CONTEXT_WITH_CLASS if owner in chosen_kinds else CONTEXT_WITHOUT_CLASS
-        if rng.random() < rate:
-            if context_kind == "water":
-                band = _rect(canvas.shape, 0, ground, width, height)
-                water = _photo_crop(rng, ("gravel", (0.0, 0.0, 1.0, 1.0), (50, 110, 190)), width, height)
-                canvas.paint(band, water, 0)
-            else:
-                _paint_rails(rng, canvas, ground)
-            context[context_kind] = True
+
+    def paint_photo_water(rng, canvas, ground):
+        band = _rect(canvas.shape, 0, ground, width, height)
+        water = _photo_crop(rng, ("gravel", (0.0, 0.0, 1.0, 1.0), (50, 110, 190)), width, height)
+        canvas.paint(band, water, 0)
+
+    _paint_contexts(rng, canvas, ground, present_kinds, chosen_kinds, context, paint_water=paint_photo_water)
     image_area = width * height
     index_of = {name: position + 1 for position, name in enumerate(class_names)}
     for kind in ("aeroplane", "bus"):
@@ -1112,13 +1117,7 @@ def render_clutter_sample(rng, size, class_names, void_border=1, counts=None, ki
     canvas = _Canvas(_background(rng, width, height), label_map)
     context = {}
     ground = height * rng.uniform(0.55, 0.75)
-    for context_kind, owner in (("water", "boat"), ("rails", "train")):
-        if owner not in present_kinds:
-            continue
-        rate = CONTEXT_WITH_CLASS if owner in chosen_kinds else CONTEXT_WITHOUT_CLASS
-        if rng.random() < rate:
-            (_paint_water if context_kind == "water" else _paint_rails)(rng, canvas, ground)
-            context[context_kind] = True
+    _paint_contexts(rng, canvas, ground, present_kinds, chosen_kinds, context)
     looks = {name: _stick_look(name, kind_of[name]) for name in class_names}
     # Distractor strokes: straight, unbranched, in muted colours or a present class's colour, so
     # neither colour nor thinness alone tells a class.
