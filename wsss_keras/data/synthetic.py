@@ -60,6 +60,8 @@ CONTEXT_WITH_CLASS = 0.95
 CONTEXT_WITHOUT_CLASS = 0.06
 # How often a plain body of an under-activation class's colour appears as background clutter.
 DISTRACTOR_RATE = 0.45
+# Objects per image of the flat style: (choices, probabilities).
+FLAT_COUNTS = ([1, 2, 3], [0.45, 0.35, 0.2])
 
 TRAP_CLASSES = {"boat": "co-occurrence", "train": "co-occurrence", "aeroplane": "under-activation", "bus": "under-activation"}
 CATALOG = ("aeroplane", "boat", "car", "person", "train", "bus", "dog", "bird", "bottle", "sheep", "cat", "tvmonitor")
@@ -472,13 +474,7 @@ def render_sample(rng, size, class_names, void_border=1, counts=None, kinds=None
     """
     width, height = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
     side = min(width, height)  # the scale of the objects and the context
-    kinds = kinds or {}
-    kind_of = {name: kinds.get(name, name) for name in class_names}
-    present_kinds = set(kind_of.values())
-    choices, probabilities = counts or ([1, 2, 3], [0.45, 0.35, 0.2])
-    count = int(rng.choice(choices, p=probabilities))
-    chosen = [str(name) for name in rng.choice(class_names, size=count, replace=count > len(class_names))]
-    chosen_kinds = {kind_of[name] for name in chosen}
+    kind_of, present_kinds, chosen, chosen_kinds = _choose_objects(rng, class_names, kinds, counts or FLAT_COUNTS)
     label_map = np.zeros((height, width), np.uint8)
     canvas = _Canvas(_background(rng, width, height), label_map)
     context = {}
@@ -771,6 +767,19 @@ def _generate_coco(out, class_names, sizes, n_train, n_val, seed, progress, styl
     return info
 
 
+def _choose_objects(rng, class_names, kinds, counts):
+    """The image's objects: a count drawn from `counts` ((choices, probabilities)), then that
+    many class names (with repeats only when there are fewer classes). Returns the kind of every
+    class (`kinds` maps a class to the look it borrows; itself by default), the kinds present in
+    the dataset, the chosen names and their kinds."""
+    kinds = kinds or {}
+    kind_of = {name: kinds.get(name, name) for name in class_names}
+    choices, probabilities = counts
+    count = int(rng.choice(choices, p=probabilities))
+    chosen = [str(name) for name in rng.choice(class_names, size=count, replace=count > len(class_names))]
+    return kind_of, set(kind_of.values()), chosen, {kind_of[name] for name in chosen}
+
+
 def _paint_contexts(rng, canvas, ground, present_kinds, chosen_kinds, context, paint_water=None):
     """Paint the co-occurrence traps' contexts (water under `ground` for boats, rails for trains):
     each with CONTEXT_WITH_CLASS's probability when its class is in the image, else
@@ -973,13 +982,7 @@ def render_photo_sample(rng, size, class_names, void_border=1, counts=None, kind
     """One image of the `photo` style; arguments and result as `render_sample`. Objects do not
     touch one another, so each one is a connected piece of its class in the label map."""
     width, height = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
-    kinds = kinds or {}
-    kind_of = {name: kinds.get(name, name) for name in class_names}
-    present_kinds = set(kind_of.values())
-    choices, probabilities = counts or PHOTO_COUNTS
-    count = int(rng.choice(choices, p=probabilities))
-    chosen = [str(name) for name in rng.choice(class_names, size=count, replace=count > len(class_names))]
-    chosen_kinds = {kind_of[name] for name in chosen}
+    kind_of, present_kinds, chosen, chosen_kinds = _choose_objects(rng, class_names, kinds, counts or PHOTO_COUNTS)
     background = PHOTO_BACKGROUNDS[int(rng.integers(len(PHOTO_BACKGROUNDS)))]
     image = _photo_crop(rng, (background, (0.0, 0.0, 1.0, 1.0), None), width, height)
     image += rng.normal(0, 4, image.shape).astype(np.float32)
@@ -1106,13 +1109,7 @@ def render_clutter_sample(rng, size, class_names, void_border=1, counts=None, ki
     """One image of the `clutter` style; arguments and result as `render_sample`."""
     width, height = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
     side = min(width, height)
-    kinds = kinds or {}
-    kind_of = {name: kinds.get(name, name) for name in class_names}
-    present_kinds = set(kind_of.values())
-    choices, probabilities = counts or CLUTTER_COUNTS
-    count = int(rng.choice(choices, p=probabilities))
-    chosen = [str(name) for name in rng.choice(class_names, size=count, replace=count > len(class_names))]
-    chosen_kinds = {kind_of[name] for name in chosen}
+    kind_of, present_kinds, chosen, chosen_kinds = _choose_objects(rng, class_names, kinds, counts or CLUTTER_COUNTS)
     label_map = np.zeros((height, width), np.uint8)
     canvas = _Canvas(_background(rng, width, height), label_map)
     context = {}
