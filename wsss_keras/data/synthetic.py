@@ -121,16 +121,23 @@ def _size_of(sizes, index):
 
 def resolve_classes(classes):
     """Class names (without background) from a count or a comma-separated list of catalog names."""
-    if isinstance(classes, int) or (isinstance(classes, str) and classes.strip().isdigit()):
-        count = int(classes)
-        if not 1 <= count <= len(CATALOG):
-            raise DataError(f"--classes {count}: choose 1..{len(CATALOG)} classes, or a comma-separated list of {', '.join(CATALOG)}.")
-        return CATALOG[:count]
-    names = tuple(name.strip() for name in str(classes).split(",") if name.strip())
-    unknown = [name for name in names if name not in CATALOG]
+    return _count_or_names(classes, "--classes", CATALOG, CATALOG, f"a comma-separated list of {', '.join(CATALOG)}",
+                           f"distinct names from: {', '.join(CATALOG)}")
+
+
+def _count_or_names(value, option, order, allowed, list_hint, names_hint):
+    """`value` as class names: a count (the first N of `order`) or distinct comma-separated names
+    from `allowed`; anything else raises a DataError naming `option` and the hints."""
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        count = int(value)
+        if not 1 <= count <= len(order):
+            raise DataError(f"{option} {count}: choose 1..{len(order)} classes, or {list_hint}.")
+        return tuple(order[:count])
+    names = tuple(name.strip() for name in str(value).split(",") if name.strip())
+    unknown = [name for name in names if name not in allowed]
     if unknown or not names or len(set(names)) != len(names):
         raise DataError(
-            f"--classes {classes!r}: give a count or distinct names from: {', '.join(CATALOG)}"
+            f"{option} {value!r}: give a count or {names_hint}"
             + (f" (unknown: {', '.join(unknown)})" if unknown else "")
         )
     return names
@@ -548,20 +555,9 @@ def resolve_present_classes(present):
     """The VOC classes that `--present-classes` lets occur: a count (the catalog's first N, then
     VOC's other classes in VOC order) or a comma-separated list of VOC names; in VOC order."""
     voc = VOC_CLASSES[1:]
-    if isinstance(present, int) or (isinstance(present, str) and present.strip().isdigit()):
-        count = int(present)
-        if not 1 <= count <= len(voc):
-            raise DataError(f"--present-classes {count}: choose 1..{len(voc)} classes, or a comma-separated list of VOC names.")
-        order = CATALOG + tuple(name for name in voc if name not in CATALOG)
-        names = order[:count]
-    else:
-        names = tuple(name.strip() for name in str(present).split(",") if name.strip())
-        unknown = [name for name in names if name not in voc]
-        if unknown or not names or len(set(names)) != len(names):
-            raise DataError(
-                f"--present-classes {present!r}: give a count or distinct VOC class names: {', '.join(voc)}"
-                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
-            )
+    order = CATALOG + tuple(name for name in voc if name not in CATALOG)
+    names = _count_or_names(present, "--present-classes", order, voc, "a comma-separated list of VOC names",
+                            f"distinct VOC class names: {', '.join(voc)}")
     return tuple(sorted(names, key=voc.index))
 
 
