@@ -141,3 +141,65 @@ def test_train_student_errors_are_one_line(trained, tmp_path):
     assert_one_line_error(result, "MiTBackbone", "MobileNetBackbone", "--arch segformer_b0")
     result = invoke(cli, ["train-student", str(run), "--arch", "resnet9000", "--data", data])
     assert_one_line_error(result, "resnet9000", "segformer_b0", "mobilenet_v3_small")
+
+
+STUDENT_RECIPE = """
+[recipe]
+name = "tiny_student"
+method = "amr"
+
+[student]
+arch = "mobilenet_v3_small"
+steps = 40  # --smoke 2 scales it to 2
+batch_size = 2
+input_size = 64
+head_channels = 16
+"""
+
+
+def test_a_recipe_student_table_adds_the_stage_that_trains_predicts_and_is_scored(tmp_path):
+    from wsss_keras.pipelines.run import method_stages
+    from wsss_keras.pipelines.smoke import smoke_run
+    from wsss_keras.recipes import load_recipe
+
+    data, run = make_run(tmp_path)
+    path = tmp_path / "student.toml"
+    path.write_text(STUDENT_RECIPE)
+    recipe = load_recipe(str(path))
+    assert method_stages(recipe)[-2:] == ("train_student", "evaluate")
+    assert "train_student" not in method_stages({key: value for key, value in recipe.items() if key != "student"})
+    rows = smoke_run(recipe, data, str(run), steps=2, stages=("train_student", "evaluate"), echo=lambda line: None)
+    student = next(row for row in rows if row["stage"] == "train_student")
+    assert student["unit"] == "s/step" and student["batch"] == 2, student
+    assert student["output"] == "student_mobilenet_v3_small.keras: ok"
+    assert json.loads((run / "student_mobilenet_v3_small_summary.json").read_text())["steps"] == 2
+    # The evaluate stage's student mIoU against one computed here from the PNGs.
+    val = VocDataset(data, "val")
+    matrix = np.zeros((val.num_classes, val.num_classes), np.int64)
+    for i, name in enumerate(val.names):
+        predicted = read_label_map(str(run / "student_predictions" / f"{name}.png"), val.num_classes)
+        truth = val.load_label_map(i)
+        keep = truth != 255
+        matrix += np.bincount(truth[keep] * val.num_classes + predicted[keep],
+                              minlength=val.num_classes ** 2).reshape(matrix.shape)
+    union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
+    expected = np.mean([matrix[c, c] / union[c] for c in range(val.num_classes) if union[c]])
+    scored = json.loads((run / "metrics.json").read_text())["student"]
+    assert scored["arch"] == "mobilenet_v3_small" and scored["split"] == "val" and scored["images"] == len(val)
+    assert scored["miou"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_recipe_student_table_is_checked_before_any_stage(tmp_path):
+    from wsss_keras.errors import RecipeError
+    from wsss_keras.pipelines.run import run_recipe
+    from wsss_keras.recipes import load_recipe
+
+    data, run = make_run(tmp_path)
+    path = tmp_path / "student.toml"
+    path.write_text(STUDENT_RECIPE.replace('"mobilenet_v3_small"', '"resnet9000"'))
+    with pytest.raises(RecipeError, match=r"student\.toml.*\[student\] arch = 'resnet9000'.*segformer_b0"):
+        run_recipe(load_recipe(str(path)), data, str(run), stages=("train_student",))
+    assert not os.path.exists(run / "student_predictions")
+    path.write_text(STUDENT_RECIPE + "learning_rat = 0.1\n")
+    with pytest.raises(RecipeError, match="learning_rat"):
+        load_recipe(str(path))

@@ -26,6 +26,8 @@ _SCHEDULE = {"steps": None, "warmup_steps": 0}
 _IRN_SCHEDULES = {
     "irn": {"irn": {**_SCHEDULE, "steps": IRN_STEPS}},
     "segmentation": {"segmentation": {**_SCHEDULE, "steps": SEGMENTATION_STEPS}},
+    # The optional compact student (`[student]`), trained as long as the segmentation network.
+    "student": {"student": {**_SCHEDULE, "steps": SEGMENTATION_STEPS}},
 }
 _CLIP_SCHEDULES = {  # WeCLIP's, which SSR keeps
     "clip": {"clip": {"steps": 1000, "warmup_steps": 30}},  # trained only with [clip] source = "train"

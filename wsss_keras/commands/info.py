@@ -41,6 +41,7 @@ def info():
     click.echo(f"recipes                  {', '.join(available())}")
     for method, stages in METHOD_STAGES.items():
         click.echo(f"{'stages (' + method + ')':<24} {', '.join(stages)}")
+    click.echo(f"{'stages (any, last)':<24} train_student, with a [student] table (before evaluate)")
 
 
 def register(cli):

@@ -72,8 +72,11 @@ def register(cli):
             chosen = tuple(stage.strip().replace("-", "_") for stage in stages.split(",") if stage.strip())
             unknown = [stage for stage in chosen if stage not in method_stages(loaded)]
             if unknown:
+                hint = (" train_student needs a [student] table in the recipe (or run `wsss train-student` on the "
+                        "finished run)." if "train_student" in unknown else "")
                 raise click.BadParameter(
-                    f"{unknown}: not a stage of {loaded['recipe']['name']}, which runs {', '.join(method_stages(loaded))}.",
+                    f"{unknown}: not a stage of {loaded['recipe']['name']}, which runs "
+                    f"{', '.join(method_stages(loaded))}.{hint}",
                     param_hint="--stages",
                 )
         if smoke is not None:

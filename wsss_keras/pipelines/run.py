@@ -20,18 +20,20 @@ pseudo-labels are written by the pseudo-labels stage.
 | pseudo_labels | `pseudo_labels/<id>.png` (`[pseudo_labels]`; mode "random_walk" uses `irn.keras`, "online" the frozen-CLIP methods' own) |
 | train_seg | `segmenter.keras`: DeepLab-v2 on the pseudo-labels (`[segmentation]`) |
 | predict | `predictions/<id>.png` (+ `overlays/`) for the `[predict]` split (val by default), from `segmenter.keras` when the method trains one, else `model.keras` |
-| evaluate | `metrics.json`: CAM mIoU (best background threshold of a sweep), pseudo-label and segmentation mIoU, where ground truth exists |
+| train_student | only with a `[student]` table: `student_<arch>.keras`, a compact keras-hub segmenter trained on the pseudo-labels (`wsss_keras.pipelines.student`), and `student_predictions/<id>.png`, its single-view predictions on the `[predict]` split |
+| evaluate | `metrics.json`: CAM mIoU (best background threshold of a sweep), pseudo-label, segmentation and student mIoU, where ground truth exists |
 """
 
 import json
 import os
 
 from wsss_keras.pipelines.fitting import MODEL_FILE
+from wsss_keras.pipelines.student import DEFAULT_STUDENT_ARCH, STUDENT_PREDICTIONS
 from wsss_keras.recipes import recipe_error, section, with_steps
 
 STAGES = (
     "superpixels", "train_clip", "train_cam", "train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg",
-    "predict", "evaluate",
+    "predict", "train_student", "evaluate",
 )
 _IRN_PIPELINE = ("train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg", "predict", "evaluate")
 _SINGLE_STAGE = ("train", "cams", "pseudo_labels", "predict", "evaluate")
@@ -45,8 +47,12 @@ METHOD_STAGES = {
 
 
 def method_stages(recipe):
-    """The stages `wsss run` runs for the recipe's method, in order."""
-    return METHOD_STAGES[recipe["recipe"]["method"]]
+    """The stages `wsss run` runs for the recipe, in order: its method's, and train_student
+    before evaluate when the recipe has a `[student]` table."""
+    stages = METHOD_STAGES[recipe["recipe"]["method"]]
+    if "student" in recipe:
+        stages = stages[:-1] + ("train_student",) + stages[-1:]
+    return stages
 
 
 def ground_truth_dir(dataset):
@@ -79,13 +85,17 @@ def evaluate_run(out_dir, data_dir, recipe, echo=print):
         metrics["cams"] = {"split": cam_split, "images": count, "best_threshold": threshold, **scores.as_dict()}
         echo(f"[evaluate] CAMs on {cam_split} ({count} images): mIoU {100 * scores.miou:.1f} at background threshold {threshold:.2f}")
         echo(scores.table())
-    for key, folder, split in (("pseudo_labels", "pseudo_labels", seed_split), ("segmentation", "predictions", predict_split)):
+    scored = (("pseudo_labels", "pseudo_labels", seed_split), ("segmentation", "predictions", predict_split),
+              ("student", STUDENT_PREDICTIONS, predict_split))
+    for key, folder, split in scored:
         dataset = open_split(data_dir, split)
         truth = ground_truth_dir(dataset)
         path = os.path.join(out_dir, folder)
         if truth and os.path.isdir(path):
             scores, count = score_folders(path, truth, dataset.class_names, dataset.names)
             metrics[key] = {"split": split, "images": count, **scores.as_dict()}
+            if key == "student":
+                metrics[key]["arch"] = section(recipe, "student").get("arch", DEFAULT_STUDENT_ARCH)
             echo(f"[evaluate] {key.replace('_', '-')} on {split} ({count} images): mIoU {100 * scores.miou:.1f}")
             echo(scores.table())
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as handle:
@@ -251,8 +261,37 @@ def _predict(run):
     run.echo(f"[predict] {written} predicted with {predictor} ({dataset.description})")
 
 
+def _train_student(run):
+    from wsss_keras.backbones.registry import is_random
+    from wsss_keras.pipelines.predict import predict_folder
+    from wsss_keras.pipelines.student import student_file, train_student
+
+    settings = section(run.recipe, "student")
+    arch = settings.pop("arch", DEFAULT_STUDENT_ARCH)
+    preset = settings.pop("weights", None)
+    if not run.skip_existing(student_file(arch), "train-student"):
+        # `--weights random`: the whole run untrained, the student's ImageNet preset too.
+        preset = None if is_random(run.weights) else preset
+        train_student(run.out_dir, run.data, arch, student_weights=preset, settings=settings, echo=run.echo)
+    # One view, no CRF: what the student does once exported.
+    dataset = run.split_of("predict", "val")
+    written = predict_folder(run.saved(student_file(arch)), dataset, run.path(STUDENT_PREDICTIONS), overlay=False,
+                             progress=run.progress("student"), overwrite=run.overwrite, model_name=student_file(arch))
+    run.echo(f"[train-student] {written} predicted with {student_file(arch)} ({dataset.description})")
+
+
 def _evaluate(run):
     return evaluate_run(run.out_dir, run.data, run.recipe, run.echo)
+
+
+def _check_student_settings(recipe):
+    """`[student] arch`, checked before any stage runs (the student trains last)."""
+    from wsss_keras.methods.student import ARCHS
+
+    arch = section(recipe, "student").get("arch", DEFAULT_STUDENT_ARCH)
+    if arch not in ARCHS:
+        raise recipe_error(recipe, f"[student] arch = {arch!r}: unknown student architecture; choose one of "
+                                   f"{', '.join(ARCHS)}.")
 
 
 def _check_predict_settings(recipe):
@@ -275,7 +314,7 @@ def _check_predict_settings(recipe):
 _STAGE_FUNCTIONS = {
     "superpixels": _superpixels, "train_clip": _train_clip, "train_cam": _train_cam, "train": _train, "cams": _cams,
     "ir_labels": _ir_labels, "train_irn": _train_irn, "pseudo_labels": _pseudo_labels, "train_seg": _train_seg,
-    "predict": _predict, "evaluate": _evaluate,
+    "predict": _predict, "train_student": _train_student, "evaluate": _evaluate,
 }
 
 
@@ -306,6 +345,8 @@ def run_recipe(recipe, data_dir, out_dir, weights=None, stages=None, steps=None,
         raise recipe_error(recipe, "[pseudo_labels] mode = \"online\" is WeCLIP's and SSR's; choose \"par\" or \"random_walk\".")
     if "predict" in stages:
         _check_predict_settings(recipe)
+    if "train_student" in stages:
+        _check_student_settings(recipe)
     os.makedirs(out_dir, exist_ok=True)
     # One DatasetFolder handed to every stage, so each split is opened once per run.
     data = data_dir if isinstance(data_dir, DatasetFolder) else DatasetFolder(data_dir)

@@ -235,11 +235,19 @@ class SmokeMeter:
             "compiles": None if compiles is None else compiles - compiles_before,
         }
 
+    def _training_file(self, stage):
+        """(model file, recipe table) of a training stage; (None, None) for the others."""
+        if stage == "train_student":
+            from wsss_keras.pipelines.student import DEFAULT_STUDENT_ARCH, student_file
+
+            return student_file(section(self.recipe, "student").get("arch", DEFAULT_STUDENT_ARCH)), "student"
+        return _TRAINING_FILES.get(stage, (None, None))
+
     def _full_steps(self, stage):
         """The recipe's own step count for a training stage (the smoke run's recipe is unscaled)."""
         from wsss_keras.step_counts import default_steps
 
-        table = _TRAINING_FILES[stage][1]
+        table = self._training_file(stage)[1]
         return int(section(self.recipe, table).get("steps") or default_steps(self.recipe["recipe"]["method"], table))
 
     def _split(self, stage):
@@ -249,7 +257,7 @@ class SmokeMeter:
         return section(self.recipe, table).get("split", fallback)
 
     def _out_of_memory_message(self, stage, row):
-        table = _TRAINING_FILES.get(stage, (None, None))[1]
+        table = self._training_file(stage)[1]
         batch = section(self.recipe, table).get("batch_size") if table else None
         peak = row["accelerator_peak"] if row["accelerator_peak"] is not None else row["host_peak"]
         fix = (f"set [{table}] accumulate = 2 (or more) in {recipe_source(self.recipe)} to keep the batch of {batch} in "
@@ -257,8 +265,8 @@ class SmokeMeter:
         return f"[{stage}] ran out of memory at {_gib(peak)} GiB; {fix}."
 
     def _outputs(self, stage, seconds):
-        if stage in _TRAINING_FILES:
-            file_name = _TRAINING_FILES[stage][0]
+        if self._training_file(stage)[0]:
+            file_name = self._training_file(stage)[0]
             stem = "train" if file_name == MODEL_FILE else os.path.splitext(file_name)[0]
             summary_path = os.path.join(self.out_dir, f"{stem}_summary.json")
             if not os.path.isfile(summary_path):  # kept from an earlier run, or nothing to train

@@ -25,6 +25,8 @@ STUDENT_DEFAULTS = {
     "batch_size": 8, "input_size": 256, "kd_weight": 0.0, "kd_temperature": 2.0,
 }
 TEACHER_FILES = ("segmenter.keras", "model.keras")
+STUDENT_PREDICTIONS = "student_predictions"  # the recipe stage's predictions, in the run folder
+DEFAULT_STUDENT_ARCH = "segformer_b0"  # `[student] arch` when a recipe's table leaves it out
 
 
 def student_file(arch):

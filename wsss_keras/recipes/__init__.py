@@ -24,6 +24,9 @@ the file that set it, the table and key, and the fix. `with_steps` is `--steps`.
   frozen CLIP: local pretrained weights and tokenizer, or a tiny one trained here; prompts),
   `[weclip]` / `[ssr]` (the method's knobs), `[dino]` (SSR's DINO ViT-S/16), `[model]`'s
   decoder size, `[superpixels]` (SSR's SLIC and colour clusters).
+- `[student]`: a compact keras-hub segmenter trained last on the run's pseudo-labels
+  (`wsss_keras.pipelines.student`; `arch`, `weights`: a local keras-hub preset folder, `steps`,
+  `input_size`, `kd_weight`, ...); the table's presence adds the `train_student` stage.
 - The IRN stages (`wsss_keras.pipelines.ir_labels`, `wsss_keras.pipelines.irn`):
   `[ir_labels]` (confident-label thresholds, CRF) and `[irn]` (IRNet and its training); the
   random walk's settings are in `[pseudo_labels]` with `mode = "random_walk"`.
@@ -64,11 +67,18 @@ _REFINEMENT = {
         "arch", "weights", "backbone", "msc_scales", "loss_resolution", "init_backbone", "crop_size", "scale_range",
     } | _LOOP | _OPTIMIZER,
 }
+# The compact student any recipe may end with (`wsss_keras.pipelines.student`): its table's
+# presence adds the train_student stage.
+_STUDENT = {
+    "arch", "weights", "input_size", "crop_size", "scale_range", "kd_weight", "kd_temperature", "backbone",
+    "projection_filters", "head_channels",
+} | _LOOP - {"split"} | _OPTIMIZER
 _LATER_STAGES = {  # every method: CAMs, pseudo-labels (the walk's keys with mode = "random_walk"), predict, evaluate
     "cams": _CAMS,
     "pseudo_labels": _CAM_LABELS | _WALK,
     "predict": _PREDICT,
     "evaluate": _EVALUATE,
+    "student": _STUDENT,
     **_REFINEMENT,
 }
 _CLIP_TRAINING = {  # the tiny CLIP trained here ([clip] source = "train")
