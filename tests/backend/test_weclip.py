@@ -154,6 +154,26 @@ def test_gradcam_flows_through_the_attention_branch_only():
     np.testing.assert_allclose(mixed_cams, expected, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("softmax", ["present", "all"])
+def test_gradcams_of_each_images_labelled_classes_only_equal_every_classs(softmax):
+    # The training step copies block L once per labelled class of the busiest image (COCO: a
+    # few of 80), not once per class: the labelled classes' CAMs must not change.
+    model = tiny_weclip(gradcam_softmax=softmax)
+    images, labels, _ = batch()
+    last = model.frozen_pass(images)[0][-1]
+    every = numpy_of(model.grad_cams(last, labels)[0])
+    labelled = numpy_of(model.grad_cams(last, labels, classes_per_image=2)[0])
+    present = labels.astype(bool)
+    scale = np.abs(every).max()
+    for b in range(len(labels)):
+        np.testing.assert_allclose(labelled[b][:, present[b]], every[b][:, present[b]], atol=1e-5 * scale)
+        assert not labelled[b][:, ~present[b]].any()
+    model.gradcam_classes = 2
+    fewer = numpy_of(model.online_pseudo_labels(images, labels))
+    model.gradcam_classes = None
+    np.testing.assert_array_equal(fewer, numpy_of(model.online_pseudo_labels(images, labels)))
+
+
 def test_decoder_shapes_and_fused_features():
     decoder = WeCLIPDecoder(4, num_inputs=2, width=16, num_layers=1, num_heads=2)
     logits, fused = decoder([np.ones((2, 3, 5, 8), "float32"), np.zeros((2, 3, 5, 8), "float32")])

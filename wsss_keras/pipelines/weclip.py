@@ -308,6 +308,9 @@ def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print
     plugin = plugin or WeCLIPPlugin()
     model = build_method(recipe, dataset, out_dir, weights, echo, plugin=plugin)
     item_maps = plugin.item_maps(recipe, out_dir, dataset, model)
+    # Every training image has at most this many classes: the Grad-CAMs of the step need no more
+    # copies of block L (COCO: at most 18 of 80).
+    model.gradcam_classes = max(int(np.asarray(dataset.labels).sum(axis=1).max()), 1)
     # WeCLIP pads its crops black before normalising (datasets/voc.py: mean_rgb=[0, 0, 0]) and
     # trains on the padding, so its colour is part of what the decoder learns.
     transform = CamTrainTransform(crop_size=int(settings.get("crop_size", 320)),

@@ -120,6 +120,9 @@ class WeCLIP(WSSSModel):
                                      self.decoder_layers, self.decoder_heads, name="weclip_decoder")
         self.decoder.build([(None, None, None, image_encoder.hidden_dim)] * (image_encoder.num_layers - 1))
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+        # The most classes an image of the training data has (set by the training stage, not
+        # saved): the training step's Grad-CAMs copy block L that many times, not C.
+        self.gradcam_classes = None
         self.built = True
 
     options_section = "weclip"
@@ -199,13 +202,18 @@ class WeCLIP(WSSSModel):
         logits = ops.where(allowed, logits, -1e4)
         return ops.softmax(logits, axis=-1), ops.mean(probs, axis=1), projected
 
-    def grad_cams(self, last_input, labels=None):
+    def grad_cams(self, last_input, labels=None, classes_per_image=None):
         """Grad-CAM of every class from block L's `ln_1` output (spec §2.4).
 
         Args:
             last_input: `(B, 1 + N, D)`, block L's input (the frozen pass's last layer).
             labels: `(B, C)` multi-hot, or None; with `gradcam_softmax = "present"` only the
                 labelled classes (and the background prompts) enter the softmax.
+            classes_per_image: with `labels`, compute only each image's first K labelled
+                classes (K at least its number of labels; the others' CAMs are returned as 0,
+                which is what the callers multiply them by): block L is copied K times
+                instead of C, so COCO's 80 classes cost what an image's few labels do. None:
+                every class.
 
         Returns:
             (cams `(B, N, C)` = A_p · mean_p ∂π_c/∂A_p before ReLU, block L's head-averaged
@@ -218,21 +226,34 @@ class WeCLIP(WSSSModel):
         batch = ops.shape(last_input)[0]
         normed = block.norm1(last_input)
         allowed = self.softmax_allowed(labels, batch)
+        chosen = None  # (B, K) class ids of the copies, when fewer than C
+        copies = classes
+        if labels is not None and classes_per_image is not None and int(classes_per_image) < classes:
+            copies = max(int(classes_per_image), 1)
+            # The labelled classes first (ties by class id): top-k of labels minus a small ramp.
+            ranked = ops.cast(labels, "float32") - ops.arange(classes, dtype="float32")[None, :] / (2.0 * classes)
+            chosen = ops.top_k(ranked, copies)[1]
         # One copy of block L per class, stacked on the batch axis (copy c = rows c·B..c·B+B−1):
         # the gradient of Σ_c π_c(copy c) is then every class's own gradient in one pass.
-        repeated_input = ops.tile(last_input, (classes, 1, 1))
-        repeated_allowed = ops.tile(allowed, (classes, 1))
-        targets = ops.repeat(ops.eye(classes + background)[:classes], batch, axis=0)
+        repeated_input = ops.tile(last_input, (copies, 1, 1))
+        repeated_allowed = ops.tile(allowed, (copies, 1))
+        if chosen is None:
+            targets = ops.repeat(ops.eye(classes + background)[:classes], batch, axis=0)
+        else:
+            targets = ops.one_hot(ops.reshape(ops.transpose(chosen), (-1,)), classes + background)
 
         def class_probabilities(attention_input):
             probabilities, attention, projected = self.gradcam_probabilities(attention_input, repeated_input, repeated_allowed)
             return ops.sum(probabilities * targets), (attention[:batch], projected[:batch])
 
         (_, (attention, projected)), gradient = value_and_gradient(
-            class_probabilities, ops.tile(normed, (classes, 1, 1)))
-        gradient = ops.reshape(gradient, (classes, batch) + tuple(gradient.shape[1:]))
-        weights = ops.mean(gradient[:, :, 1:], axis=2)  # (C, B, D)
+            class_probabilities, ops.tile(normed, (copies, 1, 1)))
+        gradient = ops.reshape(gradient, (copies, batch) + tuple(gradient.shape[1:]))
+        weights = ops.mean(gradient[:, :, 1:], axis=2)  # (copies, B, D)
         cams = ops.einsum("bnd,cbd->bnc", normed[:, 1:], weights)
+        if chosen is not None:  # copy k of image b back to class chosen[b, k]; unlabelled classes 0
+            labelled = ops.cast(ops.convert_to_tensor(labels) > 0, cams.dtype)
+            cams = ops.einsum("bnk,bkc->bnc", cams, ops.one_hot(chosen, classes)) * labelled[:, None, :]
         return ops.stop_gradient(cams), ops.stop_gradient(attention), ops.stop_gradient(projected)
 
     def cam_maps(self, images, labels=None):
@@ -262,7 +283,7 @@ class WeCLIP(WSSSModel):
         initial (normalised) ones, as `(refined, initial, projected tokens)` (refined is None
         without `propagate`)."""
         tokens, attention = frozen if frozen is not None else self.frozen_pass(images)
-        cams, last_attention, projected = self.grad_cams(tokens[-1], labels)
+        cams, last_attention, projected = self.grad_cams(tokens[-1], labels, self.gradcam_classes)
         grid = self.image_encoder.patch_grid(images)
         batch = ops.shape(cams)[0]
         present = ops.cast(labels, "float32")[:, None, None, :]
