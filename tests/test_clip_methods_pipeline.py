@@ -186,7 +186,7 @@ def test_paper_recipe_starts_from_local_checkpoints_in_the_real_formats(tmp_path
 
 
 def test_online_pseudo_labels_are_refused_for_other_methods(tmp_path):
-    (tmp_path / "toco.toml").write_text('[recipe]\nname = "t"\nmethod = "toco"\nextends = "toco_synthetic_cpu"\n[pseudo_labels]\nmode = "online"\n')
+    (tmp_path / "toco.toml").write_text('[recipe]\nname = "t"\nmethod = "toco"\n[pseudo_labels]\nmode = "online"\n')
     recipe = load_recipe(str(tmp_path / "toco.toml"))
     with pytest.raises(RecipeError, match="WeCLIP's and SSR's"):
         run_recipe(recipe, str(tmp_path), str(tmp_path / "run"), stages=("pseudo_labels",), echo=lambda line: None)
