@@ -407,6 +407,44 @@ def test_batcher_keeps_no_image_or_batch_output_after_answering():
         assert not np.shares_memory(answer["labels"], returned[0]["labels"])
 
 
+def test_a_lone_clients_requests_run_at_once_and_busy_ones_wait_for_company():
+    """A request that finds the batcher idle runs without waiting for others (one client's
+    sequential requests would otherwise each pay max_wait); requests that arrive while a batch
+    runs still wait and go as one batch."""
+    import asyncio
+    import threading as threads
+
+    from wsss_deploy.serve.batching import DynamicBatcher
+
+    sizes, started, gate = [], threads.Event(), threads.Event()
+
+    def run_batch(images, outputs):
+        if len(sizes) == 3:  # the fourth batch holds the executor until the test opens the gate
+            started.set()
+            gate.wait(30)
+        sizes.append(len(images))
+        return {"labels": images[..., 0]}
+
+    async def scenario():
+        # A wait far beyond the test's patience: a lone request that waited would time out.
+        batcher = DynamicBatcher(run_batch, max_batch_size=4, max_wait_s=60.0)
+        await batcher.start()
+        image = np.zeros((4, 4, 3), np.uint8)
+        for _ in range(3):
+            await asyncio.wait_for(batcher.submit(image, ["labels"]), 10)
+        batcher.max_wait_s = 0.2
+        first = asyncio.ensure_future(batcher.submit(image, ["labels"]))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)  # first is running
+        busy = [asyncio.ensure_future(batcher.submit(image, ["labels"])) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *busy), 10)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sizes == [1, 1, 1, 1, 2]
+
+
 def statuses_of_concurrent_calls(url, body, content_type, count):
     """The HTTP statuses of `count` identical POSTs sent at once, in the order they came back."""
     statuses = []

@@ -5,6 +5,10 @@ request with the same image size and outputs (the exported graph resizes inside,
 one array, so its images must share a size), until the batch is full or the oldest request has
 waited `max_wait_s`; then it runs the batch in a worker thread and answers each request with its
 own slice. While a batch runs, new requests queue up, so batches grow with the load.
+
+A request waits for company only if it arrived while others were waiting or running: a lone
+client's requests, each sent after the previous answer, find the server idle and run at once
+instead of each paying `max_wait_s`.
 """
 
 import asyncio
@@ -24,12 +28,13 @@ class QueueFull(Exception):
 
 
 class _Pending:
-    __slots__ = ("image", "outputs", "key", "future", "arrived")
+    __slots__ = ("image", "outputs", "key", "future", "arrived", "busy")
 
-    def __init__(self, image, outputs, future):
+    def __init__(self, image, outputs, future, busy):
         self.image, self.outputs, self.future = image, tuple(outputs), future
         self.key = (image.shape, self.outputs)
         self.arrived = time.monotonic()
+        self.busy = busy  # other requests were waiting or running when it arrived
 
 
 class DynamicBatcher:
@@ -39,7 +44,8 @@ class DynamicBatcher:
         run_batch: called in a worker thread with a uint8 (B, H, W, 3) array and the output
             names; returns {name: array with B rows}.
         max_batch_size: the most images in one call.
-        max_wait_s: how long the oldest waiting request may wait for others to join it.
+        max_wait_s: how long the oldest waiting request may wait for others to join it (only
+            one that arrived while others were waiting or running waits).
         max_queue: the most requests waiting (not yet running); more raise `QueueFull`.
         on_batch: called as on_batch(size, seconds) after each batch (metrics).
         on_queue: called with the number of waiting requests whenever it changes (metrics).
@@ -62,6 +68,7 @@ class DynamicBatcher:
         # One thread: batches run one after another, each using onnxruntime's own threads.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsss-batch")
         self._recent_batch_s = 0.05
+        self._running = 0  # requests in the batch being run
 
     @property
     def depth(self):
@@ -100,7 +107,8 @@ class DynamicBatcher:
             raise RuntimeError("the batcher is not running")
         if len(self._waiting) >= self.max_queue:
             raise QueueFull(self.retry_after())
-        pending = _Pending(image, outputs, asyncio.get_running_loop().create_future())
+        pending = _Pending(image, outputs, asyncio.get_running_loop().create_future(),
+                           busy=bool(self._waiting) or self._running > 0)
         self._waiting.append(pending)
         self._queue_changed()
         self._arrived.set()
@@ -114,7 +122,7 @@ class DynamicBatcher:
         """The oldest request and the waiting ones that can share its call, or None to wait more."""
         head = self._waiting[0]
         mates = [pending for pending in self._waiting if pending.key == head.key][: self.max_batch_size]
-        if len(mates) < self.max_batch_size and time.monotonic() - head.arrived < self.max_wait_s:
+        if len(mates) < self.max_batch_size and head.busy and time.monotonic() - head.arrived < self.max_wait_s:
             return None
         taken = set(map(id, mates))
         self._waiting = collections.deque(p for p in self._waiting if id(p) not in taken)
@@ -147,6 +155,7 @@ class DynamicBatcher:
         for pending in batch:
             pending.image = None  # the stack is the copy inference needs
         start = time.perf_counter()
+        self._running = len(batch)
         try:
             outputs = await loop.run_in_executor(self._executor, self.run_batch, images, batch[0].outputs)
         except Exception as error:  # answered to each request; the loop goes on
@@ -154,6 +163,8 @@ class DynamicBatcher:
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
+        finally:
+            self._running = 0
         seconds = time.perf_counter() - start
         self._recent_batch_s = 0.8 * self._recent_batch_s + 0.2 * seconds
         if self.on_batch is not None:
