@@ -168,10 +168,13 @@ def test_gradcams_of_each_images_labelled_classes_only_equal_every_classs(softma
     for b in range(len(labels)):
         np.testing.assert_allclose(labelled[b][:, present[b]], every[b][:, present[b]], atol=1e-5 * scale)
         assert not labelled[b][:, ~present[b]].any()
-    model.gradcam_classes = 2
-    fewer = numpy_of(model.online_pseudo_labels(images, labels))
-    model.gradcam_classes = None
-    np.testing.assert_array_equal(fewer, numpy_of(model.online_pseudo_labels(images, labels)))
+    model.max_labels_per_image = 2
+    fewer = (numpy_of(model.online_pseudo_labels(images, labels)), numpy_of(model.cam_maps(images, labels)))
+    model.max_labels_per_image = None
+    np.testing.assert_array_equal(fewer[0], numpy_of(model.online_pseudo_labels(images, labels)))
+    every_map = numpy_of(model.cam_maps(images, labels))
+    for b in range(len(labels)):
+        np.testing.assert_allclose(fewer[1][b][..., present[b]], every_map[b][..., present[b]], atol=1e-5 * scale)
 
 
 def test_decoder_shapes_and_fused_features():

@@ -44,6 +44,11 @@ class SegmentationDataset:
         return len(self.class_names)
 
     @property
+    def max_labels_per_image(self):
+        """The most foreground classes one image of the split has (at least 1)."""
+        return max(int(self.labels.sum(axis=1).max()), 1) if len(self.labels) else 1
+
+    @property
     def has_label_maps(self):
         return all(path is not None for path in self.label_map_paths)
 

@@ -107,6 +107,9 @@ def compute_cams(model, dataset, out_dir, scales=(1.0, 0.5, 1.5), flip=True, res
         raise WSSSError(f"resize {resize}: give a positive side in pixels, or none.")
 
     labelled = getattr(model, "cams_need_labels", False)
+    if labelled and hasattr(model, "max_labels_per_image"):
+        # Labelled CAMs (WeCLIP, SSR) need only as many Grad-CAMs as the split's busiest image.
+        model.max_labels_per_image = dataset.max_labels_per_image
     runner = LabelledMultiScaleCams(model, scales, flip) if labelled else MultiScaleCams(model, scales, flip)
     if adversarial:
         from wsss_keras.methods.advcam import adversarial_cams

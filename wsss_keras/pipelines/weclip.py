@@ -310,7 +310,7 @@ def train_weclip(recipe, data_dir, out_dir, weights=None, steps=None, echo=print
     item_maps = plugin.item_maps(recipe, out_dir, dataset, model)
     # Every training image has at most this many classes: the Grad-CAMs of the step need no more
     # copies of block L (COCO: at most 18 of 80).
-    model.gradcam_classes = max(int(np.asarray(dataset.labels).sum(axis=1).max()), 1)
+    model.max_labels_per_image = dataset.max_labels_per_image
     # WeCLIP pads its crops black before normalising (datasets/voc.py: mean_rgb=[0, 0, 0]) and
     # trains on the padding, so its colour is part of what the decoder learns.
     transform = CamTrainTransform(crop_size=int(settings.get("crop_size", 320)),
@@ -342,6 +342,7 @@ def make_online_pseudo_labels(model, dataset, out_dir, regions=None, progress=No
     from wsss_keras.pipelines.cams import run_per_image
     from wsss_keras.pipelines.inference import OnlinePseudoLabels
 
+    model.max_labels_per_image = dataset.max_labels_per_image  # Grad-CAMs of labelled classes only
     runner = OnlinePseudoLabels(model)
 
     def work(index, paths):

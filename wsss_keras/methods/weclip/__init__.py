@@ -26,9 +26,10 @@ imports such a method.
 
 Verified in WeCLIP's code (spec methods/ssr.md §2.1-2.8, [CODE-W]/[CODE-E]); differences:
 - all CLIP classes' Grad-CAMs come from one backward pass over a copy of block L per class
-  (same values as one pass per class); in training, one copy per labelled class of the
-  training set's busiest image instead (`WeCLIP.gradcam_classes`), as the reference loops over
-  an image's labels only: COCO's 80 classes at batch 4 needed over 23 GB at 320 px otherwise;
+  (same values as one pass per class); with image labels (training, CAMs, online
+  pseudo-labels), one copy per labelled class of the split's busiest image instead
+  (`WeCLIP.max_labels_per_image`), as the reference loops over an image's labels only: COCO's
+  80 classes at batch 4 needed over 23 GB at 320 px otherwise;
 - WeCLIP's RFM (decoder-affinity refinement after 15k steps) and its affinity loss are not
   built: SSR's loss does not use them (spec §2.9);
 - the frozen tower runs in float32 (the reference runs fp16; ~1e-3 apart).

@@ -120,9 +120,9 @@ class WeCLIP(WSSSModel):
                                      self.decoder_layers, self.decoder_heads, name="weclip_decoder")
         self.decoder.build([(None, None, None, image_encoder.hidden_dim)] * (image_encoder.num_layers - 1))
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
-        # The most classes an image of the training data has (set by the training stage, not
-        # saved): the training step's Grad-CAMs copy block L that many times, not C.
-        self.gradcam_classes = None
+        # The most classes an image of the data at hand has (set by the stages that compute
+        # labelled Grad-CAMs, not saved): block L is copied that many times, not C.
+        self.max_labels_per_image = None
         self.built = True
 
     options_section = "weclip"
@@ -259,7 +259,7 @@ class WeCLIP(WSSSModel):
     def cam_maps(self, images, labels=None):
         """Raw Grad-CAMs `(B, h, w, C)` before ReLU and normalisation."""
         tokens, _ = self.frozen_pass(images)
-        cams, _, _ = self.grad_cams(tokens[-1], labels)
+        cams, _, _ = self.grad_cams(tokens[-1], labels, self.max_labels_per_image)
         grid = self.image_encoder.patch_grid(images)
         return ops.reshape(cams, (ops.shape(cams)[0], grid[0], grid[1], self.num_classes))
 
@@ -283,7 +283,7 @@ class WeCLIP(WSSSModel):
         initial (normalised) ones, as `(refined, initial, projected tokens)` (refined is None
         without `propagate`)."""
         tokens, attention = frozen if frozen is not None else self.frozen_pass(images)
-        cams, last_attention, projected = self.grad_cams(tokens[-1], labels, self.gradcam_classes)
+        cams, last_attention, projected = self.grad_cams(tokens[-1], labels, self.max_labels_per_image)
         grid = self.image_encoder.patch_grid(images)
         batch = ops.shape(cams)[0]
         present = ops.cast(labels, "float32")[:, None, None, :]
