@@ -63,18 +63,23 @@ def test_gradcam_equals_finite_differences():
     allowed = model.softmax_allowed(labels, 2)
     base = np.asarray(numpy_of(normed), np.float64)
 
-    def probabilities(values):
-        return np.asarray(numpy_of(model.gradcam_probabilities(ops.convert_to_tensor(values.astype("float32")), last, allowed)[0]), np.float64)
-
-    # ∂π_c/∂A by central differences, then Grad-CAM: cam_c(p) = A_p · mean_q ∂π_c/∂A_q.
+    # ∂π_c/∂A by central differences, then Grad-CAM: cam_c(p) = A_p · mean_q ∂π_c/∂A_q. Every
+    # perturbed copy of the batch (one element ±step) goes through one call, stacked on the batch axis.
     step = 1e-2
+    indices = list(np.ndindex(base.shape))
+    shifted = np.repeat(base[None], 2 * len(indices), axis=0)  # (2E, B, 1 + N, D): +step then -step
+    for e, index in enumerate(indices):
+        shifted[(e,) + index] += step
+        shifted[(len(indices) + e,) + index] -= step
+    copies = shifted.shape[0]
+    outputs = model.gradcam_probabilities(
+        ops.convert_to_tensor(shifted.reshape((-1,) + base.shape[1:]).astype("float32")),
+        ops.tile(last, (copies, 1, 1)), ops.tile(allowed, (copies, 1)))[0]
+    outputs = np.asarray(numpy_of(outputs), np.float64).reshape(2, len(indices), base.shape[0], -1)
+    differences = (outputs[0] - outputs[1])[..., :CLASSES] / (2 * step)  # (E, B, C)
     gradient = np.zeros((CLASSES,) + base.shape)
-    for index in np.ndindex(base.shape):
-        plus, minus = base.copy(), base.copy()
-        plus[index] += step
-        minus[index] -= step
-        difference = (probabilities(plus) - probabilities(minus))[:, :CLASSES] / (2 * step)
-        gradient[(slice(None), index[0]) + index[1:]] = difference[index[0]]
+    for e, index in enumerate(indices):
+        gradient[(slice(None), index[0]) + index[1:]] = differences[e, index[0]]
     weights = gradient[:, :, 1:].mean(axis=2)  # (C, B, D)
     expected = np.einsum("bnd,cbd->bnc", base[:, 1:], weights)
     present = labels.astype(bool)
@@ -175,6 +180,14 @@ def test_gradcams_of_each_images_labelled_classes_only_equal_every_classs(softma
     every_map = numpy_of(model.cam_maps(images, labels))
     for b in range(len(labels)):
         np.testing.assert_allclose(fewer[1][b][..., present[b]], every_map[b][..., present[b]], atol=1e-5 * scale)
+    # One row of labels for two views of one image (an image and its flip, as the CAMs stage runs).
+    views = np.concatenate([images[:1], images[:1, :, ::-1]])
+    model.max_labels_per_image = 2
+    one_row = numpy_of(model.cam_maps(views, labels[:1]))
+    model.max_labels_per_image = None
+    every_view = numpy_of(model.cam_maps(views, labels[:1]))
+    np.testing.assert_allclose(one_row[..., present[0]], every_view[..., present[0]], atol=1e-5 * scale)
+    assert not one_row[..., ~present[0]].any()
 
 
 def test_decoder_shapes_and_fused_features():

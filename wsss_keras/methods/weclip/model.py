@@ -174,8 +174,8 @@ class WeCLIP(WSSSModel):
         classes, background = self.num_classes, self.num_background
         if labels is None or self.options["gradcam_softmax"] == "all":
             allowed = ops.ones((batch, classes), "bool")
-        else:
-            allowed = ops.convert_to_tensor(labels) > 0
+        else:  # one row of labels may stand for every view of one image (flips, `cam_maps`)
+            allowed = ops.broadcast_to(ops.convert_to_tensor(labels) > 0, (batch, classes))
         return ops.concatenate([allowed, ops.ones((batch, background), "bool")], axis=-1)
 
     def gradcam_probabilities(self, attention_input, last_input, allowed):
@@ -230,8 +230,10 @@ class WeCLIP(WSSSModel):
         copies = classes
         if labels is not None and classes_per_image is not None and int(classes_per_image) < classes:
             copies = max(int(classes_per_image), 1)
+            # One row of labels may stand for every view of one image (flips, `cam_maps`).
+            labels = ops.broadcast_to(ops.cast(labels, "float32"), (batch, classes))
             # The labelled classes first (ties by class id): top-k of labels minus a small ramp.
-            ranked = ops.cast(labels, "float32") - ops.arange(classes, dtype="float32")[None, :] / (2.0 * classes)
+            ranked = labels - ops.arange(classes, dtype="float32")[None, :] / (2.0 * classes)
             chosen = ops.top_k(ranked, copies)[1]
         # One copy of block L per class, stacked on the batch axis (copy c = rows c·B..c·B+B−1):
         # the gradient of Σ_c π_c(copy c) is then every class's own gradient in one pass.
@@ -252,7 +254,7 @@ class WeCLIP(WSSSModel):
         weights = ops.mean(gradient[:, :, 1:], axis=2)  # (copies, B, D)
         cams = ops.einsum("bnd,cbd->bnc", normed[:, 1:], weights)
         if chosen is not None:  # copy k of image b back to class chosen[b, k]; unlabelled classes 0
-            labelled = ops.cast(ops.convert_to_tensor(labels) > 0, cams.dtype)
+            labelled = ops.cast(labels > 0, cams.dtype)
             cams = ops.einsum("bnk,bkc->bnc", cams, ops.one_hot(chosen, classes)) * labelled[:, None, :]
         return ops.stop_gradient(cams), ops.stop_gradient(attention), ops.stop_gradient(projected)
 
