@@ -35,6 +35,7 @@ BENCHES = {
     "train_step": ("bench_train_step.py", "speed", "training step per backend"),
     "export": ("bench_export.py", "deploy", "inference per runtime"),
     "serve": ("bench_serve.py", "deploy", "the ONNX HTTP server"),
+    "student": ("bench_student.py", "deploy", "compact students against their teacher"),
 }
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
 
@@ -139,7 +140,7 @@ def render(results_dir):
                      "differences excludes zero):\n\n" + paired_verdicts(quality))
         parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)}" + (f"; {r['note']}" if r.get("note") else "")
                                               + ")" for r in quality) + ".")
-    for name in ("train_step", "export", "serve"):
+    for name in ("train_step", "export", "serve", "student"):
         if name in records:
             record = records[name]
             parts.append(f"**{record['title']}** ({provenance(record)}):\n\n{record['markdown']}")
