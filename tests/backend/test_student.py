@@ -1,6 +1,8 @@
 """The edge student (a tiny keras-hub SegFormer in `StudentSegmenter`) on the current backend:
 its loss against NumPy (cross-entropy over labelled pixels, the KD term's softened KL), a few
-training steps, and a .keras round trip giving the same logits."""
+training steps, a .keras round trip giving the same logits, and its ONNX and LiteRT exports
+(written from TensorFlow, as every backend's are) labelling real images as the Keras student
+does on this backend."""
 
 import keras
 import numpy as np
@@ -94,3 +96,51 @@ def test_export_friendly_rewrites_give_keras_hubs_results():
         expected = keras.ops.convert_to_numpy(attention(tokens))
         np.testing.assert_allclose(keras.ops.convert_to_numpy(_static_attention_call(attention, tokens)), expected,
                                    atol=1e-5)
+
+
+def test_trained_student_exports_to_onnx_and_litert_with_the_keras_students_labels(tmp_path):
+    import json
+    import os
+
+    import onnxruntime
+    from ai_edge_litert.interpreter import Interpreter
+    from helpers import tiny_synthetic
+    from PIL import Image
+
+    from wsss_keras.data import VocDataset
+    from wsss_keras.data.imageio import read_label_map
+    from wsss_keras.export import export_model
+    from wsss_keras.pipelines.predict import predict_folder
+
+    data = tiny_synthetic(tmp_path / "data", n_train=2, n_val=3, size=SIZE, classes="2")
+    val = VocDataset(data, "val")
+    images, labels = batch()
+    student = tiny_student()
+    student.compile(optimizer=keras.optimizers.AdamW(1e-2))
+    student.fit(images, {"label_maps": labels}, batch_size=2, epochs=2, verbose=0)
+    path = str(tmp_path / "student.keras")
+    student.save(path)
+    export_model(path, str(tmp_path / "out"), formats=("onnx", "tflite"), precisions=("fp32",), output="labels",
+                 echo=lambda line: None)
+    predict_folder(student, val, str(tmp_path / "keras_labels"), overlay=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / "onnx_fp32" / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    interpreter = Interpreter(model_path=str(tmp_path / "out" / "tflite_fp32" / "model.tflite"))
+    total = differ_onnx = differ_lite = 0
+    for name in val.names:
+        rgb = np.asarray(Image.open(os.path.join(data, "JPEGImages", f"{name}.jpg")).convert("RGB"))
+        expected = read_label_map(str(tmp_path / "keras_labels" / f"{name}.png"), val.num_classes)
+        onnx_labels, = session.run(None, {session.get_inputs()[0].name: rgb[None]})
+        detail = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(detail["index"], (1,) + rgb.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(detail["index"], rgb[None])
+        interpreter.invoke()
+        lite_labels = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        total += expected.size
+        differ_onnx += int((onnx_labels[0] != expected).sum())
+        differ_lite += int((lite_labels[0] != expected).sum())
+    # Same float32 network, same resizing: only argmax ties at rounding level may differ.
+    assert differ_onnx <= total // 1000 and differ_lite <= total // 1000, (differ_onnx, differ_lite, total)
+    with open(tmp_path / "out" / "onnx_fp32" / "manifest.json", encoding="utf-8") as handle:
+        assert len(json.load(handle)["classes"]) == val.num_classes
