@@ -6,6 +6,7 @@ does on this backend."""
 
 import keras
 import numpy as np
+import pytest
 
 from wsss_keras.methods.base import WSSSModel
 from wsss_keras.methods.student import StudentSegmenter, build_network
@@ -62,15 +63,23 @@ def test_loss_matches_numpy_with_and_without_distillation():
     np.testing.assert_allclose(float(keras.ops.convert_to_numpy(loss)), cross_entropy + 0.5 * 4.0 * kl, rtol=1e-4)
 
 
-def test_few_steps_then_keras_round_trip(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(student after three steps on one batch, their losses, its saved .keras path)."""
     images, labels = batch()
     student = tiny_student()
     student.compile(optimizer=keras.optimizers.AdamW(1e-2))
     losses = student.fit(images, {"label_maps": labels}, batch_size=2, epochs=3, verbose=0).history["loss"]
+    path = str(tmp_path_factory.mktemp("student") / "student.keras")
+    student.save(path)
+    return student, losses, path
+
+
+def test_few_steps_then_keras_round_trip(trained):
+    student, losses, path = trained
     # One batch seen three times: the loss of the third step is below the first's.
     assert len(losses) == 3 and np.isfinite(losses).all() and losses[-1] < losses[0]
-    student.save(str(tmp_path / "student.keras"))
-    loaded = keras.saving.load_model(str(tmp_path / "student.keras"), compile=False)
+    loaded = keras.saving.load_model(path, compile=False)
     assert isinstance(loaded, StudentSegmenter) and loaded.class_names == student.class_names
     other = np.random.default_rng(2).normal(size=(1, 72, 72, 3)).astype("float32")  # resized to SIZE inside
     np.testing.assert_allclose(loaded.predict(other, verbose=0), student.predict(other, verbose=0), atol=1e-5)
@@ -98,7 +107,7 @@ def test_export_friendly_rewrites_give_keras_hubs_results():
                                    atol=1e-5)
 
 
-def test_trained_student_exports_to_onnx_and_litert_with_the_keras_students_labels(tmp_path):
+def test_trained_student_exports_to_onnx_and_litert_with_the_keras_students_labels(trained, tmp_path):
     import json
     import os
 
@@ -114,12 +123,7 @@ def test_trained_student_exports_to_onnx_and_litert_with_the_keras_students_labe
 
     data = tiny_synthetic(tmp_path / "data", n_train=2, n_val=3, size=SIZE, classes="2")
     val = VocDataset(data, "val")
-    images, labels = batch()
-    student = tiny_student()
-    student.compile(optimizer=keras.optimizers.AdamW(1e-2))
-    student.fit(images, {"label_maps": labels}, batch_size=2, epochs=2, verbose=0)
-    path = str(tmp_path / "student.keras")
-    student.save(path)
+    student, _, path = trained
     export_model(path, str(tmp_path / "out"), formats=("onnx", "tflite"), precisions=("fp32",), output="labels",
                  echo=lambda line: None)
     predict_folder(student, val, str(tmp_path / "keras_labels"), overlay=False)
