@@ -173,11 +173,20 @@ def test_gradcams_of_each_images_labelled_classes_only_equal_every_classs(softma
     for b in range(len(labels)):
         np.testing.assert_allclose(labelled[b][:, present[b]], every[b][:, present[b]], atol=1e-5 * scale)
         assert not labelled[b][:, ~present[b]].any()
+
+
+def test_the_stages_grad_cams_of_labelled_classes_only_change_nothing_they_use():
+    # Online pseudo-labels and CAMs (also one row of labels for an image and its flip, as the
+    # CAMs stage passes them) with block L copied twice instead of three times.
+    model = tiny_weclip(gradcam_softmax="present")
+    images, labels, _ = batch()
+    present = labels.astype(bool)
     model.max_labels_per_image = 2
     fewer = (numpy_of(model.online_pseudo_labels(images, labels)), numpy_of(model.cam_maps(images, labels)))
     model.max_labels_per_image = None
     np.testing.assert_array_equal(fewer[0], numpy_of(model.online_pseudo_labels(images, labels)))
     every_map = numpy_of(model.cam_maps(images, labels))
+    scale = np.abs(every_map).max()
     for b in range(len(labels)):
         np.testing.assert_allclose(fewer[1][b][..., present[b]], every_map[b][..., present[b]], atol=1e-5 * scale)
     # One row of labels for two views of one image (an image and its flip, as the CAMs stage runs).
