@@ -341,3 +341,26 @@ def test_int8_scope_weights_quantises_only_the_weighted_ops(exported, tmp_path):
     assert {"QUANTIZE", "DEQUANTIZE"} <= int8_model_ops  # int8 islands around the convolutions
     result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--int8-scope", "half", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "'half' is not one of 'full', 'weights'" in result.output
+
+
+def test_calibration_folder_may_be_an_image_folder_a_voc_root_or_a_coco_root(tmp_path):
+    from wsss_keras.errors import DataError
+    from wsss_keras.export.samples import image_folder
+
+    def images_in(folder, count=1):
+        os.makedirs(folder, exist_ok=True)
+        for index in range(count):
+            Image.new("RGB", (8, 8)).save(os.path.join(folder, f"{index}.jpg"))
+        return str(folder)
+
+    plain = images_in(tmp_path / "plain")
+    assert image_folder(plain, "calibration") == plain
+    voc = images_in(tmp_path / "voc" / "JPEGImages")
+    assert image_folder(str(tmp_path / "voc"), "calibration") == voc
+    # COCO's layout keeps one folder per split under JPEGImages: the training split calibrates.
+    images_in(tmp_path / "coco" / "JPEGImages" / "val2014")
+    train = images_in(tmp_path / "coco" / "JPEGImages" / "train2014")
+    assert image_folder(str(tmp_path / "coco"), "calibration") == train
+    os.makedirs(tmp_path / "empty" / "JPEGImages")
+    with pytest.raises(DataError, match=r"calibration images; give a folder of \.jpg/\.png images or a VOC or COCO root"):
+        image_folder(str(tmp_path / "empty"), "calibration")

@@ -30,18 +30,27 @@ def sample_images(folder=None, size=(128, 128), count=SAMPLE_COUNT, seed=0):
     return np.stack([cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for image in images])
 
 
+def _has_images(folder):
+    return any(name.lower().endswith((".jpg", ".jpeg", ".png")) for name in os.listdir(folder))
+
+
 def image_folder(folder, what):
-    """A folder of images, or a dataset root whose JPEGImages holds them; checked to hold images."""
+    """A folder of images, or a dataset root whose JPEGImages holds them (VOC) or holds one folder
+    per split (COCO: JPEGImages/train2014, the training split preferred); checked to hold images."""
     if folder is None:
         return None
     from wsss_keras.pipelines.predict import ImageFolder
 
     if not os.path.isdir(folder):
-        raise DataError(f"{folder}: {what} folder not found; give a folder of .jpg/.png images (or a VOC root).")
+        raise DataError(f"{folder}: {what} folder not found; give a folder of .jpg/.png images (or a VOC or COCO root).")
     images = os.path.join(folder, "JPEGImages")
     folder = images if os.path.isdir(images) else folder
+    if not _has_images(folder):
+        splits = sorted((name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))),
+                        key=lambda name: (not name.startswith("train"), name))
+        folder = next((os.path.join(folder, name) for name in splits if _has_images(os.path.join(folder, name))), folder)
     try:
         ImageFolder(folder)
     except DataError as error:
-        raise DataError(f"{error} (the {what} images; give a folder of .jpg/.png images or a VOC root)") from None
+        raise DataError(f"{error} (the {what} images; give a folder of .jpg/.png images or a VOC or COCO root)") from None
     return folder
