@@ -57,8 +57,11 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
     """
     from wsss_keras.backend import current_backend
 
+    from wsss_keras.pipelines.model_io import check_model_file
+
     pairs = checked_pairs(formats, precisions, output, int8_scope, calibration)
     calibration, samples = image_folder(calibration, "calibration"), image_folder(samples, "sample")
+    check_model_file(model_path)  # before a TensorFlow subprocess is started for a file that is no model
     if current_backend() != "tensorflow":
         return export_in_subprocess({
             "model_path": os.fspath(model_path), "out": os.fspath(out), "formats": list(formats),

@@ -49,6 +49,23 @@ def check_interface(model, source):
     return model
 
 
+def check_model_file(path):
+    """`path` as a string, once it names a `.keras` archive; else a one-line `ModelError` (cheap:
+    nothing is imported or loaded)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: model file not found; pass the .keras file saved after training (model.save('model.keras')).")
+    if not path.endswith(".keras"):
+        raise ModelError(f"{path}: expected a .keras file (Keras 3 format); re-save the trained model with model.save('model.keras').")
+    # Keras reports any file it cannot open as a zip as "File not found", even when it exists.
+    if not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"{path}: the file exists but is not a Keras model archive (a .keras file is a zip written by "
+            "model.save('model.keras')); pass the .keras file saved after training, or copy it again if it was cut short."
+        )
+    return path
+
+
 def load_model(path):
     """Load a trained `.keras` model and check it has the `WSSSModel` interface.
 
@@ -62,17 +79,7 @@ def load_model(path):
         ModelError: the file is missing, not a `.keras` archive, holds an unknown class, or the
             model lacks the interface; the message names the file and the fix.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelError(f"{path}: model file not found; pass the .keras file saved after training (model.save('model.keras')).")
-    if not path.endswith(".keras"):
-        raise ModelError(f"{path}: expected a .keras file (Keras 3 format); re-save the trained model with model.save('model.keras').")
-    # Keras reports any file it cannot open as a zip as "File not found", even when it exists.
-    if not zipfile.is_zipfile(path):
-        raise ModelError(
-            f"{path}: the file exists but is not a Keras model archive (a .keras file is a zip written by "
-            "model.save('model.keras')); pass the .keras file saved after training, or copy it again if it was cut short."
-        )
+    path = check_model_file(path)
     import keras
 
     failures = import_method_modules()
