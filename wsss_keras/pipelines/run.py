@@ -28,7 +28,7 @@ import json
 import os
 
 from wsss_keras.pipelines.fitting import MODEL_FILE
-from wsss_keras.pipelines.student import DEFAULT_STUDENT_ARCH, STUDENT_PREDICTIONS
+from wsss_keras.pipelines.student import STUDENT_PREDICTIONS, student_arch
 from wsss_keras.recipes import recipe_error, section, with_steps
 
 STAGES = (
@@ -95,7 +95,7 @@ def evaluate_run(out_dir, data_dir, recipe, echo=print):
             scores, count = score_folders(path, truth, dataset.class_names, dataset.names)
             metrics[key] = {"split": split, "images": count, **scores.as_dict()}
             if key == "student":
-                metrics[key]["arch"] = section(recipe, "student").get("arch", DEFAULT_STUDENT_ARCH)
+                metrics[key]["arch"] = student_arch(recipe)
             echo(f"[evaluate] {key.replace('_', '-')} on {split} ({count} images): mIoU {100 * scores.miou:.1f}")
             echo(scores.table())
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as handle:
@@ -266,9 +266,9 @@ def _train_student(run):
     from wsss_keras.pipelines.predict import predict_folder
     from wsss_keras.pipelines.student import student_file, train_student
 
-    settings = section(run.recipe, "student")
-    arch = settings.pop("arch", DEFAULT_STUDENT_ARCH)
-    preset = settings.pop("weights", None)
+    arch = student_arch(run.recipe)
+    settings = {key: value for key, value in section(run.recipe, "student").items() if key not in ("arch", "weights")}
+    preset = section(run.recipe, "student").get("weights")
     if not run.skip_existing(student_file(arch), "train-student"):
         # `--weights random`: the whole run untrained, the student's ImageNet preset too.
         preset = None if is_random(run.weights) else preset
@@ -288,7 +288,7 @@ def _check_student_settings(recipe):
     """`[student] arch`, checked before any stage runs (the student trains last)."""
     from wsss_keras.methods.student import ARCHS
 
-    arch = section(recipe, "student").get("arch", DEFAULT_STUDENT_ARCH)
+    arch = student_arch(recipe)
     if arch not in ARCHS:
         raise recipe_error(recipe, f"[student] arch = {arch!r}: unknown student architecture; choose one of "
                                    f"{', '.join(ARCHS)}.")

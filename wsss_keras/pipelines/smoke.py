@@ -238,9 +238,9 @@ class SmokeMeter:
     def _training_file(self, stage):
         """(model file, recipe table) of a training stage; (None, None) for the others."""
         if stage == "train_student":
-            from wsss_keras.pipelines.student import DEFAULT_STUDENT_ARCH, student_file
+            from wsss_keras.pipelines.student import student_arch, student_file
 
-            return student_file(section(self.recipe, "student").get("arch", DEFAULT_STUDENT_ARCH)), "student"
+            return student_file(student_arch(self.recipe)), "student"
         return _TRAINING_FILES.get(stage, (None, None))
 
     def _full_steps(self, stage):
@@ -265,8 +265,8 @@ class SmokeMeter:
         return f"[{stage}] ran out of memory at {_gib(peak)} GiB; {fix}."
 
     def _outputs(self, stage, seconds):
-        if self._training_file(stage)[0]:
-            file_name = self._training_file(stage)[0]
+        file_name = self._training_file(stage)[0]
+        if file_name:
             stem = "train" if file_name == MODEL_FILE else os.path.splitext(file_name)[0]
             summary_path = os.path.join(self.out_dir, f"{stem}_summary.json")
             if not os.path.isfile(summary_path):  # kept from an earlier run, or nothing to train

@@ -29,6 +29,11 @@ STUDENT_PREDICTIONS = "student_predictions"  # the recipe stage's predictions, i
 DEFAULT_STUDENT_ARCH = "segformer_b0"  # `[student] arch` when a recipe's table leaves it out
 
 
+def student_arch(recipe):
+    """The arch of a recipe's `[student]` table (`DEFAULT_STUDENT_ARCH` when it leaves it out)."""
+    return dict(recipe.get("student") or {}).get("arch", DEFAULT_STUDENT_ARCH)
+
+
 def student_file(arch):
     """The file name the student of `arch` is saved as in the run folder."""
     return f"student_{arch}.keras"
