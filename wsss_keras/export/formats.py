@@ -6,6 +6,7 @@ import os
 
 from wsss_keras.export.errors import ExportError
 from wsss_keras.export.int8 import int8_flatbuffers
+from wsss_keras.export.onnx_fusion import fuse_onnx_file
 from wsss_keras.export.tflite import litert_converter
 from wsss_keras.export.triton import triton_config
 from wsss_keras.training.keras_internals import no_default_save_signatures
@@ -67,13 +68,15 @@ def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFA
 
 
 def _write_onnx(graph, fmt, spec, path, out_dir, opset, name):
-    """The ONNX graph; for Triton, inside a model repository with its `config.pbtxt`."""
+    """The ONNX graph, its LayerNorm and GELU chains rewritten for onnxruntime's fused kernels
+    (`fuse_onnx_file`); for Triton, inside a model repository with its `config.pbtxt`."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     graph.export(path, format="onnx", input_signature=[spec], opset_version=int(opset), verbose=False)
+    fused = fuse_onnx_file(path)
     if fmt == "triton":
         with open(os.path.join(out_dir, name, "config.pbtxt"), "w", encoding="utf-8") as handle:
             handle.write(triton_config(name, graph.label_count, graph.output_kind))
-    yield path, {"opset": int(opset)}
+    yield path, {"opset": int(opset), "fused": fused}
 
 
 def _write_tflite(graph, precision, spec, path, calibration, int8_scope):

@@ -1,0 +1,104 @@
+"""The ONNX rewrites for onnxruntime's fused kernels, on the graph tf2onnx really writes for a
+small transformer block (Keras LayerNormalization and the project's exact GELU on (B, N, C)
+tokens): the
+chains are gone, onnxruntime fuses what it should, and the outputs are Keras's."""
+
+import collections
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="onnx is in the project's dev dependencies: pip install -e '.[dev]'")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the project's dev dependencies")
+
+
+def _block(channels=16):
+    import keras
+
+    # The GELU the project's ViTs use (Keras's own "gelu" exports as Erfc on TensorFlow).
+    from wsss_keras.backbones.transformer import gelu_exact
+
+    tokens = keras.Input((None, channels), name="tokens")
+    x = keras.layers.LayerNormalization(epsilon=1e-6)(tokens)
+    x = keras.layers.Dense(4 * channels, activation=gelu_exact)(x)
+    x = tokens + keras.layers.Dense(channels)(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+    model = keras.Model(tokens, x)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.LayerNormalization):  # not the identity they start as
+            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.3, layer.beta.shape).astype("float32"))
+    return model
+
+
+def _ops(model):
+    return collections.Counter(f"{node.domain}:{node.op_type}" if node.domain else node.op_type
+                               for node in model.graph.node)
+
+
+def _optimised_ops(path, tmp_path):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _ops(onnx.load(options.optimized_model_filepath))
+
+
+def test_layer_norm_and_gelu_chains_become_fused_ops(tmp_path):
+    import keras
+
+    from wsss_keras.export.onnx_fusion import fuse_onnx_file
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the ONNX exporter under test is tf2onnx's (TensorFlow backend)")
+    model = _block()
+    path = tmp_path / "block.onnx"
+    model.export(str(path), format="onnx", input_signature=[keras.InputSpec(shape=(None, None, 16), dtype="float32")],
+                 opset_version=17, verbose=False)
+    before = _ops(onnx.load(path))
+    assert before["GlobalAveragePool"] == 4 and before["Erf"] == 1 and "LayerNormalization" not in before
+    assert "com.microsoft:Gelu" not in _optimised_ops(path, tmp_path)  # why the rewrite exists
+
+    counts = fuse_onnx_file(str(path))
+
+    assert counts == {"layer_norm": 2, "gelu": 1}
+    after = onnx.load(path)
+    onnx.checker.check_model(after, full_check=True)
+    ops = _ops(after)
+    assert ops["LayerNormalization"] == 2 and "GlobalAveragePool" not in ops and "Reciprocal" not in ops
+    assert _optimised_ops(path, tmp_path)["com.microsoft:Gelu"] == 1
+    tokens = np.random.default_rng(1).normal(0, 2, (3, 7, 16)).astype("float32")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {session.get_inputs()[0].name: tokens})
+    # Keras's own forward pass, not the ONNX one, is the reference.
+    np.testing.assert_allclose(output, keras.ops.convert_to_numpy(model(tokens)), atol=2e-5)
+
+
+def test_a_chain_read_elsewhere_is_left_alone(tmp_path):
+    """A LayerNorm whose intermediate value has a second reader cannot be replaced."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from wsss_keras.export.onnx_fusion import fuse_for_onnxruntime
+
+    constant = lambda name, value: numpy_helper.from_array(np.asarray(value, np.float32), name)
+    value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    def tf2onnx_layer_norm(outputs):
+        nodes = [helper.make_node("GlobalAveragePool", ["x"], ["mean"]), helper.make_node("Neg", ["mean"], ["neg"]),
+                 helper.make_node("Sub", ["x", "mean"], ["d"]), helper.make_node("Mul", ["d", "d"], ["sq"]),
+                 helper.make_node("GlobalAveragePool", ["sq"], ["var"]), helper.make_node("Add", ["var", "eps"], ["a"]),
+                 helper.make_node("Sqrt", ["a"], ["s"]), helper.make_node("Reciprocal", ["s"], ["r"]),
+                 helper.make_node("Mul", ["r", "gamma"], ["m"]), helper.make_node("Mul", ["x", "m"], ["y1"]),
+                 helper.make_node("Mul", ["neg", "m"], ["y2"]), helper.make_node("Add", ["y2", "beta"], ["y3"]),
+                 helper.make_node("Add", ["y1", "y3"], ["y"])]
+        graph = helper.make_graph(nodes, "ln", [value("x", [1, 4, 8])], outputs,
+                                  [constant("eps", 1e-6), constant("gamma", np.ones((1, 1, 8))),
+                                   constant("beta", np.zeros((1, 1, 8)))])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    model = tf2onnx_layer_norm([value("y", [1, 4, 8])])
+    assert fuse_for_onnxruntime(model)["layer_norm"] == 1
+    model = tf2onnx_layer_norm([value("y", [1, 4, 8]), value("var", [1, 4, 1])])
+    assert fuse_for_onnxruntime(model)["layer_norm"] == 0
+    assert _ops(model)["GlobalAveragePool"] == 2

@@ -1,0 +1,191 @@
+"""Rewrites of the ONNX graph TensorFlow's converter (tf2onnx) writes, so that onnxruntime's
+fused CPU kernels apply to it. Standard ONNX in, standard ONNX out: every rewrite replaces a
+chain of nodes by ops of the graph's own opset that compute the same function.
+
+- LayerNorm. tf2onnx writes Keras's LayerNormalization over the last axis of a (B, N, C)
+  tensor as GlobalAveragePool, Sub, Mul, GlobalAveragePool, Add, Sqrt, Reciprocal and four
+  Mul / Add nodes, which onnxruntime's LayerNorm fusion does not recognise (it looks for
+  ReduceMean); here that chain becomes one `LayerNormalization` (ONNX opset 17).
+- GELU. Keras's exact GELU is `0.5 x (1 + erf(x * 0.7071))`; onnxruntime fuses the chain
+  into its Gelu kernel only when the erf's argument is `x / 1.4142` (measured with
+  onnxruntime 1.32: the multiplication form stays five nodes), so the multiplication becomes
+  that division.
+"""
+
+import math
+
+import numpy as np
+
+_SQRT_HALF = 1 / math.sqrt(2)
+
+
+class _Graph:
+    """Who produces and who reads each value of an ONNX graph, and its constant initialisers."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.readers = {}
+        for node in graph.node:
+            for name in dict.fromkeys(node.input):  # once per node, even when it reads a value twice
+                self.readers.setdefault(name, []).append(node)
+        for output in graph.output:
+            self.readers.setdefault(output.name, []).append(None)  # a graph output is read outside
+        self.constants = {init.name: init for init in graph.initializer}
+
+    def only_reader(self, name, op_type):
+        """The one node reading `name`, if there is exactly one and it is an `op_type`."""
+        readers = self.readers.get(name, [])
+        if len(readers) == 1 and readers[0] is not None and readers[0].op_type == op_type:
+            return readers[0]
+        return None
+
+    def constant(self, name):
+        from onnx import numpy_helper
+
+        init = self.constants.get(name)
+        return None if init is None else numpy_helper.to_array(init)
+
+    def other_input(self, node, name):
+        """The input of a two-input node that is not `name` (None if both are)."""
+        first, second = node.input
+        if first == name and second != name:
+            return second
+        if second == name and first != name:
+            return first
+        return None
+
+
+def _match_layer_norm(g, mean_pool):
+    """The nodes, input, scale, bias, epsilon and output of the LayerNorm chain tf2onnx starts
+    at `mean_pool` (a GlobalAveragePool of x), or None if the chain is not exactly that one."""
+    x = mean_pool.input[0]
+    mean = mean_pool.output[0]
+    readers = g.readers.get(mean, [])
+    if len(readers) != 2 or None in readers or sorted(n.op_type for n in readers) != ["Neg", "Sub"]:
+        return None
+    neg = next(n for n in readers if n.op_type == "Neg")
+    centred = next(n for n in readers if n.op_type == "Sub")
+    if list(centred.input) != [x, mean]:
+        return None
+    square = g.only_reader(centred.output[0], "Mul")
+    if square is None or list(square.input) != [centred.output[0]] * 2:
+        return None
+    variance = g.only_reader(square.output[0], "GlobalAveragePool")
+    add_eps = variance and g.only_reader(variance.output[0], "Add")
+    if add_eps is None:
+        return None
+    epsilon = g.constant(g.other_input(add_eps, variance.output[0]) or "")
+    sqrt = g.only_reader(add_eps.output[0], "Sqrt")
+    reciprocal = sqrt and g.only_reader(sqrt.output[0], "Reciprocal")
+    scale_mul = reciprocal and g.only_reader(reciprocal.output[0], "Mul")
+    if epsilon is None or epsilon.size != 1 or scale_mul is None:
+        return None
+    scale = g.constant(g.other_input(scale_mul, reciprocal.output[0]) or "")
+    factor = scale_mul.output[0]
+    factor_readers = g.readers.get(factor, [])
+    if scale is None or len(factor_readers) != 2 or None in factor_readers:
+        return None
+    times_x = next((n for n in factor_readers if n.op_type == "Mul" and set(n.input) == {x, factor}), None)
+    times_neg = next((n for n in factor_readers if n.op_type == "Mul" and set(n.input) == {neg.output[0], factor}), None)
+    if times_x is None or times_neg is None or g.readers.get(neg.output[0]) != [times_neg]:
+        return None
+    add_bias = g.only_reader(times_neg.output[0], "Add")
+    bias = add_bias and g.constant(g.other_input(add_bias, times_neg.output[0]) or "")
+    add_out = add_bias and g.only_reader(add_bias.output[0], "Add")
+    if bias is None or add_out is None or set(add_out.input) != {times_x.output[0], add_bias.output[0]}:
+        return None
+    if g.readers.get(times_x.output[0]) != [add_out]:
+        return None
+    # A (1, 1, C) scale and bias: Keras broadcast them over a (B, N, C) input, the only rank for
+    # which GlobalAveragePool (mean over every axis from 2 on) is a mean over the last axis.
+    channels = scale.shape[-1]
+    if scale.shape != (1, 1, channels) or bias.shape != (1, 1, channels):
+        return None
+    nodes = [mean_pool, neg, centred, square, variance, add_eps, sqrt, reciprocal, scale_mul, times_x,
+             times_neg, add_bias, add_out]
+    return nodes, x, scale.reshape(channels), bias.reshape(channels), float(epsilon.reshape(())), add_out.output[0]
+
+
+def _fuse_layer_norms(g):
+    """Replace each tf2onnx LayerNorm chain by one LayerNormalization; returns how many."""
+    from onnx import helper, numpy_helper
+
+    fused = 0
+    for node in list(g.graph.node):
+        if node.op_type != "GlobalAveragePool" or node not in g.graph.node:
+            continue
+        match = _match_layer_norm(g, node)
+        if match is None:
+            continue
+        nodes, x, scale, bias, epsilon, output = match
+        prefix = f"{output.split(':')[0]}/fused_layer_norm"
+        g.graph.initializer.extend([numpy_helper.from_array(scale.astype(np.float32), f"{prefix}/scale"),
+                                    numpy_helper.from_array(bias.astype(np.float32), f"{prefix}/bias")])
+        # Every node of the chain reads the first one's output, so all come after it: the fused
+        # node takes the first one's place and stays in topological order.
+        position = list(g.graph.node).index(node)
+        for old in nodes:
+            g.graph.node.remove(old)
+        layer_norm = helper.make_node("LayerNormalization", [x, f"{prefix}/scale", f"{prefix}/bias"], [output],
+                                      name=prefix, axis=-1, epsilon=epsilon)
+        g.graph.node.insert(position, layer_norm)
+        fused += 1
+    return fused
+
+
+def _gelu_divisions(g):
+    """Turn `Mul(x, 0.7071)` feeding an Erf into `Div(x, 1.4142)`; returns how many."""
+    from onnx import helper, numpy_helper
+
+    rewritten = 0
+    sqrt_two = None
+    for position, node in enumerate(list(g.graph.node)):
+        if node.op_type != "Mul" or g.only_reader(node.output[0], "Erf") is None:
+            continue
+        constants = [(i, g.constant(name)) for i, name in enumerate(node.input) if name in g.constants]
+        if len(constants) != 1 or constants[0][1].size != 1:
+            continue
+        index, value = constants[0]
+        if abs(float(value.reshape(())) - _SQRT_HALF) > 1e-6:
+            continue
+        if sqrt_two is None:
+            sqrt_two = "wsss_fusion/sqrt_two"
+            g.graph.initializer.append(numpy_helper.from_array(np.array(math.sqrt(2), np.float32), sqrt_two))
+        x = node.input[1 - index]
+        division = helper.make_node("Div", [x, sqrt_two], list(node.output), name=f"{node.name}/as_division")
+        g.graph.node.remove(node)
+        g.graph.node.insert(position, division)
+        rewritten += 1
+    return rewritten
+
+
+def _drop_unused_initializers(graph):
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    unused = [init for init in graph.initializer if init.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+
+
+def fuse_for_onnxruntime(model):
+    """Rewrite `model` (an `onnx.ModelProto` from tf2onnx) in place; returns the number of
+    LayerNorm chains fused and of GELU multiplications rewritten, as a dict. Needs opset 17
+    or later for LayerNormalization; an older graph keeps its LayerNorm chains."""
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
+    g = _Graph(model.graph)
+    layer_norms = _fuse_layer_norms(g) if opset >= 17 else 0
+    g = _Graph(model.graph)
+    gelus = _gelu_divisions(g)
+    _drop_unused_initializers(model.graph)
+    return {"layer_norm": layer_norms, "gelu": gelus}
+
+
+def fuse_onnx_file(path):
+    """`fuse_for_onnxruntime` on the ONNX file at `path`, written back in place."""
+    import onnx
+
+    model = onnx.load(path)
+    counts = fuse_for_onnxruntime(model)
+    if any(counts.values()):
+        onnx.save(model, path)
+    return counts
