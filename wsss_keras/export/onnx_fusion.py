@@ -22,8 +22,10 @@ _SQRT_HALF = 1 / math.sqrt(2)
 class _Graph:
     """Who produces and who reads each value of an ONNX graph, and its constant initialisers."""
 
-    def __init__(self, graph):
-        self.graph = graph
+    def __init__(self, model):
+        self.model = model
+        self.graph = graph = model.graph
+        self._shapes = None
         self.producer = {out: node for node in graph.node for out in node.output}
         self.readers = {}
         for node in graph.node:
@@ -32,6 +34,20 @@ class _Graph:
         for output in graph.output:
             self.readers.setdefault(output.name, []).append(None)  # a graph output is read outside
         self.constants = {init.name: init for init in graph.initializer}
+
+    def last_axis_of_rank_3(self, name):
+        """The last dimension of value `name` if ONNX's shape inference finds it rank 3 with that
+        dimension known, else None."""
+        if self._shapes is None:
+            from onnx import shape_inference
+
+            inferred = shape_inference.infer_shapes(self.model).graph
+            self._shapes = {info.name: info.type.tensor_type.shape
+                            for info in [*inferred.value_info, *inferred.input, *inferred.output]}
+        shape = self._shapes.get(name)
+        if shape is None or len(shape.dim) != 3 or not shape.dim[2].HasField("dim_value"):
+            return None
+        return int(shape.dim[2].dim_value)
 
     def only_reader(self, name, op_type):
         """The one node reading `name`, if there is exactly one and it is an `op_type`."""
@@ -78,13 +94,17 @@ def _match_layer_norm(g, mean_pool):
     epsilon = g.constant(g.other_input(add_eps, variance.output[0]) or "")
     sqrt = g.only_reader(add_eps.output[0], "Sqrt")
     reciprocal = sqrt and g.only_reader(sqrt.output[0], "Reciprocal")
-    scale_mul = reciprocal and g.only_reader(reciprocal.output[0], "Mul")
-    if epsilon is None or epsilon.size != 1 or scale_mul is None:
+    if epsilon is None or epsilon.size != 1 or reciprocal is None:
         return None
-    scale = g.constant(g.other_input(scale_mul, reciprocal.output[0]) or "")
-    factor = scale_mul.output[0]
+    # tf2onnx folds a scale of ones and a bias of zeros away (a fresh or random-weight model):
+    # then the reciprocal feeds the two products itself, or their sum is the output.
+    scale_mul = g.only_reader(reciprocal.output[0], "Mul")
+    scale = scale_mul and g.constant(g.other_input(scale_mul, reciprocal.output[0]) or "")
+    if scale is None:
+        scale_mul = None
+    factor = (scale_mul or reciprocal).output[0]
     factor_readers = g.readers.get(factor, [])
-    if scale is None or len(factor_readers) != 2 or None in factor_readers:
+    if len(factor_readers) != 2 or None in factor_readers:
         return None
     times_x = next((n for n in factor_readers if n.op_type == "Mul" and set(n.input) == {x, factor}), None)
     times_neg = next((n for n in factor_readers if n.op_type == "Mul" and set(n.input) == {neg.output[0], factor}), None)
@@ -92,19 +112,29 @@ def _match_layer_norm(g, mean_pool):
         return None
     add_bias = g.only_reader(times_neg.output[0], "Add")
     bias = add_bias and g.constant(g.other_input(add_bias, times_neg.output[0]) or "")
-    add_out = add_bias and g.only_reader(add_bias.output[0], "Add")
-    if bias is None or add_out is None or set(add_out.input) != {times_x.output[0], add_bias.output[0]}:
+    if bias is None:
+        add_bias, shifted = None, times_neg.output[0]
+    else:
+        shifted = add_bias.output[0]
+    add_out = g.only_reader(shifted, "Add")
+    if add_out is None or set(add_out.input) != {times_x.output[0], shifted} or g.readers.get(times_x.output[0]) != [add_out]:
         return None
-    if g.readers.get(times_x.output[0]) != [add_out]:
+    # GlobalAveragePool averages every axis from 2 on: a mean over the last axis only for a
+    # (B, N, C) input, which Keras's (1, 1, C) scale and bias say, or else x's inferred shape.
+    # A (1, 1, C) vector on a rank-4 input would broadcast, not normalise: Keras never writes it.
+    known = {vector.shape for vector in (scale, bias) if vector is not None}
+    if known:
+        (shape,) = known if len(known) == 1 else [()]
+        channels = shape[2] if len(shape) == 3 and shape[:2] == (1, 1) else None
+    else:
+        channels = g.last_axis_of_rank_3(x)
+    if not channels:
         return None
-    # A (1, 1, C) scale and bias: Keras broadcast them over a (B, N, C) input, the only rank for
-    # which GlobalAveragePool (mean over every axis from 2 on) is a mean over the last axis.
-    channels = scale.shape[-1]
-    if scale.shape != (1, 1, channels) or bias.shape != (1, 1, channels):
-        return None
+    scale = np.ones(channels, np.float32) if scale is None else scale.reshape(channels)
+    bias = np.zeros(channels, np.float32) if bias is None else bias.reshape(channels)
     nodes = [mean_pool, neg, centred, square, variance, add_eps, sqrt, reciprocal, scale_mul, times_x,
              times_neg, add_bias, add_out]
-    return nodes, x, scale.reshape(channels), bias.reshape(channels), float(epsilon.reshape(())), add_out.output[0]
+    return [n for n in nodes if n is not None], x, scale, bias, float(epsilon.reshape(())), add_out.output[0]
 
 
 def _fuse_layer_norms(g):
@@ -172,9 +202,9 @@ def fuse_for_onnxruntime(model):
     LayerNorm chains fused and of GELU multiplications rewritten, as a dict. Needs opset 17
     or later for LayerNormalization; an older graph keeps its LayerNorm chains."""
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
-    g = _Graph(model.graph)
+    g = _Graph(model)
     layer_norms = _fuse_layer_norms(g) if opset >= 17 else 0
-    g = _Graph(model.graph)
+    g = _Graph(model)
     gelus = _gelu_divisions(g)
     _drop_unused_initializers(model.graph)
     return {"layer_norm": layer_norms, "gelu": gelus}
