@@ -27,7 +27,8 @@ from wsss_keras.methods.doei import DOEI
 # ViT and CLIP models need int8's fallback levels, the last (only convolutions and dense layers in
 # int8) for JAX's CLIP model (measured: 99.1 %, 96.3 % at best before that level existed).
 TRAIN_STEPS = 10
-PAIRS = [("saved_model", "fp32"), ("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")]
+PAIRS = [("saved_model", "fp32"), ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"),
+         ("tflite", "int8")]
 # The comparison is only meaningful where the logits are not nearly tied: at least MARGIN_SHARE of
 # the reference pixels must have their top two logits MIN_MARGIN apart (50 x the fp32 tolerance;
 # measured: 82 % for PyTorch's ToCo, the lowest, with a median margin of 0.29).
@@ -154,7 +155,7 @@ def test_every_format_exports_and_passes_its_self_check(build, calibration, tmp_
     reference_labels = reference.argmax(-1)
     assert len(np.unique(reference_labels)) >= 2, "the model predicts one class everywhere: nothing to compare"
     out = tmp_path / "out"
-    runs = {("onnx", "fp32"): run_onnx(out / "onnx_fp32" / "model.onnx", images)}
+    runs = {("onnx", precision): run_onnx(out / f"onnx_{precision}" / "model.onnx", images) for precision in ("fp32", "int8")}
     for precision in ("fp32", "fp16", "int8"):
         runs["tflite", precision] = run_litert(out / f"tflite_{precision}" / "model.tflite", images)
     for (fmt, precision), outputs in runs.items():
@@ -168,6 +169,12 @@ def test_every_format_exports_and_passes_its_self_check(build, calibration, tmp_
             # A difference under half the margin cannot flip a pixel: those must all agree.
             clear = margin > 2 * difference
             np.testing.assert_array_equal(outputs["labels"][clear], reference_labels[clear])
+    # ONNX int8 runs its weighted ops on int8 weights (QDQ: a DequantizeLinear of an int8 constant).
+    import onnx
+
+    quantised = onnx.load(out / "onnx_int8" / "model.onnx")
+    int8_constants = {init.name for init in quantised.graph.initializer if init.data_type == onnx.TensorProto.INT8}
+    assert any(node.op_type == "DequantizeLinear" and node.input[0] in int8_constants for node in quantised.graph.node)
     # int8 quantised something; divisions stayed float (where the model has any), weights did not.
     int8_check = manifests[-1]["check"]
     with open(tmp_path / "out" / "tflite_int8" / "model.tflite", "rb") as handle:
@@ -208,3 +215,5 @@ def test_cams_of_a_cam_network_and_refusals(calibration, tmp_path):
         export_model(path, str(tmp_path / "z"), formats=["tflite"], precisions=["int8"], echo=lambda line: None)
     with pytest.raises(ExportError, match="TFLite precision"):
         export_model(path, str(tmp_path / "z"), formats=["onnx"], precisions=["fp16"], echo=lambda line: None)
+    with pytest.raises(ExportError, match="ONNX/TFLite precision"):
+        export_model(path, str(tmp_path / "z"), formats=["saved_model"], precisions=["int8"], echo=lambda line: None)

@@ -9,7 +9,8 @@ import click
               default=("onnx",), help="Artifact format; repeat for several (each then gets OUT/<format>_<precision>/). "
                                       "triton: a Triton Inference Server model repository (ONNX + config.pbtxt).")
 @click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16", "int8"]), multiple=True,
-              default=("fp32",), help="TFLite precision; repeat for several. SavedModel and ONNX are float32.")
+              default=("fp32",), help="Precision; repeat for several. TFLite takes fp32, fp16 and int8, ONNX fp32 and int8 "
+                   "(onnxruntime's static quantisation); SavedModel and Triton are float32.")
 @click.option("--calibration", type=click.Path(file_okay=False), default=None,
               help="Folder of images (or a VOC root) to calibrate int8 on; also the self-check's images.")
 @click.option("--samples", type=click.Path(file_okay=False), default=None,

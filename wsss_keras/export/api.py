@@ -34,7 +34,8 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
         out: output folder; with one artifact it lands there, with several each gets
             `out/<format>_<precision>/`; a `manifest.json` sits beside each.
         formats: of "saved_model", "onnx", "tflite".
-        precisions: TFLite precisions ("fp32", "fp16", "int8"); the other formats are float32.
+        precisions: "fp32", "fp16", "int8": TFLite takes all three, ONNX fp32 and int8
+            (onnxruntime's static quantisation), SavedModel and Triton are float32.
         input_size: (height, width) the network runs at; default `default_input_size`.
         dynamic: run the network at each image's own size (models whose code supports it).
         output: "logits" (logits and labels), "labels" or "cams".
@@ -145,8 +146,10 @@ def write_checked(graph, fmt, precision, folder, calibration_images, opset, mode
         again = "trying again with " if best is not None else ""
         if "int8_ops" in notes:
             echo(f"[export] int8: {again}only {', '.join(notes['int8_ops'])} in int8")
-        elif again:
+        elif again and "float_ops" in notes:
             echo(f"[export] int8: {again}{', '.join(notes['float_ops'])} in float")
+        elif again:
+            echo(f"[export] int8: {again}the products of two activations (attention) in float")
         check = {**check_artifact(path), **notes}
         if check["passed"]:
             break

@@ -7,6 +7,7 @@ import os
 from wsss_keras.export.errors import ExportError
 from wsss_keras.export.int8 import int8_flatbuffers
 from wsss_keras.export.onnx_fusion import fuse_onnx_file
+from wsss_keras.export.onnx_int8 import onnx_int8_files
 from wsss_keras.export.tflite import litert_converter
 from wsss_keras.export.triton import triton_config
 from wsss_keras.training.keras_internals import no_default_save_signatures
@@ -15,10 +16,15 @@ FORMATS = ("saved_model", "onnx", "tflite", "triton")
 PRECISIONS = ("fp32", "fp16", "int8")
 ARTIFACT_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite", "triton": "model.onnx"}
 DEFAULT_OPSET = 17
+# The precisions each format is written in; a format asked for with none of its own is float32.
+FORMAT_NAMES = {"saved_model": "SavedModel", "onnx": "ONNX", "tflite": "TFLite", "triton": "Triton"}
+FORMAT_PRECISIONS = {"saved_model": ("fp32",), "onnx": ("fp32", "int8"), "tflite": PRECISIONS, "triton": ("fp32",)}
 
 
 def check_request(formats, precisions):
-    """The (format, precision) pairs to export; raises ExportError on impossible pairs."""
+    """The (format, precision) pairs to export: each format with the asked precisions it takes
+    (`FORMAT_PRECISIONS`; float32 where it takes none of them); raises ExportError on a
+    precision no asked format takes."""
     formats, precisions = list(formats), list(precisions or ["fp32"])
     for fmt in formats:
         if fmt not in FORMATS:
@@ -26,11 +32,13 @@ def check_request(formats, precisions):
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ExportError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
-    reduced = [p for p in precisions if p != "fp32"]
-    if reduced and "tflite" not in formats:
-        raise ExportError(f"precision {reduced[0]} is a TFLite precision; add --format tflite or use fp32 "
-                          "(SavedModel, ONNX and Triton export float32).")
-    return [(fmt, precision) for fmt in formats for precision in (precisions if fmt == "tflite" else ["fp32"])]
+        if not any(precision in FORMAT_PRECISIONS[fmt] for fmt in formats):
+            takers = [fmt for fmt in FORMATS if precision in FORMAT_PRECISIONS[fmt]]
+            names = "/".join(FORMAT_NAMES[fmt] for fmt in takers)
+            raise ExportError(f"precision {precision} is a{'n' if names[0] in 'AEIOU' else ''} {names} precision; add "
+                              f"--format {takers[-1]} or use fp32 (SavedModel and Triton export float32).")
+    return [(fmt, precision) for fmt in formats
+            for precision in ([p for p in precisions if p in FORMAT_PRECISIONS[fmt]] or ["fp32"])]
 
 
 def artifact_folder(out, pairs, fmt, precision):
@@ -62,15 +70,27 @@ def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFA
             graph.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
             yield path, {}
         elif fmt in ("onnx", "triton"):
-            yield from _write_onnx(graph, fmt, spec, path, out_dir, opset, name)
+            yield from _write_onnx(graph, fmt, spec, path, out_dir, opset, name, precision, calibration, int8_scope)
         else:
             yield from _write_tflite(graph, precision, spec, path, calibration, int8_scope)
 
 
-def _write_onnx(graph, fmt, spec, path, out_dir, opset, name):
+def _write_onnx(graph, fmt, spec, path, out_dir, opset, name, precision="fp32", calibration=None,
+                int8_scope="full"):
     """The ONNX graph, its LayerNorm and GELU chains rewritten for onnxruntime's fused kernels
-    (`fuse_onnx_file`); for Triton, inside a model repository with its `config.pbtxt`."""
+    (`fuse_onnx_file`); int8's once per quantisation level (`onnx_int8_files`); for Triton,
+    inside a model repository with its `config.pbtxt`."""
+    import tempfile
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if precision == "int8":
+        with tempfile.TemporaryDirectory() as scratch:
+            float_path = os.path.join(scratch, "float.onnx")
+            graph.export(float_path, format="onnx", input_signature=[spec], opset_version=int(opset), verbose=False)
+            fused = fuse_onnx_file(float_path)
+            for artifact, notes in onnx_int8_files(float_path, path, calibration, int8_scope):
+                yield artifact, {"opset": int(opset), "fused": fused, **notes}
+        return
     graph.export(path, format="onnx", input_signature=[spec], opset_version=int(opset), verbose=False)
     fused = fuse_onnx_file(path)
     if fmt == "triton":
