@@ -33,6 +33,7 @@ BENCHES = {
     "ssc": ("bench_ssc.py", "quality", "SSC against DRS alone, through IRN"),
     "ssr": ("bench_ssr.py", "quality", "SSR on its host WeCLIP (frozen tiny CLIP)"),
     "train_step": ("bench_train_step.py", "speed", "training step per backend"),
+    "vit_forward": ("bench_vit_forward.py", "speed", "ViT-B/16 forward per runtime against Hugging Face"),
     "export": ("bench_export.py", "deploy", "inference per runtime"),
     "serve": ("bench_serve.py", "deploy", "the ONNX HTTP server"),
     "student": ("bench_student.py", "deploy", "compact students against their teacher"),
@@ -140,7 +141,7 @@ def render(results_dir):
                      "differences excludes zero):\n\n" + paired_verdicts(quality))
         parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)}" + (f"; {r['note']}" if r.get("note") else "")
                                               + ")" for r in quality) + ".")
-    for name in ("train_step", "export", "serve", "student"):
+    for name in ("train_step", "vit_forward", "export", "serve", "student"):
         if name in records:
             record = records[name]
             parts.append(f"**{record['title']}** ({provenance(record)}):\n\n{record['markdown']}")

@@ -1,109 +1,401 @@
-"""Forward time and peak memory of ViT-B/16 at 448×448, batch 1, on each Keras backend, next to
-Hugging Face transformers' ViTModel in plain PyTorch. Random weights; prints figures, asserts nothing.
+"""ViT-B/16 forward at 448, batch 1, on every runtime the project offers, interleaved in one
+run next to Hugging Face transformers' ViTModel in PyTorch eager and the CPU's own float32
+matrix-product rate. Prints figures, asserts nothing.
 
-Each measurement runs in its own subprocess (Keras fixes its backend at import, and peak RSS
-is per process). Keras is timed two ways: `model.predict_on_batch` (tf.function on
-TensorFlow, jit on JAX, eager no-grad on PyTorch) and a plain eager call.
+    python bench/bench_vit_forward.py [--size 448] [--repeats 7] [--threads 2] [--weights random|FILE]
+        [--contenders sgemm,hf,tensorflow,jax,torch,onnx_tf2onnx,onnx,onnx_int8,litert_fp32] [--litert-int8]
+        [--keep DIR] [--json PATH]
 
-Usage:
-    python bench/bench_vit_forward.py [--repeats 5] [--size 448]
+The network is ToCo's (recipe toco_voc: ViT-B/16 and its heads) with random weights or a
+checkpoint; Keras runs its `segment_logits` through `predict_on_batch` (tf.function on
+TensorFlow, jit on JAX, no-grad eager on PyTorch) on normalised float images, the exported
+graphs take the uint8 image and return logits and labels at its size (`wsss export`'s graph).
+`onnx_tf2onnx` is the graph as tf2onnx writes it, `onnx` the same after the project's
+rewrites for onnxruntime's fused kernels (`wsss_keras.export.onnx_fusion`, what `wsss export`
+writes); their node counts, before and after onnxruntime's own optimisation, are printed too.
+The int8 files are calibrated on 8 random images: their times hold, their labels mean nothing
+for random weights (agreement is the export self-check's business, on a trained model).
+
+Each contender lives in its own process (Keras fixes its backend at import), pinned to the
+first --threads cores with its library's thread count set to --threads; after two warm-up
+runs each, the parent asks them in turn (A, B, C, A, B, C, ...) for one timed forward, so a
+load change on this shared machine touches every contender alike. `sgemm` times numpy's
+float32 (2048 x 2048) @ (2048 x 2048) in the same rotation: its rate is the peak the
+fractions are of. ViT-B/16's forward is counted as its matrix products' FLOPs (patch
+embedding, QKV, attention, projection, MLP; about 156 GFLOP at 448).
 """
 
 import argparse
+import collections
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-
-def _rss_mb():
-    with open("/proc/self/status") as file:
-        for line in file:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _time(function, repeats):
-    function()  # warm-up (compilation, allocation)
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times)), 1000 * float(np.min(times))
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONTENDERS = ("sgemm", "hf", "tensorflow", "jax", "torch", "onnx_tf2onnx", "onnx", "onnx_int8", "litert_fp32",
+              "litert_int8")
+LABELS = {
+    "sgemm": "numpy float32 matmul 2048^3 (peak)",
+    "hf": "HF transformers ViTModel, PyTorch eager",
+    "tensorflow": "Keras, TensorFlow",
+    "jax": "Keras, JAX",
+    "torch": "Keras, PyTorch",
+    "onnx_tf2onnx": "ONNX Runtime fp32, tf2onnx graph",
+    "onnx": "ONNX Runtime fp32, wsss export (fused)",
+    "onnx_int8": "ONNX Runtime int8 (static, QDQ), wsss export",
+    "litert_fp32": "LiteRT fp32",
+    "litert_int8": "LiteRT int8 (weights scope)",
+}
+SGEMM_SIDE = 2048
 
 
-def run_keras(size, repeats):
+def vit_b16_gflop(size, patch=16, width=768, depth=12, mlp=3072):
+    """Matrix-product GFLOP of one ViT-B/16 forward at `size` x `size` (class token included)."""
+    patches = (size // patch) ** 2
+    tokens = patches + 1
+    per_block = 2 * tokens * width * (3 * width + width + 2 * mlp) + 2 * 2 * tokens * tokens * width
+    return (2 * patches * patch * patch * 3 * width + depth * per_block) / 1e9
+
+
+# Building the artifacts (TensorFlow subprocesses) -------------------------------------------
+
+def build_model(path, size, weights):
     import keras
 
-    from wsss_keras.backbones.vit import ARCHS, ViTEncoder
+    from wsss_keras.data.classes import VOC_CLASSES
+    from wsss_keras.pipelines.toco import build_model as build_toco
+    from wsss_keras.recipes import load_recipe
 
-    model = ViTEncoder(**ARCHS["vit_b16"])
-    images = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype("float32")
-    model(images[:, :32, :32])  # build
-    before = _rss_mb()
-    median, best = _time(lambda: keras.ops.convert_to_numpy(model.predict_on_batch(images)["tokens"]), repeats)
-    eager_median, _ = _time(lambda: keras.ops.convert_to_numpy(model(images)["tokens"]), max(2, repeats // 2))
-    return dict(median_ms=median, min_ms=best, eager_median_ms=eager_median, rss_before_mb=before,
-                peak_rss_mb=_peak_mb())
+    dataset = type("Classes", (), {"num_classes": len(VOC_CLASSES), "class_names": list(VOC_CLASSES)})()
+    model = build_toco(load_recipe("toco_voc"), dataset, weights=weights)
+    model.segment_logits(keras.ops.zeros((1, size, size, 3)))
+    model.save(path)
 
 
-def run_hf(size, repeats):
-    import torch
-    from transformers import ViTConfig, ViTModel
+def export_artifact(model_path, kind, out, size):
+    """One artifact of `wsss export`'s deployment graph (output "logits") at `size`."""
+    import keras
 
-    model = ViTModel(ViTConfig(), add_pooling_layer=False).eval()  # ViT-B/16 defaults
-    pixels = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, size, size)).astype("float32"))
-    before = _rss_mb()
+    from wsss_keras.export.build import deployment_graph
+    from wsss_keras.export.formats import write_artifacts
+    from wsss_keras.pipelines.model_io import load_model
 
-    def forward():
-        with torch.no_grad():
-            return model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+    graph = deployment_graph(load_model(model_path), (size, size), output="logits")
+    if kind == "onnx_tf2onnx":
+        graph.export(out, format="onnx", opset_version=17, verbose=False,
+                     input_signature=[keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name="image")])
+        return
+    fmt, precision = ("onnx", "int8") if kind == "onnx_int8" else ("tflite", kind.split("_")[1])
+    calibration = None
+    if precision == "int8":  # random images: this bench times int8, it does not score it
+        calibration = list(np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8))
+    folder = tempfile.mkdtemp(dir=os.path.dirname(out))
+    # int8: the first level each format tries (ONNX: every matrix product; TFLite: --int8-scope weights).
+    path, _ = next(write_artifacts(graph, fmt, precision, folder, calibration,
+                                   int8_scope="weights" if fmt == "tflite" else "full"))
+    shutil.move(path, out)
+    shutil.rmtree(folder)
 
-    median, best = _time(forward, repeats)
-    return dict(median_ms=median, min_ms=best, rss_before_mb=before, peak_rss_mb=_peak_mb(),
-                threads=torch.get_num_threads())
+
+def op_counts(path):
+    """Node types of the ONNX file, and of onnxruntime's optimised graph of it."""
+    import onnx
+    import onnxruntime
+
+    def count(model):
+        return dict(collections.Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type
+                                        for n in model.graph.node).most_common())
+
+    with tempfile.TemporaryDirectory() as scratch:
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = os.path.join(scratch, "optimised.onnx")
+        onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        optimised = count(onnx.load(options.optimized_model_filepath, load_external_data=False))
+    return {"file": count(onnx.load(path, load_external_data=False)), "onnxruntime": optimised}
+
+
+def _tensorflow_child(*arguments):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, __file__, *arguments], env=env, capture_output=True, text=True,
+                            check=False)
+    if result.returncode:
+        sys.exit(f"{' '.join(arguments)} failed:\n{result.stderr[-3000:]}")
+
+
+def build_artifacts(args, folder, contenders):
+    """The model and every exported file the contenders need, in `folder` (kept between runs)."""
+    model_path = args.weights if args.weights.endswith(".keras") else os.path.join(folder, f"toco_vit_b16_{args.size}.keras")
+    if not os.path.isfile(model_path):
+        print(f"[bench] building ToCo ViT-B/16 ({args.weights} weights) -> {model_path}", flush=True)
+        _tensorflow_child("--build-model", model_path, "--size", str(args.size), "--weights", args.weights)
+    files = {"model": model_path}
+    for kind, name in (("onnx_tf2onnx", "tf2onnx.onnx"), ("onnx_int8", "int8.onnx"), ("litert_fp32", "fp32.tflite"),
+                       ("litert_int8", "int8.tflite")):
+        if kind not in contenders and not (kind == "onnx_tf2onnx" and "onnx" in contenders):
+            continue
+        files[kind] = os.path.join(folder, f"{args.size}_{name}")
+        if not os.path.isfile(files[kind]):
+            start = time.perf_counter()
+            print(f"[bench] exporting {kind} -> {files[kind]}", flush=True)
+            _tensorflow_child("--export", model_path, kind, files[kind], "--size", str(args.size))
+            print(f"[bench] {kind} in {time.perf_counter() - start:.0f} s", flush=True)
+    if "onnx" in contenders:
+        from wsss_keras.export.onnx_fusion import fuse_onnx_file
+
+        files["onnx"] = os.path.join(folder, f"{args.size}_fused.onnx")
+        shutil.copyfile(files["onnx_tf2onnx"], files["onnx"])
+        files["fused"] = fuse_onnx_file(files["onnx"])
+    return files
+
+
+# The contenders (one persistent process each) ------------------------------------------------
+
+def pin(threads):
+    """This process on the first `threads` usable cores; returns the cores."""
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cores)
+    return cores
+
+
+def contender(kind, files, size, threads):
+    """A function running one forward of contender `kind` on a fixed image."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    if kind == "sgemm":
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+        a, b = (rng.standard_normal((SGEMM_SIDE, SGEMM_SIDE)).astype(np.float32) for _ in range(2))
+        return lambda: a @ b
+    if kind == "hf":
+        import torch
+        from transformers import ViTConfig, ViTModel
+
+        torch.set_num_threads(threads)
+        model = ViTModel(ViTConfig(), add_pooling_layer=False).eval()  # ViT-B/16's defaults
+        pixels = torch.from_numpy(rng.standard_normal((1, 3, size, size)).astype(np.float32))
+
+        def forward():
+            with torch.no_grad():
+                return model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+
+        return forward
+    if kind.startswith("onnx"):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = onnxruntime.InferenceSession(files[kind], options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda: session.run(None, {name: image})
+    if kind.startswith("litert"):
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=files[kind], num_threads=threads)
+        detail = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(detail["index"], image.shape)
+        interpreter.allocate_tensors()
+
+        def invoke():
+            interpreter.set_tensor(detail["index"], image)
+            interpreter.invoke()
+
+        return invoke
+    import keras
+
+    from wsss_keras.data.transforms import normalize
+    from wsss_keras.pipelines.model_io import load_model
+
+    if kind == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    elif kind == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    network = load_model(files["model"])
+
+    class Logits(keras.Model):  # predict_on_batch compiles `call`: here the segmentation logits
+        def call(self, images):
+            return network.segment_logits(images)
+
+    logits = Logits()
+    pixels = keras.ops.convert_to_numpy(normalize(image, network.image_mean, network.image_std))
+    return lambda: keras.ops.convert_to_numpy(logits.predict_on_batch(pixels))
+
+
+def worker(kind, files, size, threads):
+    """Serve timed forwards on stdin / stdout: READY after two warm-ups, then a time per 'run'."""
+    cores = pin(threads)
+    forward = contender(kind, files, size, threads)
+    forward(), forward()
+    print(f"READY {json.dumps({'cores': cores})}", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        start = time.perf_counter()
+        forward()
+        print(f"TIME {time.perf_counter() - start}", flush=True)
+
+
+def thread_environment(kind, threads):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if kind in ("tensorflow", "jax", "torch"):
+        env["KERAS_BACKEND"] = kind
+    if kind == "jax":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=true "
+                            f"intra_op_parallelism_threads={threads}").strip()
+    return env
+
+
+def start_workers(contenders, files, size, threads):
+    """Each contender's process, started one at a time (their set-up would contend)."""
+    workers, failed = {}, {}
+    for kind in contenders:
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--files", json.dumps(files),
+                                    "--size", str(size), "--threads", str(threads)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=thread_environment(kind, threads))
+        line = process.stdout.readline()
+        while line and not line.startswith("READY"):
+            line = process.stdout.readline()
+        if not line:
+            process.wait()
+            failed[kind] = (process.stderr.read().strip().splitlines() or ["no output"])[-1][-300:]
+            print(f"[bench] {kind}: failed ({failed[kind]})", flush=True)
+            continue
+        workers[kind] = process
+        print(f"[bench] {kind}: ready in {time.perf_counter() - start:.0f} s", flush=True)
+    return workers, failed
+
+
+def interleave(workers, repeats):
+    """{kind: [seconds per repeat]}: every repeat asks each worker once, in turn."""
+    times = {kind: [] for kind in workers}
+    for _ in range(repeats):
+        for kind, process in workers.items():
+            process.stdin.write("run\n")
+            process.stdin.flush()
+            line = process.stdout.readline()
+            while line and not line.startswith("TIME"):
+                line = process.stdout.readline()
+            times[kind].append(float(line.split()[1]))
+    for process in workers.values():
+        process.stdin.close()
+        process.wait()
+    return times
+
+
+def report(args, files, times, failed):
+    """Print the table and node counts; returns the figures and a Markdown table."""
+    medians = {kind: 1000 * float(np.median(values)) for kind, values in times.items()}
+    gflop = vit_b16_gflop(args.size)
+    peak = 2 * SGEMM_SIDE ** 3 / 1e9 / (medians["sgemm"] / 1000) if "sgemm" in medians else None
+    hf = medians.get("hf")
+    title = (f"ViT-B/16 forward at {args.size}, batch 1, {args.threads} threads, median of {args.repeats} "
+             f"interleaved ({args.weights} weights; {gflop:.0f} GFLOP of matrix products)")
+    print(f"\n{title}")
+    header = ["contender", "median ms", "min ms", "x HF eager", "% of sgemm peak"]
+    table = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---:|"]
+    if peak:
+        print(f"sgemm peak: {peak:.0f} GFLOP/s ({medians['sgemm']:.1f} ms for 2048^3); ViT floor "
+              f"{1000 * gflop / peak:.0f} ms")
+        table.append(f"| numpy float32 matmul 2048³ (the peak: {peak:.0f} GFLOP/s; ViT-B/16 floor "
+                     f"{1000 * gflop / peak:.0f} ms) | {medians['sgemm']:.1f} | | | 100 % |")
+    print(f"{'contender':<44}{'median ms':>10}{'min ms':>9}{'x HF':>7}{'% of peak':>11}")
+    rows = {}
+    for kind, values in times.items():
+        if kind == "sgemm":
+            continue
+        row = {"median_ms": round(medians[kind], 1), "min_ms": round(1000 * min(values), 1),
+               "times_ms": [round(1000 * value, 1) for value in values]}
+        if hf:
+            row["x_hf"] = round(medians[kind] / hf, 3)
+        if peak:
+            row["fraction_of_peak"] = round(gflop / (medians[kind] / 1000) / peak, 3)
+        rows[kind] = row
+        ratio = f"{row['x_hf']:.2f}" if "x_hf" in row else "-"
+        fraction = f"{100 * row['fraction_of_peak']:.0f} %" if "fraction_of_peak" in row else "-"
+        print(f"{LABELS[kind]:<44}{row['median_ms']:10.0f}{row['min_ms']:9.0f}{ratio:>7}{fraction:>11}")
+        table.append(f"| {LABELS[kind]} | {row['median_ms']:.0f} | {row['min_ms']:.0f} | {ratio} | {fraction} |")
+    for kind, reason in failed.items():
+        print(f"{LABELS[kind]:<44} failed: {reason}")
+        table.append(f"| {LABELS[kind]} | failed: {reason[:120]} | | | |")
+    counts, notes = {}, []
+    for kind in ("onnx_tf2onnx", "onnx"):
+        if kind in files:
+            counts[kind] = op_counts(files[kind])
+            file_ops, optimised = counts[kind]["file"], counts[kind]["onnxruntime"]
+            line = (f"{sum(file_ops.values())} nodes in the file, {sum(optimised.values())} after onnxruntime's "
+                    "optimisation: " + ", ".join(f"{op} {optimised.get(op, 0)}" for op in
+                                                 ("LayerNormalization", "com.microsoft:Gelu", "Erf", "GlobalAveragePool",
+                                                  "Softmax", "Cast", "Reshape")))
+            print(f"{kind}: {line}")
+            notes.append(f"{LABELS[kind]}: {line}.")
+    markdown = "\n".join(table) + ("\n\n" + "\n".join(f"- {note}" for note in notes) if notes else "")
+    markdown += (f"\n\nEach contender in its own process on {args.threads} pinned cores, asked in turn "
+                 f"(`bench/bench_vit_forward.py`); load average at the end {os.getloadavg()[0]:.1f}.")
+    return {"title": title, "markdown": markdown, "size": args.size, "threads": args.threads,
+            "repeats": args.repeats, "weights": args.weights, "gflop": round(gflop, 1),
+            "sgemm_gflops": peak and round(peak, 1), "sgemm_ms": medians.get("sgemm"), "rows": rows,
+            "failed": failed, "op_counts": counts, "fused": files.get("fused"), "load_average": os.getloadavg()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=448)
-    parser.add_argument("--worker", choices=["tensorflow", "jax", "torch", "hf"])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", default="random", help="random, or a ToCo ViT-B/16 checkpoint the recipe takes, "
+                                                            "or a .keras model")
+    parser.add_argument("--contenders", default=",".join(c for c in CONTENDERS if c != "litert_int8"),
+                        help=f"comma-separated, of {','.join(CONTENDERS)}")
+    parser.add_argument("--litert-int8", action="store_true", help="add litert_int8 (its export is slow at 448)")
+    parser.add_argument("--keep", default=None, help="keep the model and exported files here (reused when there)")
+    parser.add_argument("--json", default=None)
+    # internal: the children
+    parser.add_argument("--worker", choices=CONTENDERS)
+    parser.add_argument("--files", default="{}")
+    parser.add_argument("--build-model", default=None)
+    parser.add_argument("--export", nargs=3, default=None, metavar=("MODEL", "KIND", "OUT"))
     args = parser.parse_args()
+    if args.build_model:
+        return build_model(args.build_model, args.size, args.weights)
+    if args.export:
+        return export_artifact(*args.export, args.size)
     if args.worker:
-        result = run_hf(args.size, args.repeats) if args.worker == "hf" else run_keras(args.size, args.repeats)
-        print("RESULT " + json.dumps(result))
-        return
-    print(f"ViT-B/16 forward, batch 1, {args.size}x{args.size} ({(args.size // 16) ** 2 + 1} tokens), "
-          f"{os.cpu_count()} CPU cores, median of {args.repeats}")
-    print(f"{'implementation':<34}{'median ms':>10}{'min ms':>9}{'eager ms':>10}{'peak RSS MB':>13}{'RSS before':>12}")
-    for worker in ("tensorflow", "jax", "torch", "hf"):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        if worker != "hf":
-            env["KERAS_BACKEND"] = worker
-        process = subprocess.run([sys.executable, __file__, "--worker", worker, "--size", str(args.size),
-                                  "--repeats", str(args.repeats)], env=env, capture_output=True, text=True)
-        lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
-        label = "HF transformers ViTModel (PyTorch)" if worker == "hf" else f"wsss_keras ViTEncoder, {worker}"
-        if process.returncode or not lines:
-            print(f"{label:<34} failed: {process.stderr.strip().splitlines()[-1:]}")
-            continue
-        r = json.loads(lines[0][len("RESULT "):])
-        eager = f"{r['eager_median_ms']:10.0f}" if "eager_median_ms" in r else f"{'-':>10}"
-        print(f"{label:<34}{r['median_ms']:10.0f}{r['min_ms']:9.0f}{eager}{r['peak_rss_mb']:13.0f}"
-              f"{r['rss_before_mb']:12.0f}")
+        return worker(args.worker, json.loads(args.files), args.size, args.threads)
+
+    contenders = [c for c in args.contenders.split(",") if c] + (["litert_int8"] if args.litert_int8 else [])
+    unknown = sorted(set(contenders) - set(CONTENDERS))
+    if unknown:
+        parser.error(f"--contenders: unknown {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
+    folder = args.keep or tempfile.mkdtemp(prefix="bench_vit_")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        files = build_artifacts(args, folder, contenders)
+        workers, failed = start_workers(contenders, {k: v for k, v in files.items() if k != "fused"}, args.size,
+                                        args.threads)
+        result = report(args, files, interleave(workers, args.repeats), failed)
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    sys.path.insert(0, HERE)
+    from results_io import write_results
+
+    write_results(args.json, "bench_vit_forward", result.pop("title"), **result)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
