@@ -3,7 +3,8 @@ run next to Hugging Face transformers' ViTModel in PyTorch eager and the CPU's o
 matrix-product rate. Prints figures, asserts nothing.
 
     python bench/bench_vit_forward.py [--size 448] [--repeats 7] [--threads 2] [--weights random|FILE]
-        [--contenders sgemm,hf,tensorflow,jax,torch,onnx_tf2onnx,onnx,onnx_int8,litert_fp32] [--litert-int8]
+        [--contenders sgemm,hf,tensorflow,jax,torch,onnx_tf2onnx,onnx,onnx_int8,onnx_int8_weights,litert_fp32]
+        [--litert-int8]
         [--keep DIR] [--json PATH]
 
 The network is ToCo's (recipe toco_voc: ViT-B/16 and its heads) with random weights or a
@@ -38,8 +39,8 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONTENDERS = ("sgemm", "hf", "tensorflow", "jax", "torch", "onnx_tf2onnx", "onnx", "onnx_int8", "litert_fp32",
-              "litert_int8")
+CONTENDERS = ("sgemm", "hf", "tensorflow", "jax", "torch", "onnx_tf2onnx", "onnx", "onnx_int8", "onnx_int8_weights",
+              "litert_fp32", "litert_int8")
 LABELS = {
     "sgemm": "numpy float32 matmul 2048^3 (peak)",
     "hf": "HF transformers ViTModel, PyTorch eager",
@@ -48,7 +49,8 @@ LABELS = {
     "torch": "Keras, PyTorch",
     "onnx_tf2onnx": "ONNX Runtime fp32, tf2onnx graph",
     "onnx": "ONNX Runtime fp32, wsss export (fused)",
-    "onnx_int8": "ONNX Runtime int8 (static, QDQ), wsss export",
+    "onnx_int8": "ONNX Runtime int8, static QDQ (--int8-scope full)",
+    "onnx_int8_weights": "ONNX Runtime int8, dynamic (--int8-scope weights)",
     "litert_fp32": "LiteRT fp32",
     "litert_int8": "LiteRT int8 (weights scope)",
 }
@@ -91,14 +93,14 @@ def export_artifact(model_path, kind, out, size):
         graph.export(out, format="onnx", opset_version=17, verbose=False,
                      input_signature=[keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name="image")])
         return
-    fmt, precision = ("onnx", "int8") if kind == "onnx_int8" else ("tflite", kind.split("_")[1])
+    fmt, precision = ("onnx", "int8") if kind.startswith("onnx_int8") else ("tflite", kind.split("_")[1])
     calibration = None
     if precision == "int8":  # random images: this bench times int8, it does not score it
         calibration = list(np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8))
     folder = tempfile.mkdtemp(dir=os.path.dirname(out))
-    # int8: the first level each format tries (ONNX: every matrix product; TFLite: --int8-scope weights).
+    # int8: the first level each format tries (TFLite: --int8-scope weights).
     path, _ = next(write_artifacts(graph, fmt, precision, folder, calibration,
-                                   int8_scope="weights" if fmt == "tflite" else "full"))
+                                   int8_scope="full" if kind == "onnx_int8" else "weights"))
     shutil.move(path, out)
     shutil.rmtree(folder)
 
@@ -136,7 +138,8 @@ def build_artifacts(args, folder, contenders):
         print(f"[bench] building ToCo ViT-B/16 ({args.weights} weights) -> {model_path}", flush=True)
         _tensorflow_child("--build-model", model_path, "--size", str(args.size), "--weights", args.weights)
     files = {"model": model_path}
-    for kind, name in (("onnx_tf2onnx", "tf2onnx.onnx"), ("onnx_int8", "int8.onnx"), ("litert_fp32", "fp32.tflite"),
+    for kind, name in (("onnx_tf2onnx", "tf2onnx.onnx"), ("onnx_int8", "int8.onnx"),
+                       ("onnx_int8_weights", "int8_dynamic.onnx"), ("litert_fp32", "fp32.tflite"),
                        ("litert_int8", "int8.tflite")):
         if kind not in contenders and not (kind == "onnx_tf2onnx" and "onnx" in contenders):
             continue

@@ -339,6 +339,10 @@ def test_int8_scope_weights_quantises_only_the_weighted_ops(exported, tmp_path):
     assert set(check["int8_ops"]) == model_ops & set(INT8_WEIGHTED_OPS) == {"CONV_2D"}
     assert set(check["float_ops"]) == model_ops - set(INT8_WEIGHTED_OPS)
     assert {"QUANTIZE", "DEQUANTIZE"} <= int8_model_ops  # int8 islands around the convolutions
+    # ONNX's weights scope quantises dense layers at run time: a network of convolutions has none.
+    result = CliRunner().invoke(cli, ["export", str(root / "untrained.keras"), "--format", "onnx", "--precision", "int8",
+                                      "--int8-scope", "weights", "--input-size", "48", "48", "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "the model has none; use --int8-scope full" in result.output
     result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--int8-scope", "half", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "'half' is not one of 'full', 'weights'" in result.output
 

@@ -77,6 +77,33 @@ def test_layer_norm_and_gelu_chains_become_fused_ops(tmp_path):
     np.testing.assert_allclose(output, keras.ops.convert_to_numpy(model(tokens)), atol=2e-5)
 
 
+def test_dynamic_int8_quantises_the_dense_layers_only(tmp_path):
+    """--int8-scope weights on ONNX: int8 dense weights, activations quantised at run time."""
+    import keras
+
+    from wsss_keras.export.onnx_int8 import onnx_int8_files
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the ONNX exporter under test is tf2onnx's (TensorFlow backend)")
+    model = _block()
+    float_path, int8_path = tmp_path / "block.onnx", tmp_path / "int8.onnx"
+    model.export(str(float_path), format="onnx", input_signature=[keras.InputSpec(shape=(None, None, 16), dtype="float32")],
+                 opset_version=17, verbose=False)
+    ((path, notes),) = list(onnx_int8_files(str(float_path), str(int8_path), calibration=None, scope="weights"))
+    assert notes["onnx_quantisation"] == "dynamic"
+    quantised = onnx.load(path)
+    int8_weights = [init for init in quantised.graph.initializer
+                    if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2]
+    assert len(int8_weights) == 3  # the block's three Dense kernels (beside their zero points)
+    assert _ops(quantised)["DynamicQuantizeLinear"] >= 1
+    tokens = np.random.default_rng(2).normal(0, 1, (2, 5, 16)).astype("float32")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {session.get_inputs()[0].name: tokens})
+    reference = keras.ops.convert_to_numpy(model(tokens))
+    # int8 rounding: close to Keras, and not equal to it (something was quantised).
+    assert 0 < np.max(np.abs(output - reference)) < 0.1 * np.max(np.abs(reference))
+
+
 def test_a_chain_read_elsewhere_is_left_alone(tmp_path):
     """A LayerNorm whose intermediate value has a second reader cannot be replaced."""
     from onnx import TensorProto, helper, numpy_helper

@@ -28,8 +28,9 @@ import click
               help="Share of pixels whose fp16/int8 labels must match the model's [default: 0.995 fp16, 0.98 int8].")
 @click.option("--int8-scope", type=click.Choice(["full", "weights"]), default="full", show_default=True,
               help="int8: full quantises every op it can, keeping op types in float only while the self-check "
-                   "fails (for integer-only accelerators); weights quantises only convolutions and dense layers "
-                   "(more accurate; measured faster than fp32 on an x86 CPU).")
+                   "fails (for integer-only accelerators; ONNX: static, calibrated); weights quantises only "
+                   "convolutions and dense layers (TFLite) or dense layers with activations quantised at run "
+                   "time (ONNX: dynamic, no calibration): more accurate, and measured faster on an x86 CPU.")
 @click.option("--opset", type=click.IntRange(min=13), default=17, help="ONNX opset.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def export(model_path, formats, precisions, calibration, samples, eval_data, eval_split, input_size, dynamic, output,

@@ -13,6 +13,7 @@ from wsss_keras.export.check import self_check
 from wsss_keras.export.errors import ExportCheckError, ExportError, first_lines
 from wsss_keras.export.formats import (
     DEFAULT_OPSET,
+    FORMAT_NAMES,
     artifact_folder,
     artifact_path,
     check_request,
@@ -106,8 +107,11 @@ def checked_pairs(formats, precisions, output, int8_scope, calibration):
         raise ExportError(f"output {output!r}: choose one of {', '.join(OUTPUTS)}.")
     if int8_scope not in INT8_SCOPES:
         raise ExportError(f"int8 scope {int8_scope!r}: choose one of {', '.join(INT8_SCOPES)}.")
-    if any(precision == "int8" for _, precision in pairs) and calibration is None:
-        raise ExportError("int8 needs calibration images: pass --calibration DIR (a folder of images like the ones the model will see).")
+    # ONNX int8 with scope "weights" quantises activations per input at run time: no calibration.
+    calibrated = [fmt for fmt, precision in pairs if precision == "int8" and (fmt != "onnx" or int8_scope == "full")]
+    if calibrated and calibration is None:
+        raise ExportError(f"{FORMAT_NAMES[calibrated[0]]} int8 needs calibration images: pass --calibration DIR "
+                          "(a folder of images like the ones the model will see).")
     return pairs
 
 
