@@ -315,7 +315,7 @@ def report(args, files, times, failed):
               f"{1000 * gflop / peak:.0f} ms")
         table.append(f"| numpy float32 matmul 2048³ (the peak: {peak:.0f} GFLOP/s; ViT-B/16 floor "
                      f"{1000 * gflop / peak:.0f} ms) | {medians['sgemm']:.1f} | | | 100 % |")
-    print(f"{'contender':<44}{'median ms':>10}{'min ms':>9}{'x HF':>7}{'% of peak':>11}")
+    print(f"{'contender':<52}{'median ms':>10}{'min ms':>9}{'x HF':>7}{'% of peak':>11}")
     rows = {}
     for kind, values in times.items():
         if kind == "sgemm":
@@ -329,10 +329,10 @@ def report(args, files, times, failed):
         rows[kind] = row
         ratio = f"{row['x_hf']:.2f}" if "x_hf" in row else "-"
         fraction = f"{100 * row['fraction_of_peak']:.0f} %" if "fraction_of_peak" in row else "-"
-        print(f"{LABELS[kind]:<44}{row['median_ms']:10.0f}{row['min_ms']:9.0f}{ratio:>7}{fraction:>11}")
+        print(f"{LABELS[kind]:<52}{row['median_ms']:10.0f}{row['min_ms']:9.0f}{ratio:>7}{fraction:>11}")
         table.append(f"| {LABELS[kind]} | {row['median_ms']:.0f} | {row['min_ms']:.0f} | {ratio} | {fraction} |")
     for kind, reason in failed.items():
-        print(f"{LABELS[kind]:<44} failed: {reason}")
+        print(f"{LABELS[kind]:<52} failed: {reason}")
         table.append(f"| {LABELS[kind]} | failed: {reason[:120]} | | | |")
     counts, notes = {}, []
     for kind in ("onnx_tf2onnx", "onnx"):
