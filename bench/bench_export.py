@@ -6,8 +6,8 @@ asserts nothing.
 
 --run is a `wsss quickstart --out DIR` folder (its model `toco_doei/model.keras`, its data
 `data/`); without it the quickstart runs first into a temporary folder. The artifacts come from
-`wsss export` (ONNX and TFLite fp32/fp16/int8, int8 calibrated on the train images, once with
-its default `--int8-scope full` and once with `weights`). Every
+`wsss export` (ONNX fp32/int8 and TFLite fp32/fp16/int8, int8 calibrated on the train images,
+once with its default `--int8-scope full` and once with `weights`: ONNX's dynamic). Every
 runtime gets the same inputs: uint8 images of the network's size (the synthetic images' own,
 128) for latency (the exported graphs resize inside, the Keras arms get the normalised image),
 and the val images for mIoU (one view, no flip: the quickstart's predict adds a flip).
@@ -134,19 +134,24 @@ def main():
             side = int(json.load(handle)["size"])
         out = os.path.join(scratch, "artifacts")
         common = ["--calibration", data, "--eval-data", data, "--input-size", str(side), str(side)]
-        # int8 twice: its default scope (every op it can) and --int8-scope weights.
+        # int8 twice: its default scope (every op it can; ONNX static) and --int8-scope weights
+        # (TFLite: convolutions and dense layers; ONNX: dense layers, dynamic).
+        weights_out = os.path.join(out, "weights")
         exported = [export_with_cli(model_path, ["--format", "onnx", "--format", "tflite", "--precision", "fp32",
                                                  "--precision", "fp16", "--precision", "int8", *common], out),
-                    export_with_cli(model_path, ["--format", "tflite", "--precision", "int8", "--int8-scope", "weights",
-                                                 *common], os.path.join(out, "tflite_int8_weights"))]
+                    export_with_cli(model_path, ["--format", "onnx", "--format", "tflite", "--precision", "int8",
+                                                 "--int8-scope", "weights", *common], weights_out)]
+        folders = {key: os.path.join(out, key) for key in ("onnx_fp32", "onnx_int8", "tflite_fp32", "tflite_fp16",
+                                                            "tflite_int8")}
+        folders.update({f"{key}_weights": os.path.join(weights_out, key) for key in ("onnx_int8", "tflite_int8")})
         checks = {}
-        for folder in ("onnx_fp32", "tflite_fp32", "tflite_fp16", "tflite_int8", "tflite_int8_weights"):
-            manifest_path = os.path.join(out, folder, "manifest.json")
+        for key, folder in folders.items():
+            manifest_path = os.path.join(folder, "manifest.json")
             if not os.path.isfile(manifest_path):
                 print("\n".join(process.stderr[-3000:] for process in exported))
                 return 1
             with open(manifest_path, encoding="utf-8") as handle:
-                checks[folder] = json.load(handle)["check"]
+                checks[key] = json.load(handle)["check"]
         size = (side, side)
         rows = []
         keras_mb = os.path.getsize(model_path) / 1e6
@@ -157,19 +162,20 @@ def main():
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = args.threads
-        onnx_path = os.path.join(out, "onnx_fp32", "model.onnx")
-        session = onnxruntime.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-        names = [output.name for output in session.get_outputs()]
+        for key, name in (("onnx_fp32", "fp32"), ("onnx_int8", "int8, static"), ("onnx_int8_weights", "int8, dynamic")):
+            onnx_path = os.path.join(folders[key], "model.onnx")
+            session = onnxruntime.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+            names = [output.name for output in session.get_outputs()]
 
-        def run_onnx(images):
-            return dict(zip(names, session.run(None, {"image": images})))
+            def run_onnx(images, session=session, names=names):
+                return dict(zip(names, session.run(None, {"image": images})))
 
-        rows.append(("ONNX Runtime fp32", os.path.getsize(onnx_path) / 1e6,
-                     {**artifact_arm(run_onnx, size, data, args.repeat), "check": checks["onnx_fp32"]}))
+            rows.append((f"ONNX Runtime {name}", os.path.getsize(onnx_path) / 1e6,
+                         {**artifact_arm(run_onnx, size, data, args.repeat), "check": checks[key]}))
         from wsss_deploy.litert_runner import LiteRTSegmenter
 
         for precision, name in (("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8"), ("int8_weights", "int8, weights only")):
-            path = os.path.join(out, f"tflite_{precision}", "model.tflite")
+            path = os.path.join(folders[f"tflite_{precision}"], "model.tflite")
             runner = LiteRTSegmenter(path, threads=args.threads)
             rows.append((f"LiteRT {name}", os.path.getsize(path) / 1e6,
                          {**artifact_arm(runner.run, size, data, args.repeat), "check": checks[f"tflite_{precision}"]}))
@@ -183,7 +189,8 @@ def main():
         agreement = "(reference)" if check is None else f"{100 * check['label_agreement']:.2f} %" + (
             "" if check["passed"] else " (under its mark)") + (
             f"; int8: only {', '.join(check['int8_ops'])}" if check.get("int8_ops") else
-            f"; float: {', '.join(check['float_ops'])}" if check.get("float_ops") else "")
+            f"; float: {', '.join(check['float_ops'])}" if check.get("float_ops") else
+            "; products of two activations in float" if check.get("activation_products") == "float" else "")
         table.append(f"| {name} | {megabytes:.2f} | {figures['ms1']:.1f} | {figures['ms8']:.1f} | {figures['miou']:.1f} "
                      f"| {agreement} |")
     print(f"\n{title}\n" + "\n".join(table))
