@@ -5,7 +5,7 @@ matrix-product rate. Prints figures, asserts nothing.
     python bench/bench_vit_forward.py [--size 448] [--repeats 7] [--threads 2] [--weights random|FILE]
         [--contenders sgemm,hf,tensorflow,jax,torch,onnx_tf2onnx,onnx,onnx_int8,onnx_int8_weights,litert_fp32]
         [--litert-int8]
-        [--keep DIR] [--json PATH]
+        [--keep DIR] [--json PATH] [--note TEXT]
 
 The network is ToCo's (recipe toco_voc: ViT-B/16 and its heads) with random weights or a
 checkpoint; Keras runs its `segment_logits` through `predict_on_batch` (tf.function on
@@ -103,6 +103,36 @@ def export_artifact(model_path, kind, out, size):
                                    int8_scope="full" if kind == "onnx_int8" else "weights"))
     shutil.move(path, out)
     shutil.rmtree(folder)
+
+
+def network_gflop(path, size, threads):
+    """GFLOP of the matrix products (MatMul, FusedMatMul, Gemm, Conv) one forward of the ONNX
+    file at `size` runs, from the shapes onnxruntime's profiler records: ToCo's network is
+    ViT-B/16 plus its heads, more than the encoder alone that Hugging Face's row runs."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.enable_profiling = threads, True
+    with tempfile.TemporaryDirectory() as scratch:
+        options.profile_file_prefix = os.path.join(scratch, "profile")
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session.run(None, {session.get_inputs()[0].name: np.zeros((1, size, size, 3), np.uint8)})
+        with open(session.end_profiling(), encoding="utf-8") as handle:
+            events = json.load(handle)
+    flop = 0
+    for event in events:
+        args = event.get("args", {})
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        shapes = [next(iter(entry.values())) for entry in args.get("input_type_shape", [])]
+        outputs = [next(iter(entry.values())) for entry in args.get("output_type_shape", [])]
+        if not shapes or not outputs:
+            continue
+        if args.get("op_name") in ("MatMul", "FusedMatMul", "Gemm"):
+            flop += 2 * int(np.prod(outputs[0])) * shapes[0][-1]
+        elif args.get("op_name") == "Conv":
+            flop += 2 * int(np.prod(outputs[0])) * int(np.prod(shapes[1][1:]))
+    return flop / 1e9
 
 
 def op_counts(path):
@@ -303,18 +333,23 @@ def report(args, files, times, failed):
     """Print the table and node counts; returns the figures and a Markdown table."""
     medians = {kind: 1000 * float(np.median(values)) for kind, values in times.items()}
     gflop = vit_b16_gflop(args.size)
+    # The exported and Keras rows run ToCo's whole network; its products counted on the float graph.
+    float_graph = files.get("onnx") or files.get("onnx_tf2onnx")
+    network = network_gflop(float_graph, args.size, args.threads) if float_graph else gflop
     peak = 2 * SGEMM_SIDE ** 3 / 1e9 / (medians["sgemm"] / 1000) if "sgemm" in medians else None
     hf = medians.get("hf")
     title = (f"ViT-B/16 forward at {args.size}, batch 1, {args.threads} threads, median of {args.repeats} "
-             f"interleaved ({args.weights} weights; {gflop:.0f} GFLOP of matrix products)")
+             f"interleaved ({args.weights} weights; matrix products: ViT-B/16 {gflop:.0f} GFLOP, ToCo's network "
+             f"{network:.0f})")
     print(f"\n{title}")
     header = ["contender", "median ms", "min ms", "x HF eager", "% of sgemm peak"]
     table = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---:|"]
     if peak:
-        print(f"sgemm peak: {peak:.0f} GFLOP/s ({medians['sgemm']:.1f} ms for 2048^3); ViT floor "
-              f"{1000 * gflop / peak:.0f} ms")
-        table.append(f"| numpy float32 matmul 2048³ (the peak: {peak:.0f} GFLOP/s; ViT-B/16 floor "
-                     f"{1000 * gflop / peak:.0f} ms) | {medians['sgemm']:.1f} | | | 100 % |")
+        print(f"sgemm peak: {peak:.0f} GFLOP/s ({medians['sgemm']:.1f} ms for 2048^3); floors: ViT-B/16 "
+              f"{1000 * gflop / peak:.0f} ms, ToCo's network {1000 * network / peak:.0f} ms")
+        table.append(f"| numpy float32 matmul 2048³ (the peak: {peak:.0f} GFLOP/s; floors: ViT-B/16 "
+                     f"{1000 * gflop / peak:.0f} ms, ToCo's network {1000 * network / peak:.0f} ms) | "
+                     f"{medians['sgemm']:.1f} | | | 100 % |")
     print(f"{'contender':<52}{'median ms':>10}{'min ms':>9}{'x HF':>7}{'% of peak':>11}")
     rows = {}
     for kind, values in times.items():
@@ -325,7 +360,8 @@ def report(args, files, times, failed):
         if hf:
             row["x_hf"] = round(medians[kind] / hf, 3)
         if peak:
-            row["fraction_of_peak"] = round(gflop / (medians[kind] / 1000) / peak, 3)
+            work = gflop if kind == "hf" else network
+            row["fraction_of_peak"] = round(work / (medians[kind] / 1000) / peak, 3)
         rows[kind] = row
         ratio = f"{row['x_hf']:.2f}" if "x_hf" in row else "-"
         fraction = f"{100 * row['fraction_of_peak']:.0f} %" if "fraction_of_peak" in row else "-"
@@ -346,10 +382,14 @@ def report(args, files, times, failed):
             print(f"{kind}: {line}")
             notes.append(f"{LABELS[kind]}: {line}.")
     markdown = "\n".join(table) + ("\n\n" + "\n".join(f"- {note}" for note in notes) if notes else "")
-    markdown += (f"\n\nEach contender in its own process on {args.threads} pinned cores, asked in turn "
-                 f"(`bench/bench_vit_forward.py`); load average at the end {os.getloadavg()[0]:.1f}.")
+    markdown += ("\n\nThe % column is the row's matrix-product FLOPs (Hugging Face's: the encoder's; the others: "
+                 "ToCo's network, the encoder and its heads) per second, over the float32 sgemm peak; int8 rows "
+                 "exceed 100 % because int8 products (VNNI) have a higher peak. Each contender in its own "
+                 f"process on {args.threads} pinned cores, asked in turn (`bench/bench_vit_forward.py`); load "
+                 f"average at the end {os.getloadavg()[0]:.1f}" + (f"; {args.note}" if args.note else "") + ".")
     return {"title": title, "markdown": markdown, "size": args.size, "threads": args.threads,
             "repeats": args.repeats, "weights": args.weights, "gflop": round(gflop, 1),
+            "network_gflop": round(network, 1),
             "sgemm_gflops": peak and round(peak, 1), "sgemm_ms": medians.get("sgemm"), "rows": rows,
             "failed": failed, "op_counts": counts, "fused": files.get("fused"), "load_average": os.getloadavg()}
 
@@ -366,6 +406,7 @@ def main():
     parser.add_argument("--litert-int8", action="store_true", help="add litert_int8 (its export is slow at 448)")
     parser.add_argument("--keep", default=None, help="keep the model and exported files here (reused when there)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--note", default=None, help="the machine's state, for the record")
     # internal: the children
     parser.add_argument("--worker", choices=CONTENDERS)
     parser.add_argument("--files", default="{}")
