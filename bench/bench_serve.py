@@ -217,11 +217,15 @@ def main():
     counts = {line.split()[0]: float(line.split()[1]) for line in batches}
     if counts.get("wsss_batch_size_count"):
         lines.append(f"mean batch over the run: {counts['wsss_batch_size_sum'] / counts['wsss_batch_size_count']:.2f} images")
-    table = ["| clients | requests | throughput (images/s) | of raw | p50 (ms) | p99 (ms) | errors |",
-             "|---|---|---|---|---|---|---|"]
+    # "of raw" is of the best raw batch size; a lone client cannot batch, so its row is also shown
+    # against raw batch 1.
+    single = raw.get(1)
+    table = ["| clients | requests | throughput (images/s) | of raw (best batch) | of raw batch 1 | p50 (ms) | p99 (ms) "
+             "| errors |", "|---|---|---|---|---|---|---|---|"]
     for level in levels:
+        of_single = f"{100 * level['throughput'] / single:.0f} %" if single and level["clients"] == 1 else ""
         table.append(f"| {level['clients']} | {level['requests']} | {level['throughput']:.1f} | "
-                     f"{100 * level['throughput'] / best_raw:.0f} % | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
+                     f"{100 * level['throughput'] / best_raw:.0f} % | {of_single} | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
                      f"{level['errors']}{' (' + level['first_error'] + ')' if level['errors'] else ''} |")
     print(f"\n{title}\n" + "\n".join(lines) + "\n\n" + "\n".join(table))
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
