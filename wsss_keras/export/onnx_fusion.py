@@ -6,7 +6,7 @@ chain of nodes by ops of the graph's own opset that compute the same function.
   tensor as GlobalAveragePool, Sub, Mul, GlobalAveragePool, Add, Sqrt, Reciprocal and four
   Mul / Add nodes, which onnxruntime's LayerNorm fusion does not recognise (it looks for
   ReduceMean); here that chain becomes one `LayerNormalization` (ONNX opset 17).
-- GELU. Keras's exact GELU is `0.5 x (1 + erf(x * 0.7071))`; onnxruntime fuses the chain
+- GELU. The project's exact GELU (`gelu_exact`) is `0.5 x (1 + erf(x * 0.7071))`; onnxruntime fuses the chain
   into its Gelu kernel only when the erf's argument is `x / 1.4142` (measured with
   onnxruntime 1.32: the multiplication form stays five nodes), so the multiplication becomes
   that division.
