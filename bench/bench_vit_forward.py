@@ -3,7 +3,8 @@ run next to Hugging Face transformers' ViTModel in PyTorch eager and the CPU's o
 matrix-product rate. Prints figures, asserts nothing.
 
     python bench/bench_vit_forward.py [--size 448] [--repeats 7] [--threads 2] [--weights random|FILE]
-        [--contenders sgemm,hf,tensorflow,jax,torch,onnx_tf2onnx,onnx,onnx_int8,onnx_int8_weights,litert_fp32]
+        [--contenders sgemm,hf,tensorflow,jax,torch,onnx_tf2onnx,onnx,onnx_attention,onnx_int8,onnx_int8_weights,
+                      litert_fp32]
         [--litert-int8]
         [--keep DIR] [--json PATH] [--note TEXT]
 
@@ -13,7 +14,8 @@ TensorFlow, jit on JAX, no-grad eager on PyTorch) on normalised float images, th
 graphs take the uint8 image and return logits and labels at its size (`wsss export`'s graph).
 `onnx_tf2onnx` is the graph as tf2onnx writes it, `onnx` the same after the project's
 rewrites for onnxruntime's fused kernels (`wsss_keras.export.onnx_fusion`, what `wsss export`
-writes); their node counts, before and after onnxruntime's own optimisation, are printed too.
+writes), `onnx_attention` with `--onnx-attention onnxruntime` as well; their node counts,
+before and after onnxruntime's own optimisation, are printed too.
 The int8 files are calibrated on 8 random images: their times hold, their labels mean nothing
 for random weights (agreement is the export self-check's business, on a trained model).
 
@@ -39,8 +41,8 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONTENDERS = ("sgemm", "hf", "tensorflow", "jax", "torch", "onnx_tf2onnx", "onnx", "onnx_int8", "onnx_int8_weights",
-              "litert_fp32", "litert_int8")
+CONTENDERS = ("sgemm", "hf", "tensorflow", "jax", "torch", "onnx_tf2onnx", "onnx", "onnx_attention", "onnx_int8",
+              "onnx_int8_weights", "litert_fp32", "litert_int8")
 LABELS = {
     "sgemm": "numpy float32 matmul 2048^3 (peak)",
     "hf": "HF transformers ViTModel, PyTorch eager",
@@ -49,6 +51,7 @@ LABELS = {
     "torch": "Keras, PyTorch",
     "onnx_tf2onnx": "ONNX Runtime fp32, tf2onnx graph",
     "onnx": "ONNX Runtime fp32, wsss export (fused)",
+    "onnx_attention": "ONNX Runtime fp32, --onnx-attention onnxruntime",
     "onnx_int8": "ONNX Runtime int8, static QDQ (--int8-scope full)",
     "onnx_int8_weights": "ONNX Runtime int8, dynamic (--int8-scope weights)",
     "litert_fp32": "LiteRT fp32",
@@ -171,7 +174,7 @@ def build_artifacts(args, folder, contenders):
     for kind, name in (("onnx_tf2onnx", "tf2onnx.onnx"), ("onnx_int8", "int8.onnx"),
                        ("onnx_int8_weights", "int8_dynamic.onnx"), ("litert_fp32", "fp32.tflite"),
                        ("litert_int8", "int8.tflite")):
-        if kind not in contenders and not (kind == "onnx_tf2onnx" and "onnx" in contenders):
+        if kind not in contenders and not (kind == "onnx_tf2onnx" and {"onnx", "onnx_attention"} & set(contenders)):
             continue
         files[kind] = os.path.join(folder, f"{args.size}_{name}")
         if not os.path.isfile(files[kind]):
@@ -179,12 +182,13 @@ def build_artifacts(args, folder, contenders):
             print(f"[bench] exporting {kind} -> {files[kind]}", flush=True)
             _tensorflow_child("--export", model_path, kind, files[kind], "--size", str(args.size))
             print(f"[bench] {kind} in {time.perf_counter() - start:.0f} s", flush=True)
-    if "onnx" in contenders:
-        from wsss_keras.export.onnx_fusion import fuse_onnx_file
+    from wsss_keras.export.onnx_fusion import fuse_onnx_file
 
-        files["onnx"] = os.path.join(folder, f"{args.size}_fused.onnx")
-        shutil.copyfile(files["onnx_tf2onnx"], files["onnx"])
-        files["fused"] = fuse_onnx_file(files["onnx"])
+    for kind, attention in (("onnx", False), ("onnx_attention", True)):
+        if kind in contenders:
+            files[kind] = os.path.join(folder, f"{args.size}_{'attention' if attention else 'fused'}.onnx")
+            shutil.copyfile(files["onnx_tf2onnx"], files[kind])
+            files[f"{kind}_fused"] = fuse_onnx_file(files[kind], attention)
     return files
 
 
@@ -371,13 +375,14 @@ def report(args, files, times, failed):
         print(f"{LABELS[kind]:<52} failed: {reason}")
         table.append(f"| {LABELS[kind]} | failed: {reason[:120]} | | | |")
     counts, notes = {}, []
-    for kind in ("onnx_tf2onnx", "onnx"):
+    for kind in ("onnx_tf2onnx", "onnx", "onnx_attention"):
         if kind in files:
             counts[kind] = op_counts(files[kind])
             file_ops, optimised = counts[kind]["file"], counts[kind]["onnxruntime"]
             line = (f"{sum(file_ops.values())} nodes in the file, {sum(optimised.values())} after onnxruntime's "
                     "optimisation: " + ", ".join(f"{op} {optimised.get(op, 0)}" for op in
-                                                 ("LayerNormalization", "com.microsoft:Gelu", "Erf", "GlobalAveragePool",
+                                                 ("LayerNormalization", "com.microsoft:Gelu",
+                                                  "com.microsoft:MultiHeadAttention", "Erf", "GlobalAveragePool",
                                                   "Softmax", "Cast", "Reshape")))
             print(f"{kind}: {line}")
             notes.append(f"{LABELS[kind]}: {line}.")
@@ -391,7 +396,8 @@ def report(args, files, times, failed):
             "repeats": args.repeats, "weights": args.weights, "gflop": round(gflop, 1),
             "network_gflop": round(network, 1),
             "sgemm_gflops": peak and round(peak, 1), "sgemm_ms": medians.get("sgemm"), "rows": rows,
-            "failed": failed, "op_counts": counts, "fused": files.get("fused"), "load_average": os.getloadavg()}
+            "failed": failed, "op_counts": counts, "fused": {k: v for k, v in files.items() if k.endswith("_fused")},
+            "load_average": os.getloadavg()}
 
 
 def main():
@@ -428,7 +434,7 @@ def main():
     os.makedirs(folder, exist_ok=True)
     try:
         files = build_artifacts(args, folder, contenders)
-        workers, failed = start_workers(contenders, {k: v for k, v in files.items() if k != "fused"}, args.size,
+        workers, failed = start_workers(contenders, {k: v for k, v in files.items() if not k.endswith("_fused")}, args.size,
                                         args.threads)
         result = report(args, files, interleave(workers, args.repeats), failed)
     finally:

@@ -77,6 +77,41 @@ def test_layer_norm_and_gelu_chains_become_fused_ops(tmp_path):
     np.testing.assert_allclose(output, keras.ops.convert_to_numpy(model(tokens)), atol=2e-5)
 
 
+def test_attention_becomes_onnxruntime_multi_head_attention_on_request(tmp_path):
+    """The project's ViT blocks through the real tf2onnx: with `attention`, each block's
+    attention is one com.microsoft.MultiHeadAttention and the outputs are still Keras's."""
+    import keras
+
+    from wsss_keras.backbones.vit import ViTEncoder
+    from wsss_keras.export.onnx_fusion import fuse_onnx_file
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the ONNX exporter under test is tf2onnx's (TensorFlow backend)")
+    keras.utils.set_random_seed(0)
+    encoder = ViTEncoder(patch_size=8, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, pos_embed_grid=4)
+    images = keras.Input((32, 32, 3))
+    model = keras.Model(images, encoder(images)["tokens"])
+    path = tmp_path / "vit.onnx"
+    model.export(str(path), format="onnx", input_signature=[keras.InputSpec(shape=(None, 32, 32, 3), dtype="float32")],
+                 opset_version=17, verbose=False)
+    before = _ops(onnx.load(path))
+    assert before["Softmax"] == 2
+    standard = tmp_path / "standard.onnx"
+    standard.write_bytes(path.read_bytes())
+    assert "attention" not in fuse_onnx_file(str(standard))  # not unless asked: the file stays standard ONNX
+
+    counts = fuse_onnx_file(str(path), attention=True)
+
+    assert counts["attention"] == 2
+    ops = _ops(onnx.load(path))
+    assert ops["com.microsoft:MultiHeadAttention"] == 2 and "Softmax" not in ops
+    assert before["Transpose"] - ops["Transpose"] == 2 * 4  # q, k, v and the merge, per block
+    pixels = np.random.default_rng(3).normal(0, 1, (2, 32, 32, 3)).astype("float32")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {session.get_inputs()[0].name: pixels})
+    np.testing.assert_allclose(output, keras.ops.convert_to_numpy(model(pixels)), atol=2e-5)
+
+
 def test_dynamic_int8_quantises_the_dense_layers_only(tmp_path):
     """--int8-scope weights on ONNX: int8 dense weights, activations quantised at run time."""
     import keras

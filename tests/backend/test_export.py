@@ -217,3 +217,5 @@ def test_cams_of_a_cam_network_and_refusals(calibration, tmp_path):
         export_model(path, str(tmp_path / "z"), formats=["onnx"], precisions=["fp16"], echo=lambda line: None)
     with pytest.raises(ExportError, match="ONNX/TFLite precision"):
         export_model(path, str(tmp_path / "z"), formats=["saved_model"], precisions=["int8"], echo=lambda line: None)
+    with pytest.raises(ExportError, match="ONNX attention 'fused': choose one of standard, onnxruntime"):
+        export_model(path, str(tmp_path / "z"), formats=["onnx"], onnx_attention="fused", echo=lambda line: None)

@@ -31,10 +31,13 @@ import click
                    "fails (for integer-only accelerators; ONNX: static, calibrated); weights quantises only "
                    "convolutions and dense layers (TFLite) or dense layers with activations quantised at run "
                    "time (ONNX: dynamic, no calibration): more accurate, and measured faster on an x86 CPU.")
+@click.option("--onnx-attention", type=click.Choice(["standard", "onnxruntime"]), default="standard", show_default=True,
+              help="ONNX: attention in ONNX's own ops, or as onnxruntime's fused MultiHeadAttention (a contrib op: "
+                   "faster on onnxruntime, which is then the only runtime that loads the file).")
 @click.option("--opset", type=click.IntRange(min=13), default=17, help="ONNX opset.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def export(model_path, formats, precisions, calibration, samples, eval_data, eval_split, input_size, dynamic, output,
-           min_agreement, int8_scope, opset, out):
+           min_agreement, int8_scope, onnx_attention, opset, out):
     """Export MODEL.keras for deployment and check the artifact against the model.
 
     The exported graph takes uint8 RGB images (B, H, W, 3) of any size and does the resizing
@@ -50,7 +53,7 @@ def export(model_path, formats, precisions, calibration, samples, eval_data, eva
         raise click.UsageError("--dynamic and --input-size exclude each other: the network runs at the image's size, or at one size.")
     manifests = export_model(model_path, out, formats, precisions, input_size, dynamic, output, calibration, samples,
                              eval_data, eval_split, opset=opset, min_agreement=min_agreement,
-                             int8_scope=int8_scope, echo=click.echo)
+                             int8_scope=int8_scope, onnx_attention=onnx_attention, echo=click.echo)
     for manifest in manifests:
         artifact = manifest["artifact"]
         click.echo(f"wrote {artifact['format']} {artifact['precision']} ({artifact['bytes'] / 1e6:.2f} MB) with its manifest")

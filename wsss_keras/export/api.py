@@ -14,6 +14,7 @@ from wsss_keras.export.errors import ExportCheckError, ExportError, first_lines
 from wsss_keras.export.formats import (
     DEFAULT_OPSET,
     FORMAT_NAMES,
+    ONNX_ATTENTIONS,
     artifact_folder,
     artifact_path,
     check_request,
@@ -27,7 +28,7 @@ from wsss_keras.export.tf_subprocess import export_in_subprocess
 
 def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input_size=None, dynamic=False,
                  output="logits", calibration=None, samples=None, eval_data=None, eval_split="val", eval_limit=50,
-                 opset=DEFAULT_OPSET, min_agreement=None, int8_scope="full", echo=print):
+                 opset=DEFAULT_OPSET, min_agreement=None, int8_scope="full", onnx_attention="standard", echo=print):
     """Export a trained `.keras` model; returns the manifests written.
 
     Args:
@@ -51,6 +52,8 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
             artifacts, instead of `AGREEMENT`'s (float32 keeps its bar and logit tolerance).
         int8_scope: "full" (every op int8 that passes the self-check, falling back op type by
             op type) or "weights" (only convolutions and dense layers int8); `INT8_SCOPES`.
+        onnx_attention: "standard" (ONNX's own ops) or "onnxruntime" (each attention as
+            onnxruntime's contrib MultiHeadAttention: faster there, onnxruntime only).
 
     Raises:
         ModelError: not a trained model. ExportError: the model cannot be exported as asked.
@@ -62,6 +65,8 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
     from wsss_keras.pipelines.model_io import check_model_file
 
     pairs = checked_pairs(formats, precisions, output, int8_scope, calibration)
+    if onnx_attention not in ONNX_ATTENTIONS:
+        raise ExportError(f"ONNX attention {onnx_attention!r}: choose one of {', '.join(ONNX_ATTENTIONS)}.")
     calibration, samples = image_folder(calibration, "calibration"), image_folder(samples, "sample")
     check_model_file(model_path)  # before a TensorFlow subprocess is started for a file that is no model
     if current_backend() != "tensorflow":
@@ -70,7 +75,7 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
             "precisions": list(precisions), "input_size": None if input_size is None else list(input_size),
             "dynamic": dynamic, "output": output, "calibration": calibration, "samples": samples,
             "eval_data": eval_data, "eval_split": eval_split, "eval_limit": eval_limit, "opset": opset,
-            "min_agreement": min_agreement, "int8_scope": int8_scope}, echo)
+            "min_agreement": min_agreement, "int8_scope": int8_scope, "onnx_attention": onnx_attention}, echo)
     from wsss_keras.pipelines.model_io import load_model
 
     model = load_model(model_path)
@@ -90,7 +95,7 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
         manifest = export_artifact(
             graph, fmt, precision, artifact_folder(out, pairs, fmt, precision), model_path, name, input_size, output,
             dynamic, opset, calibration_images, check_images, eval_dataset if precision != "fp32" else None,
-            eval_limit, None if precision == "fp32" else min_agreement, int8_scope, echo)
+            eval_limit, None if precision == "fp32" else min_agreement, int8_scope, echo, onnx_attention)
         manifests.append(manifest)
         if not manifest["check"]["passed"]:
             failures.append(f"{fmt} {precision}: {manifest['check']['message']}")
@@ -116,7 +121,8 @@ def checked_pairs(formats, precisions, output, int8_scope, calibration):
 
 
 def export_artifact(graph, fmt, precision, folder, model_path, name, input_size, output, dynamic, opset,
-                    calibration_images, check_images, eval_dataset, eval_limit, min_agreement, int8_scope, echo):
+                    calibration_images, check_images, eval_dataset, eval_limit, min_agreement, int8_scope, echo,
+                    onnx_attention="standard"):
     """Write, check and describe one artifact in `folder` (the one before is removed); returns
     its manifest, written beside it, whether its check passed or not."""
     os.makedirs(folder, exist_ok=True)
@@ -127,17 +133,21 @@ def export_artifact(graph, fmt, precision, folder, model_path, name, input_size,
     path, check = write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path, name,
                                 lambda artifact: self_check(graph, artifact, fmt, precision, check_images,
                                                             eval_dataset, eval_limit, echo, min_agreement),
-                                echo, int8_scope)
+                                echo, int8_scope, onnx_attention)
+    if onnx_attention == "onnxruntime" and check.get("fused", {}).get("attention") == 0:
+        echo(f"[export] {fmt}: no attention in the form onnxruntime's MultiHeadAttention replaces (one whose "
+             "probabilities nothing else reads); the file stays standard ONNX")
     manifest = build_manifest(graph, os.fspath(model_path), path, fmt, precision, input_size, output, dynamic, opset, check)
     write_manifest(manifest, folder, path)
     return manifest
 
 
 def write_checked(graph, fmt, precision, folder, calibration_images, opset, model_path, name, check_artifact, echo,
-                  int8_scope="full"):
+                  int8_scope="full", onnx_attention="standard"):
     """Write one artifact (`name`: Triton's model name) and check it: (path, check record). int8
     tries its float fallbacks until one passes, else keeps the attempt whose labels agreed best."""
-    attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset, name, int8_scope)
+    attempts = write_artifacts(graph, fmt, precision, folder, calibration_images, opset, name, int8_scope,
+                               onnx_attention)
     best = None  # (agreement, flatbuffer bytes, check) of the best failed int8 attempt
     while True:
         try:

@@ -16,6 +16,8 @@ FORMATS = ("saved_model", "onnx", "tflite", "triton")
 PRECISIONS = ("fp32", "fp16", "int8")
 ARTIFACT_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite", "triton": "model.onnx"}
 DEFAULT_OPSET = 17
+# `--onnx-attention`: ONNX's own ops, or onnxruntime's contrib MultiHeadAttention (onnx_fusion).
+ONNX_ATTENTIONS = ("standard", "onnxruntime")
 # The precisions each format is written in; a format asked for with none of its own is float32.
 FORMAT_NAMES = {"saved_model": "SavedModel", "onnx": "ONNX", "tflite": "TFLite", "triton": "Triton"}
 FORMAT_PRECISIONS = {"saved_model": ("fp32",), "onnx": ("fp32", "int8"), "tflite": PRECISIONS, "triton": ("fp32",)}
@@ -56,7 +58,7 @@ def artifact_path(out_dir, fmt, name):
 
 
 def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFAULT_OPSET, name="model",
-                    int8_scope="full"):
+                    int8_scope="full", onnx_attention="standard"):
     """Export `graph` into `out_dir` as `fmt`: yields (artifact path, notes). Every format
     yields once, except int8, which yields again with more ops kept in float each time
     (`int8_flatbuffers`, by `int8_scope`) for as long as the caller asks, so the self-check
@@ -70,13 +72,14 @@ def write_artifacts(graph, fmt, precision, out_dir, calibration=None, opset=DEFA
             graph.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
             yield path, {}
         elif fmt in ("onnx", "triton"):
-            yield from _write_onnx(graph, fmt, spec, path, out_dir, opset, name, precision, calibration, int8_scope)
+            yield from _write_onnx(graph, fmt, spec, path, out_dir, opset, name, precision, calibration, int8_scope,
+                                   onnx_attention == "onnxruntime")
         else:
             yield from _write_tflite(graph, precision, spec, path, calibration, int8_scope)
 
 
 def _write_onnx(graph, fmt, spec, path, out_dir, opset, name, precision="fp32", calibration=None,
-                int8_scope="full"):
+                int8_scope="full", attention=False):
     """The ONNX graph, its LayerNorm and GELU chains rewritten for onnxruntime's fused kernels
     (`fuse_onnx_file`); int8's once per quantisation level (`onnx_int8_files`); for Triton,
     inside a model repository with its `config.pbtxt`."""
@@ -87,12 +90,12 @@ def _write_onnx(graph, fmt, spec, path, out_dir, opset, name, precision="fp32", 
         with tempfile.TemporaryDirectory() as scratch:
             float_path = os.path.join(scratch, "float.onnx")
             graph.export(float_path, format="onnx", input_signature=[spec], opset_version=int(opset), verbose=False)
-            fused = fuse_onnx_file(float_path)
+            fused = fuse_onnx_file(float_path, attention)
             for artifact, notes in onnx_int8_files(float_path, path, calibration, int8_scope):
                 yield artifact, {"opset": int(opset), "fused": fused, **notes}
         return
     graph.export(path, format="onnx", input_signature=[spec], opset_version=int(opset), verbose=False)
-    fused = fuse_onnx_file(path)
+    fused = fuse_onnx_file(path, attention)
     if fmt == "triton":
         with open(os.path.join(out_dir, name, "config.pbtxt"), "w", encoding="utf-8") as handle:
             handle.write(triton_config(name, graph.label_count, graph.output_kind))
