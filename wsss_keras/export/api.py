@@ -37,7 +37,7 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
             `out/<format>_<precision>/`; a `manifest.json` sits beside each.
         formats: of "saved_model", "onnx", "tflite".
         precisions: "fp32", "fp16", "int8": TFLite takes all three, ONNX fp32 and int8
-            (onnxruntime's static quantisation), SavedModel and Triton are float32.
+            (onnxruntime's quantisation, `onnx_int8`), SavedModel and Triton are float32.
         input_size: (height, width) the network runs at; default `default_input_size`.
         dynamic: run the network at each image's own size (models whose code supports it).
         output: "logits" (logits and labels), "labels" or "cams".
@@ -51,7 +51,8 @@ def export_model(model_path, out, formats=("onnx",), precisions=("fp32",), input
         min_agreement: the share of pixels whose labels must agree for fp16 and int8
             artifacts, instead of `AGREEMENT`'s (float32 keeps its bar and logit tolerance).
         int8_scope: "full" (every op int8 that passes the self-check, falling back op type by
-            op type) or "weights" (only convolutions and dense layers int8); `INT8_SCOPES`.
+            op type; ONNX: static) or "weights" (only convolutions and dense layers int8; ONNX:
+            dense layers, dynamic, no calibration); `INT8_SCOPES`.
         onnx_attention: "standard" (ONNX's own ops) or "onnxruntime" (each attention as
             onnxruntime's contrib MultiHeadAttention: faster there, onnxruntime only).
 

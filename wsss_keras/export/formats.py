@@ -18,8 +18,8 @@ ARTIFACT_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": 
 DEFAULT_OPSET = 17
 # `--onnx-attention`: ONNX's own ops, or onnxruntime's contrib MultiHeadAttention (onnx_fusion).
 ONNX_ATTENTIONS = ("standard", "onnxruntime")
-# The precisions each format is written in; a format asked for with none of its own is float32.
 FORMAT_NAMES = {"saved_model": "SavedModel", "onnx": "ONNX", "tflite": "TFLite", "triton": "Triton"}
+# The precisions each format is written in; a format asked for with none of its own is float32.
 FORMAT_PRECISIONS = {"saved_model": ("fp32",), "onnx": ("fp32", "int8"), "tflite": PRECISIONS, "triton": ("fp32",)}
 
 
