@@ -220,8 +220,8 @@ def main():
     # "of raw" is of the best raw batch size; a lone client cannot batch, so its row is also shown
     # against raw batch 1.
     single = raw.get(1)
-    table = ["| clients | requests | throughput (images/s) | of raw (best batch) | of raw batch 1 | p50 (ms) | p99 (ms) "
-             "| errors |", "|---|---|---|---|---|---|---|---|"]
+    header = "| clients | requests | throughput (images/s) | of raw (best batch) | of raw batch 1 | p50 (ms) | p99 (ms) | errors |"
+    table = [header, "|---|---|---|---|---|---|---|---|"]
     for level in levels:
         of_single = f"{100 * level['throughput'] / single:.0f} %" if single and level["clients"] == 1 else ""
         table.append(f"| {level['clients']} | {level['requests']} | {level['throughput']:.1f} | "
