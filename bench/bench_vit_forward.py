@@ -225,13 +225,11 @@ def contender(kind, files, size, threads):
 
         return forward
     if kind.startswith("onnx"):
-        import onnxruntime
+        # The session the student bench times, its threads set alike.
+        from bench_student import onnx_arm
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        session = onnxruntime.InferenceSession(files[kind], options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda: session.run(None, {name: image})
+        run = onnx_arm(files[kind], threads)
+        return lambda: run(image)
     if kind.startswith("litert"):
         from ai_edge_litert.interpreter import Interpreter
 
