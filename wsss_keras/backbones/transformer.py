@@ -55,6 +55,8 @@ import math
 import keras
 from keras import ops
 
+from wsss_keras.backbones.token_dense import TokenDense
+
 _PACKAGE = "wsss_keras"
 
 
@@ -178,12 +180,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.use_qkv_bias = bool(use_qkv_bias)
         dense = dict(use_bias=self.use_qkv_bias, dtype=self.dtype_policy)
         if self.fused_qkv:
-            self.qkv = keras.layers.Dense(3 * self.hidden_dim, name="qkv", **dense)
+            self.qkv = TokenDense(3 * self.hidden_dim, name="qkv", **dense)
         else:
-            self.query = keras.layers.Dense(self.hidden_dim, name="query", **dense)
-            self.key = keras.layers.Dense(self.hidden_dim, name="key", **dense)
-            self.value = keras.layers.Dense(self.hidden_dim, name="value", **dense)
-        self.proj = keras.layers.Dense(self.hidden_dim, name="proj", dtype=self.dtype_policy)
+            self.query = TokenDense(self.hidden_dim, name="query", **dense)
+            self.key = TokenDense(self.hidden_dim, name="key", **dense)
+            self.value = TokenDense(self.hidden_dim, name="value", **dense)
+        self.proj = TokenDense(self.hidden_dim, name="proj", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         shape = (None, None, self.hidden_dim)
@@ -260,8 +262,8 @@ class TransformerMLP(keras.layers.Layer):
         self.mlp_dim = int(mlp_dim)
         self.activation = activation
         self._activation_fn = get_activation(activation)
-        self.fc1 = keras.layers.Dense(self.mlp_dim, name="fc1", dtype=self.dtype_policy)
-        self.fc2 = keras.layers.Dense(self.hidden_dim, name="fc2", dtype=self.dtype_policy)
+        self.fc1 = TokenDense(self.mlp_dim, name="fc1", dtype=self.dtype_policy)
+        self.fc2 = TokenDense(self.hidden_dim, name="fc2", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.fc1.build((None, None, self.hidden_dim))

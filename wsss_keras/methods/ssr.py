@@ -39,6 +39,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from wsss_keras.backbones.token_dense import TokenDense
 from wsss_keras.methods.weclip import WECLIP_DEFAULTS, WeCLIP, freeze, unit_normalize
 from wsss_keras.ops.cam import resize_bilinear
 from wsss_keras.ops.prototypes import (
@@ -135,9 +136,9 @@ class SSRProjectionHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden, self.output_dim = int(hidden), int(output_dim)
         self.supports_masking = True  # `mask` selects the rows BatchNorm's statistics count
-        self.fc1 = keras.layers.Dense(self.hidden, name="fc1")
+        self.fc1 = TokenDense(self.hidden, name="fc1")
         self.norm = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn")
-        self.fc2 = keras.layers.Dense(self.output_dim, name="fc2")
+        self.fc2 = TokenDense(self.output_dim, name="fc2")
 
     def build(self, input_shape):
         self.fc1.build(input_shape)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from wsss_keras.backbones.token_dense import TokenDense
 from wsss_keras.backbones.transformer import gelu_exact
 
 _PACKAGE = "wsss_keras"
@@ -63,9 +64,9 @@ class ProjectionHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_dim, self.bottleneck_dim, self.output_dim = int(hidden_dim), int(bottleneck_dim), int(output_dim)
         dense = dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), bias_initializer="zeros")
-        self.fc1 = keras.layers.Dense(self.hidden_dim, name="fc1", **dense)
-        self.fc2 = keras.layers.Dense(self.hidden_dim, name="fc2", **dense)
-        self.fc3 = keras.layers.Dense(self.bottleneck_dim, name="fc3", **dense)
+        self.fc1 = TokenDense(self.hidden_dim, name="fc1", **dense)
+        self.fc2 = TokenDense(self.hidden_dim, name="fc2", **dense)
+        self.fc3 = TokenDense(self.bottleneck_dim, name="fc3", **dense)
 
     def build(self, input_shape):
         self.fc1.build(input_shape)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from wsss_keras.backbones.token_dense import TokenDense
 from wsss_keras.backbones.transformer import TransformerBlock
 from wsss_keras.methods.initializers import torch_bias_uniform, torch_uniform
 
@@ -43,10 +44,10 @@ class WeCLIPDecoder(keras.layers.Layer):
         self.mlps = []
         for index in range(self.num_inputs):
             self.mlps.append((
-                keras.layers.Dense(self.width, activation="relu", name=f"mlp{index}_fc1"),
-                keras.layers.Dense(self.width, name=f"mlp{index}_fc2"),
+                TokenDense(self.width, activation="relu", name=f"mlp{index}_fc1"),
+                TokenDense(self.width, name=f"mlp{index}_fc2"),
             ))
-        self.fuse = keras.layers.Dense(self.width, name="fuse")
+        self.fuse = TokenDense(self.width, name="fuse")
         self.dropout = keras.layers.SpatialDropout2D(self.dropout_rate)
         self.blocks = [
             TransformerBlock(self.width, self.num_heads, 4 * self.width, activation="quick_gelu",
