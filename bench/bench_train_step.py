@@ -1,34 +1,78 @@
-"""Training step time of ViT-B/16 (forward, backward, AdamW) on each Keras backend, next to Hugging
-Face transformers' ViTModel trained in plain PyTorch. Random weights; prints figures, asserts nothing.
+"""ViT-B/16 training step (forward, backward, AdamW) on each Keras backend, interleaved in one run
+next to Hugging Face transformers' ViTModel trained in plain PyTorch. Random weights; prints
+figures, asserts nothing.
 
-    python bench/bench_train_step.py [--size 224] [--batch 4] [--repeats 5] [--json PATH]
+    python bench/bench_train_step.py [--size 224] [--batch 4] [--repeats 7] [--threads 2]
+        [--contenders sgemm,pytorch,tensorflow,jax,torch,jax_rank3] [--json PATH] [--note TEXT]
 
-Each arm runs in its own subprocess (Keras fixes its backend at import). The Keras arm is our
-`ViTEncoder` with a linear head on the class token, trained with `train_on_batch` (tf.function
-on TensorFlow, jit on JAX, eager on PyTorch); the PyTorch arm the same shapes with
-`torch.optim.AdamW`. The median of `--repeats` steps after two warm-up steps.
+The Keras contenders train the project's `ViTEncoder` with a linear head on the class token
+through `train_on_batch` (tf.function on TensorFlow, jit on JAX, eager on PyTorch); `pytorch`
+trains the same shapes with `torch.optim.AdamW` (the reference every ratio is to).
+`jax_rank3` is the JAX contender with the transformer's `TokenDense` layers computing as
+`keras.layers.Dense` does, on the rank-3 token tensor: the route the project took before
+`TokenDense` (wsss_keras/backbones/token_dense.py says why it is slower).
+`sgemm` is numpy's float32 matrix product, the machine's peak in the same rotation; a step's
+matrix-product FLOPs (about 3x the forward's) over it give each row's % of peak.
+
+Each contender is a persistent process pinned to the first --threads cores with its library's
+threads set (bench_vit_forward's workers); after two warm-up steps each, the parent asks them
+in turn (A, B, C, A, B, C, ...) for one step, so load changes on a shared machine touch every
+contender alike.
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_vit_forward import (
+    SGEMM_SIDE,
+    interleave,
+    pin,
+    serve,
+    start_workers,
+    vit_b16_gflop,
+)
+
 CLASSES = 20
+CONTENDERS = ("sgemm", "pytorch", "tensorflow", "jax", "torch", "jax_rank3")
+LABELS = {
+    "sgemm": "numpy float32 matmul 2048³ (peak)",
+    "pytorch": "PyTorch + transformers ViTModel (reference)",
+    "tensorflow": "Keras, TensorFlow",
+    "jax": "Keras, JAX",
+    "torch": "Keras, PyTorch",
+    "jax_rank3": "Keras, JAX, rank-3 Dense products (before TokenDense)",
+}
 
 
-def _median_ms(step, repeats):
-    from bench_vit_forward import _time  # two warm-up calls, then (median, min) ms of `repeats`
+def data(size, batch):
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(batch, size, size, 3)).astype("float32")
+    labels = (rng.random((batch, CLASSES)) < 0.1).astype("float32")
+    return images, labels
 
-    return _time(step, repeats)[0]
 
-
-def run_keras(size, batch, repeats):
+def keras_step(kind, size, batch, threads):
+    """One `train_on_batch` of the project's ViT-B/16 with a class-token head."""
     import keras
 
+    if kind == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    elif kind == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    if kind == "jax_rank3":
+        from wsss_keras.backbones.token_dense import TokenDense
+
+        TokenDense.call = keras.layers.Dense.call
     from wsss_keras.backbones.vit import ARCHS, ViTEncoder
 
     class Classifier(keras.Model):
@@ -42,24 +86,23 @@ def run_keras(size, batch, repeats):
 
     model = Classifier()
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(batch, size, size, 3)).astype("float32")
-    labels = (rng.random((batch, CLASSES)) < 0.1).astype("float32")
-    return _median_ms(lambda: float(model.train_on_batch(images, labels)), repeats)
+    images, labels = data(size, batch)
+    return lambda: float(model.train_on_batch(images, labels))
 
 
-def run_torch(size, batch, repeats):
+def pytorch_step(size, batch, threads):
+    """One step of transformers' ViTModel with a class-token head and torch's AdamW."""
     import torch
     from transformers import ViTConfig, ViTModel
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = ViTModel(ViTConfig(image_size=size, patch_size=16, hidden_size=768, num_hidden_layers=12,
                                num_attention_heads=12, intermediate_size=3072), add_pooling_layer=False)
     head = torch.nn.Linear(768, CLASSES)
-    parameters = list(model.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
-    images = torch.randn(batch, 3, size, size)
-    labels = (torch.rand(batch, CLASSES) < 0.1).float()
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-4)
+    images, labels = (torch.from_numpy(array) for array in data(size, batch))
+    images = images.permute(0, 3, 1, 2).contiguous()
     loss_function = torch.nn.BCEWithLogitsLoss()
 
     def step():
@@ -69,47 +112,89 @@ def run_torch(size, batch, repeats):
         optimizer.step()
         return float(loss)
 
-    return _median_ms(step, repeats)
+    return step
 
 
-def in_subprocess(arm, size, batch, repeats):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    if arm != "pytorch":
-        env["KERAS_BACKEND"] = arm
-    code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            f"import bench_train_step as b; "
-            f"print('RESULT', json.dumps(b.{'run_torch' if arm == 'pytorch' else 'run_keras'}({size}, {batch}, {repeats})))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    for line in result.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    print(f"{arm} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
-    return None
+def sgemm(threads):
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((SGEMM_SIDE, SGEMM_SIDE)).astype(np.float32) for _ in range(2))
+    return lambda: a @ b
+
+
+def worker(kind, size, batch, threads):
+    cores = pin(threads)
+    if kind == "sgemm":
+        step = sgemm(threads)
+    elif kind == "pytorch":
+        step = pytorch_step(size, batch, threads)
+    else:
+        step = keras_step(kind, size, batch, threads)
+    serve(step, cores)
+
+
+def report(args, times, failed):
+    medians = {kind: 1000 * float(np.median(values)) for kind, values in times.items()}
+    peak = 2 * SGEMM_SIDE ** 3 / 1e9 / (medians["sgemm"] / 1000) if "sgemm" in medians else None
+    work = 3 * args.batch * vit_b16_gflop(args.size)  # forward + two products per product backward
+    reference = medians.get("pytorch")
+    title = (f"ViT-B/16 training step (forward, backward, AdamW), {args.size}x{args.size}, batch {args.batch}, "
+             f"{args.threads} threads, median of {args.repeats} interleaved (matrix products: {work:.0f} GFLOP)")
+    table = ["| framework | median ms | min ms | vs PyTorch | % of sgemm peak |", "|---|---:|---:|---:|---:|"]
+    if peak:
+        table.append(f"| {LABELS['sgemm']} ({peak:.0f} GFLOP/s; floor {1000 * work / peak:.0f} ms) | "
+                     f"{medians['sgemm']:.1f} | | | 100 % |")
+    rows = {}
+    for kind, values in times.items():
+        if kind == "sgemm":
+            continue
+        row = {"median_ms": round(medians[kind], 1), "min_ms": round(1000 * min(values), 1),
+               "times_ms": [round(1000 * value, 1) for value in values]}
+        if reference:
+            row["x_pytorch"] = round(medians[kind] / reference, 3)
+        if peak:
+            row["fraction_of_peak"] = round(work / (medians[kind] / 1000) / peak, 3)
+        rows[kind] = row
+        ratio = f"{row['x_pytorch']:.2f}x" if "x_pytorch" in row else "-"
+        fraction = f"{100 * row['fraction_of_peak']:.0f} %" if "fraction_of_peak" in row else "-"
+        table.append(f"| {LABELS[kind]} | {row['median_ms']:.0f} | {row['min_ms']:.0f} | {ratio} | {fraction} |")
+    for kind, reason in failed.items():
+        table.append(f"| {LABELS[kind]} | failed: {reason[:120]} | | | |")
+    markdown = "\n".join(table) + (
+        f"\n\nEach contender in its own process on {args.threads} pinned cores, asked in turn "
+        f"(`bench/bench_train_step.py`); load average at the end {os.getloadavg()[0]:.1f}"
+        + (f"; {args.note}" if args.note else "") + ".")
+    print(f"\n{title}\n{markdown}")
+    return {"title": title, "markdown": markdown, "size": args.size, "batch": args.batch, "threads": args.threads,
+            "repeats": args.repeats, "sgemm_gflops": peak and round(peak, 1), "step_gflop": round(work, 1),
+            "rows": rows, "failed": failed, "load_average": os.getloadavg()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, of {','.join(CONTENDERS)}")
     parser.add_argument("--json", default=None, help="also write the figures here (bench_all.py reads them)")
+    parser.add_argument("--note", default=None, help="the machine's state, for the record")
+    parser.add_argument("--worker", choices=CONTENDERS)  # internal: the children
     args = parser.parse_args()
-    arms = [("Keras, tensorflow", "tensorflow"), ("Keras, jax", "jax"), ("Keras, torch", "torch"),
-            ("PyTorch + transformers (reference)", "pytorch")]
-    rows = [(label, in_subprocess(arm, args.size, args.batch, args.repeats)) for label, arm in arms]
-    reference = rows[-1][1]
-    title = (f"ViT-B/16 training step (forward, backward, AdamW), {args.size}x{args.size}, batch {args.batch}, "
-             f"{os.cpu_count()} cores, median of {args.repeats}")
-    table = ["| framework | step (ms) | vs PyTorch |", "|---|---|---|"]
-    for label, ms in rows:
-        ratio = f"{ms / reference:.2f}x" if ms and reference else "-"
-        table.append(f"| {label} | {ms:.0f} | {ratio} |" if ms else f"| {label} | failed | - |")
-    print(f"\n{title}\n" + "\n".join(table))
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    if args.worker:
+        return worker(args.worker, args.size, args.batch, args.threads)
+    contenders = [c for c in args.contenders.split(",") if c]
+    unknown = sorted(set(contenders) - set(CONTENDERS))
+    if unknown:
+        parser.error(f"--contenders: unknown {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
+    arguments = ["--size", str(args.size), "--batch", str(args.batch)]
+    workers, failed = start_workers(contenders, arguments, args.threads, script=os.path.abspath(__file__))
+    result = report(args, interleave(workers, args.repeats), failed)
     from results_io import write_results
 
-    write_results(args.json, "bench_train_step", title, markdown="\n".join(table),
-                  rows=[{"label": label, "ms": ms} for label, ms in rows])
+    write_results(args.json, "bench_train_step", result.pop("title"), **result)
     return 0
 
 

@@ -269,9 +269,13 @@ def contender(kind, files, size, threads):
 
 
 def worker(kind, files, size, threads):
-    """Serve timed forwards on stdin / stdout: READY after two warm-ups, then a time per 'run'."""
+    """Serve timed forwards of contender `kind` (see `serve`)."""
     cores = pin(threads)
-    forward = contender(kind, files, size, threads)
+    serve(contender(kind, files, size, threads), cores)
+
+
+def serve(forward, cores):
+    """Serve timed calls of `forward` on stdin / stdout: READY after two warm-ups, then a time per 'run'."""
     forward(), forward()
     print(f"READY {json.dumps({'cores': cores})}", flush=True)
     for line in sys.stdin:
@@ -284,21 +288,22 @@ def worker(kind, files, size, threads):
 
 def thread_environment(kind, threads):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if kind in ("tensorflow", "jax", "torch"):
-        env["KERAS_BACKEND"] = kind
-    if kind == "jax":
+    backend = kind.split("_")[0]  # "jax_rank3" and the like: a variant on that backend
+    if backend in ("tensorflow", "jax", "torch"):
+        env["KERAS_BACKEND"] = backend
+    if backend == "jax":
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=true "
                             f"intra_op_parallelism_threads={threads}").strip()
     return env
 
 
-def start_workers(contenders, files, size, threads):
-    """Each contender's process, started one at a time (their set-up would contend)."""
+def start_workers(contenders, arguments, threads, script=__file__):
+    """Each contender's process (`script --worker KIND ARGUMENTS --threads N`), started one at a
+    time (their set-up would contend)."""
     workers, failed = {}, {}
     for kind in contenders:
         start = time.perf_counter()
-        process = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--files", json.dumps(files),
-                                    "--size", str(size), "--threads", str(threads)],
+        process = subprocess.Popen([sys.executable, script, "--worker", kind, *arguments, "--threads", str(threads)],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env=thread_environment(kind, threads))
         line = process.stdout.readline()
@@ -432,8 +437,9 @@ def main():
     os.makedirs(folder, exist_ok=True)
     try:
         files = build_artifacts(args, folder, contenders)
-        workers, failed = start_workers(contenders, {k: v for k, v in files.items() if not k.endswith("_fused")}, args.size,
-                                        args.threads)
+        arguments = ["--files", json.dumps({k: v for k, v in files.items() if not k.endswith("_fused")}),
+                     "--size", str(args.size)]
+        workers, failed = start_workers(contenders, arguments, args.threads)
         result = report(args, files, interleave(workers, args.repeats), failed)
     finally:
         if not args.keep:
