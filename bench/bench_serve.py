@@ -68,8 +68,25 @@ def request_bodies(data, count=32):
     return bodies
 
 
+def process_cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` and its descendants (uvicorn's workers), from
+    Linux's /proc; None where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        children = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as handle:
+                children += [int(child) for child in handle.read().split()]
+    except OSError:
+        return None
+    own = sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return own + sum(process_cpu_seconds(child) or 0.0 for child in children)
+
+
 def raw_throughput(segmenter, bodies, batch_sizes, seconds):
-    """Images per second of onnxruntime alone on the decoded images, per batch size."""
+    """Per batch size: (images per second, images per CPU-second) of onnxruntime alone on the
+    decoded images."""
     from PIL import Image
 
     images = [np.asarray(Image.open(io.BytesIO(body)).convert("RGB")) for body in bodies]
@@ -77,11 +94,11 @@ def raw_throughput(segmenter, bodies, batch_sizes, seconds):
     for batch in batch_sizes:
         stack = np.stack([images[i % len(images)] for i in range(batch)])
         segmenter.run(stack, ["labels"])
-        done, start = 0, time.perf_counter()
+        done, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             segmenter.run(stack, ["labels"])
             done += batch
-        figures[batch] = done / (time.perf_counter() - start)
+        figures[batch] = (done / (time.perf_counter() - start), done / (time.process_time() - cpu))
     return figures
 
 
@@ -118,14 +135,18 @@ async def client(host, port, bodies, offset, stop_at, budget, latencies, errors)
         writer.close()
 
 
-async def load_level(host, port, bodies, clients, seconds, requests):
+async def load_level(host, port, bodies, clients, seconds, requests, server_pid):
     latencies, errors = [], []
     budget = [requests]
-    start = time.perf_counter()
+    start, client_cpu, server_cpu = time.perf_counter(), time.process_time(), process_cpu_seconds(server_pid)
     await asyncio.gather(*(client(host, port, bodies, i, start + seconds, budget, latencies, errors)
                            for i in range(clients)))
     elapsed = time.perf_counter() - start
+    client_cpu = time.process_time() - client_cpu
+    server_end = process_cpu_seconds(server_pid)
+    server_cpu = server_end - server_cpu if server_cpu is not None and server_end is not None else None
     return {"clients": clients, "requests": len(latencies), "seconds": elapsed,
+            "client_cpu_s": client_cpu, "server_cpu_s": server_cpu,
             "throughput": len(latencies) / elapsed,
             "p50_ms": 1000 * float(np.percentile(latencies, 50)) if latencies else float("nan"),
             "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else float("nan"),
@@ -142,7 +163,7 @@ def start_server(model_dir, port, args):
     env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "export")}
     command = [sys.executable, "-m", "wsss_deploy.serve", model_dir, "--port", str(port), "--workers", str(args.workers),
                "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-               "--max-queue", "256"]
+               "--max-queue", "256"] + (["--threads", str(args.threads)] if args.threads else [])
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -181,6 +202,7 @@ def main():
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None, help="the server's onnxruntime threads (default: its own)")
     parser.add_argument("--json", default=None, help="also write the figures here (bench_all.py reads them)")
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(ROOT, "export"))
@@ -199,19 +221,22 @@ def main():
         server = start_server(model_dir, port, args)
         try:
             equal = check_one_mask(port, segmenter, bodies[0])
-            levels = [asyncio.run(load_level("127.0.0.1", port, bodies, int(n), args.seconds, args.requests))
+            levels = [asyncio.run(load_level("127.0.0.1", port, bodies, int(n), args.seconds, args.requests, server.pid))
                       for n in args.clients.split(",")]
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
                 metrics = response.read().decode()
         finally:
             server.terminate()
             server.wait(30)
-    best_raw = max(raw.values())
+    best_raw = max(rate for rate, _ in raw.values())
+    best_raw_per_cpu = max(per_cpu for _, per_cpu in raw.values())
     size = (manifest.get("input") or {}).get("network_size")
     title = (f"ONNX server on loopback: model {manifest.get('model', {}).get('name', model_dir)}, network input {size}, "
              f"{os.cpu_count()} cores shared by server and clients; {args.workers} worker(s), max batch "
-             f"{args.max_batch_size}, max wait {args.max_wait_ms} ms")
-    lines = ["raw onnxruntime, one process: " + ", ".join(f"batch {b}: {v:.1f} images/s" for b, v in raw.items()),
+             f"{args.max_batch_size}, max wait {args.max_wait_ms} ms"
+             + (f", {args.threads} onnxruntime thread(s)" if args.threads else ""))
+    lines = ["raw onnxruntime, one process: " + ", ".join(f"batch {b}: {rate:.1f} images/s ({per_cpu:.1f} per CPU-second)"
+                                                       for b, (rate, per_cpu) in raw.items()),
              f"server mask equals onnxruntime's on the same image: {'yes' if equal else 'NO'}"]
     batches = [line for line in metrics.splitlines() if line.startswith(("wsss_batch_size_sum", "wsss_batch_size_count"))]
     counts = {line.split()[0]: float(line.split()[1]) for line in batches}
@@ -219,20 +244,29 @@ def main():
         lines.append(f"mean batch over the run: {counts['wsss_batch_size_sum'] / counts['wsss_batch_size_count']:.2f} images")
     # "of raw" is of the best raw batch size; a lone client cannot batch, so its row is also shown
     # against raw batch 1.
-    single = raw.get(1)
-    header = "| clients | requests | throughput (images/s) | of raw (best batch) | of raw batch 1 | p50 (ms) | p99 (ms) | errors |"
-    table = [header, "|---|---|---|---|---|---|---|---|"]
+    single = raw.get(1, (None,))[0]
+    # The clients run on the same cores: their CPU share is throughput the server cannot have.
+    # Images per server CPU-second against raw's per CPU-second is the server's own overhead.
+    header = ("| clients | requests | throughput (images/s) | of raw (best batch) | of raw batch 1 | p50 (ms) | p99 (ms) "
+              "| errors | CPU: server / clients (cores) | server images per CPU-s, of raw |")
+    table = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for level in levels:
         of_single = f"{100 * level['throughput'] / single:.0f} %" if single and level["clients"] == 1 else ""
+        cores, efficiency = "", ""
+        if level["server_cpu_s"]:
+            cores = f"{level['server_cpu_s'] / level['seconds']:.2f} / {level['client_cpu_s'] / level['seconds']:.2f}"
+            efficiency = f"{100 * level['requests'] / level['server_cpu_s'] / best_raw_per_cpu:.0f} %"
         table.append(f"| {level['clients']} | {level['requests']} | {level['throughput']:.1f} | "
                      f"{100 * level['throughput'] / best_raw:.0f} % | {of_single} | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
-                     f"{level['errors']}{' (' + level['first_error'] + ')' if level['errors'] else ''} |")
+                     f"{level['errors']}{' (' + level['first_error'] + ')' if level['errors'] else ''} | {cores} | {efficiency} |")
     print(f"\n{title}\n" + "\n".join(lines) + "\n\n" + "\n".join(table))
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from results_io import write_results
 
     write_results(args.json, "bench_serve", title, markdown="\n".join([f"- {line}" for line in lines] + [""] + table),
-                  raw_images_per_s={str(b): v for b, v in raw.items()}, levels=levels, masks_equal=equal)
+                  raw_images_per_s={str(b): rate for b, (rate, _) in raw.items()},
+                  raw_images_per_cpu_s={str(b): per_cpu for b, (_, per_cpu) in raw.items()}, levels=levels,
+                  masks_equal=equal)
     return 0
 
 
