@@ -114,7 +114,8 @@ def record_style(record):
 
 
 def provenance(record):
-    return f"commit {record.get('commit') or '?'}, {record.get('date', '?')}, {record.get('cores', '?')} cores"
+    load = f", load average {record['load_at_end']:.1f} at the end" if record.get("load_at_end") is not None else ""
+    return f"commit {record.get('commit') or '?'}, {record.get('date', '?')}, {record.get('cores', '?')} cores{load}"
 
 
 def render(results_dir):

@@ -17,7 +17,10 @@ def provenance():
                                 timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"commit": commit, "date": datetime.date.today().isoformat(), "cores": os.cpu_count()}
+    # The machine's state with the figures: the 1-minute load average when the bench ends (a
+    # timing's neighbours show there; this machine is shared).
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {"commit": commit, "date": datetime.date.today().isoformat(), "cores": os.cpu_count(), "load_at_end": load}
 
 
 def write_results(path, bench, title, **fields):
