@@ -397,3 +397,16 @@ def test_bad_thresholds_and_hook_arguments():
     hook = DOEI().make_hook(ops.convert_to_tensor(emb), ops.convert_to_tensor(rgb), 2, 1, 4)  # 16 patches, not 4
     with pytest.raises(ValueError, match="patches"):
         hook.guidance()
+
+
+def test_colour_kernel_against_pairwise_numpy():
+    from wsss_keras.methods.doei import colour_kernel
+
+    rng = np.random.default_rng(3)
+    colours = rng.random((2, 6, 3)).astype("float32")
+    sigma = 0.1
+    distance = ((colours[:, :, None, :] - colours[:, None, :, :]) ** 2).sum(-1)
+    expected = np.pad(np.exp(-distance / (2 * sigma * sigma)), [(0, 0), (2, 0), (2, 0)], constant_values=1.0)
+    kernel = ops.convert_to_numpy(colour_kernel(colours, sigma, num_class_tokens=2))
+    np.testing.assert_allclose(kernel, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.diagonal(kernel, axis1=1, axis2=2), 1.0, atol=1e-5)  # rounding only

@@ -172,8 +172,14 @@ def colour_kernel(colours, sigma, num_class_tokens):
     Returns:
         `(B, C + P, C + P)` float32.
     """
-    difference = ops.expand_dims(colours, 2) - ops.expand_dims(colours, 1)
-    distance = ops.sum(ops.square(difference), axis=-1)
+    # ‖r_p‖² + ‖r_q‖² - 2 r_p·r_q: one (P, P) product instead of a (P, P, 3) difference tensor
+    # (the largest node of the exported quickstart graph). Centred first, which leaves distances
+    # alone and keeps the norms small, so rounding stays near 1e-7; clipped at 0 against it.
+    colours = ops.cast(colours, "float32")
+    colours = colours - ops.mean(colours, axis=1, keepdims=True)
+    squared = ops.sum(ops.square(colours), axis=-1)
+    products = ops.matmul(colours, ops.swapaxes(colours, -1, -2))
+    distance = ops.maximum(ops.expand_dims(squared, 2) + ops.expand_dims(squared, 1) - 2.0 * products, 0.0)
     kernel = ops.exp(distance * (-0.5 / (sigma * sigma)))
     c = int(num_class_tokens)
     return ops.pad(kernel, [[0, 0], [c, 0], [c, 0]], constant_values=1.0)
