@@ -182,8 +182,9 @@ def main():
 
     title = (f"quickstart model (ToCo + DOEI), network input {size[0]}x{size[1]}, {args.threads} threads, "
              f"median of {args.repeat}; mIoU on the synthetic val set")
-    table = ["| runtime | size (MB) | batch 1 (ms) | speed-up over Keras TF, batch 1 | batch 8 (ms) | mIoU (val) "
-             "| self-check: label agreement |", "|---|---|---|---|---|---|---|"]
+    header = ("| runtime | size (MB) | batch 1 (ms) | speed-up over Keras TF, batch 1 | batch 8 (ms) | mIoU (val) "
+              "| self-check: label agreement |")
+    table = [header, "|---|---|---|---|---|---|---|"]
     keras_tf = rows[0][2]["ms1"]  # Keras predict on TensorFlow, the backend that exports
     for name, megabytes, figures in rows:
         check = figures.get("check")
