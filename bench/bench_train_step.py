@@ -30,10 +30,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_vit_forward import (
     SGEMM_SIDE,
+    contender,
     interleave,
     pin,
     serve,
     start_workers,
+    timing_row,
     vit_b16_gflop,
 )
 
@@ -115,19 +117,10 @@ def pytorch_step(size, batch, threads):
     return step
 
 
-def sgemm(threads):
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(threads)
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((SGEMM_SIDE, SGEMM_SIDE)).astype(np.float32) for _ in range(2))
-    return lambda: a @ b
-
-
 def worker(kind, size, batch, threads):
     cores = pin(threads)
     if kind == "sgemm":
-        step = sgemm(threads)
+        step = contender("sgemm", {}, size, threads)
     elif kind == "pytorch":
         step = pytorch_step(size, batch, threads)
     else:
@@ -150,13 +143,7 @@ def report(args, times, failed):
     for kind, values in times.items():
         if kind == "sgemm":
             continue
-        row = {"median_ms": round(medians[kind], 1), "min_ms": round(1000 * min(values), 1),
-               "times_ms": [round(1000 * value, 1) for value in values]}
-        if reference:
-            row["x_pytorch"] = round(medians[kind] / reference, 3)
-        if peak:
-            row["fraction_of_peak"] = round(work / (medians[kind] / 1000) / peak, 3)
-        rows[kind] = row
+        row = rows[kind] = timing_row(values, reference, "x_pytorch", work, peak)
         ratio = f"{row['x_pytorch']:.2f}x" if "x_pytorch" in row else "-"
         fraction = f"{100 * row['fraction_of_peak']:.0f} %" if "fraction_of_peak" in row else "-"
         table.append(f"| {LABELS[kind]} | {row['median_ms']:.0f} | {row['min_ms']:.0f} | {ratio} | {fraction} |")

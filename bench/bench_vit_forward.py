@@ -336,6 +336,20 @@ def interleave(workers, repeats):
     return times
 
 
+def timing_row(values, reference_ms, ratio_key, work_gflop, peak):
+    """A contender's figures from its times (seconds): median, min and each (ms), `ratio_key`:
+    median over `reference_ms` (when there is one), and the fraction of the sgemm `peak`
+    (GFLOP/s) that `work_gflop` in the median time makes (when there is a peak)."""
+    median = 1000 * float(np.median(values))
+    row = {"median_ms": round(median, 1), "min_ms": round(1000 * min(values), 1),
+           "times_ms": [round(1000 * value, 1) for value in values]}
+    if reference_ms:
+        row[ratio_key] = round(median / reference_ms, 3)
+    if peak:
+        row["fraction_of_peak"] = round(work_gflop / (median / 1000) / peak, 3)
+    return row
+
+
 def report(args, files, times, failed):
     """Print the table and node counts; returns the figures and a Markdown table."""
     medians = {kind: 1000 * float(np.median(values)) for kind, values in times.items()}
@@ -362,14 +376,7 @@ def report(args, files, times, failed):
     for kind, values in times.items():
         if kind == "sgemm":
             continue
-        row = {"median_ms": round(medians[kind], 1), "min_ms": round(1000 * min(values), 1),
-               "times_ms": [round(1000 * value, 1) for value in values]}
-        if hf:
-            row["x_hf"] = round(medians[kind] / hf, 3)
-        if peak:
-            work = gflop if kind == "hf" else network
-            row["fraction_of_peak"] = round(work / (medians[kind] / 1000) / peak, 3)
-        rows[kind] = row
+        row = rows[kind] = timing_row(values, hf, "x_hf", gflop if kind == "hf" else network, peak)
         ratio = f"{row['x_hf']:.2f}" if "x_hf" in row else "-"
         fraction = f"{100 * row['fraction_of_peak']:.0f} %" if "fraction_of_peak" in row else "-"
         print(f"{LABELS[kind]:<52}{row['median_ms']:10.0f}{row['min_ms']:9.0f}{ratio:>7}{fraction:>11}")
