@@ -156,6 +156,18 @@ def op_counts(path):
     return {"file": count(onnx.load(path, load_external_data=False)), "onnxruntime": optimised}
 
 
+def litert_op_counts(path):
+    """Op types of a LiteRT file (through the interpreter's op listing), or None where this
+    LiteRT version does not list them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        details = Interpreter(model_path=path)._get_ops_details()
+    except AttributeError:
+        return None
+    return dict(collections.Counter(op["op_name"] for op in details).most_common())
+
+
 def _tensorflow_child(*arguments):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, __file__, *arguments], env=env, capture_output=True, text=True,
@@ -394,6 +406,16 @@ def report(args, files, times, failed):
                                                  ("LayerNormalization", "com.microsoft:Gelu",
                                                   "com.microsoft:MultiHeadAttention", "Erf", "GlobalAveragePool",
                                                   "Softmax", "Cast", "Reshape")))
+            print(f"{kind}: {line}")
+            notes.append(f"{LABELS[kind]}: {line}.")
+    # LiteRT has a GELU builtin (its converter matches the erf form) but no LayerNorm or CPU
+    # attention builtin: the counts show which of the three its graph reaches.
+    for kind in ("litert_fp32", "litert_int8"):
+        if kind in files and (ops := litert_op_counts(files[kind])):
+            counts[kind] = {"file": ops}
+            line = f"{sum(ops.values())} ops: " + ", ".join(
+                f"{op} {ops.get(op, 0)}" for op in ("GELU", "MEAN", "RSQRT", "SQUARED_DIFFERENCE", "SOFTMAX",
+                                                     "BATCH_MATMUL", "FULLY_CONNECTED"))
             print(f"{kind}: {line}")
             notes.append(f"{LABELS[kind]}: {line}.")
     markdown = "\n".join(table) + ("\n\n" + "\n".join(f"- {note}" for note in notes) if notes else "")
