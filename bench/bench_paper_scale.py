@@ -3,7 +3,9 @@
     python bench/bench_paper_scale.py [--recipes toco_doei_voc,amr_voc] [--backends torch,jax] [--steps 20]
         [--weights random] [--voc DIR] [--coco DIR] [--timeout 600] [--stages train] [--export] [--json FILE]
 
-Each (recipe, backend) runs in its own process (a backend is chosen once per process), on the
+--recipes takes shipped names or recipe files (one that extends a paper recipe with a smaller
+`batch_size` and `accumulate`, say, where the paper's batch does not fit: the global batch
+stays). Each (recipe, backend) runs in its own process (a backend is chosen once per process), on the
 recipe's real networks, image and crop sizes, batch sizes and losses, for N steps per training
 stage on the first images of each split (`wsss_keras.pipelines.smoke`). Without --voc / --coco
 it writes synthetic folders at VOC's and COCO's image sizes (`wsss data synth --size voc`,
@@ -44,8 +46,18 @@ PAPER_RECIPES = ("toco_voc", "toco_doei_voc", "amr_voc", "ssc_voc", "weclip_voc"
 SPLIT_SIZES = {"voc": {"train_aug": 10582, "train": 1464, "val": 1449}, "coco": {"train2014": 82081, "val2014": 40137}}
 
 
+def recipe_label(recipe):
+    """A shipped recipe's name, or a recipe file's name without its folder and `.toml`."""
+    return os.path.splitext(os.path.basename(recipe))[0]
+
+
 def dataset_kind(recipe):
-    return "coco" if recipe.endswith("_coco") else "voc"
+    """"coco" when any of the recipe's tables reads a COCO split, else "voc" (a recipe file of
+    one's own that extends a COCO recipe is COCO too)."""
+    from wsss_keras.recipes import load_recipe
+
+    splits = {table.get("split") for table in load_recipe(recipe).values() if isinstance(table, dict)}
+    return "coco" if splits & set(SPLIT_SIZES["coco"]) else "voc"
 
 
 def synthetic_folders(root, kinds):
@@ -110,7 +122,7 @@ def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir
         command += ["--weights", weights]
     if stages:
         command += ["--stages", stages]
-    log_path = os.path.join(log_dir, f"{recipe}_{backend}.log")
+    log_path = os.path.join(log_dir, f"{recipe_label(recipe)}_{backend}.log")
     started = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         try:
@@ -122,7 +134,13 @@ def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir
             status = f"timed out after {timeout} s"
     with open(log_path, encoding="utf-8", errors="replace") as log:
         lines = [line.rstrip() for line in log if line.strip()]
-    record = {"recipe": recipe, "backend": backend, "status": status, "seconds": round(time.perf_counter() - started, 1)}
+    if status == "exit -9":  # SIGKILL: on this machine, the kernel's out-of-memory killer
+        stage = next((line.split("]")[0] + "]" for line in reversed(lines)
+                      if line.startswith("[") and not line.startswith("[smoke]")), "a stage")
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+        status = (f"killed in {stage}, most likely out of memory (this machine has {memory:.0f} GiB): lower the "
+                  "stage's batch_size and set accumulate in a recipe that extends this one, keeping the global batch")
+    record = {"recipe": recipe_label(recipe), "backend": backend, "status": status, "seconds": round(time.perf_counter() - started, 1)}
     smoke_path = os.path.join(out, "smoke.json")
     if os.path.isfile(smoke_path):
         with open(smoke_path, encoding="utf-8") as handle:
@@ -236,11 +254,11 @@ def main():
                     if timeout < 30:
                         print(f"{recipe} on {backend}: skipped, the budget is spent", flush=True)
                         continue
-                record = run_one(recipe, backend, folders[dataset_kind(recipe)], os.path.join(root, f"{recipe}_{backend}"),
-                                 args.steps, weights, stages_of(recipe, args.stages), timeout, root)
+                out = os.path.join(root, f"{recipe_label(recipe)}_{backend}")
+                record = run_one(recipe, backend, folders[dataset_kind(recipe)], out, args.steps, weights,
+                                 stages_of(recipe, args.stages), timeout, root)
                 if args.export and record["status"] == "ok":
-                    export_one(record, folders[dataset_kind(recipe)], os.path.join(root, f"{recipe}_{backend}"),
-                               args.timeout, root)
+                    export_one(record, folders[dataset_kind(recipe)], out, args.timeout, root)
                 records.append(record)
                 print(f"{recipe} on {backend}: {record['status']} in {record['seconds']} s", flush=True)
     table = markdown(records)
