@@ -3,9 +3,8 @@
     python bench/bench_paper_scale.py [--recipes toco_doei_voc,amr_voc] [--backends torch,jax] [--steps 20]
         [--weights random] [--voc DIR] [--coco DIR] [--timeout 600] [--stages train] [--export] [--json FILE]
 
---recipes takes shipped names or recipe files (one that extends a paper recipe with a smaller
-`batch_size` and `accumulate`, say, where the paper's batch does not fit: the global batch
-stays). Each (recipe, backend) runs in its own process (a backend is chosen once per process), on the
+--recipes takes shipped names or recipe files (one that extends a paper recipe with
+`accumulate = 2`, say, where the paper's batch does not fit: the batch stays, run as micro-batches). Each (recipe, backend) runs in its own process (a backend is chosen once per process), on the
 recipe's real networks, image and crop sizes, batch sizes and losses, for N steps per training
 stage on the first images of each split (`wsss_keras.pipelines.smoke`). Without --voc / --coco
 it writes synthetic folders at VOC's and COCO's image sizes (`wsss data synth --size voc`,
@@ -138,8 +137,9 @@ def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir
         stage = next((line.split("]")[0] + "]" for line in reversed(lines)
                       if line.startswith("[") and not line.startswith("[smoke]")), "a stage")
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-        status = (f"killed in {stage}, most likely out of memory (this machine has {memory:.0f} GiB): lower the "
-                  "stage's batch_size and set accumulate in a recipe that extends this one, keeping the global batch")
+        status = (f"killed in {stage}, most likely out of memory (this machine has {memory:.0f} GiB): set the "
+                  "stage's accumulate = 2 (or more) in a recipe that extends this one, to run its batch as smaller "
+                  "micro-batches")
     record = {"recipe": recipe_label(recipe), "backend": backend, "status": status, "seconds": round(time.perf_counter() - started, 1)}
     smoke_path = os.path.join(out, "smoke.json")
     if os.path.isfile(smoke_path):

@@ -2,6 +2,8 @@
 images of each split, with a table of what each stage cost and whether its outputs are sane."""
 
 import json
+import re
+import time
 
 import numpy as np
 import pytest
@@ -87,6 +89,39 @@ def test_out_of_memory_names_the_stage_and_the_batch_to_lower(tmp_path):
     with pytest.raises(ValueError):  # anything else is a bug and stays itself
         with meter("cams"):
             raise ValueError("boom")
+
+
+def test_host_memory_running_out_is_reported_before_the_kernel_kills(tmp_path):
+    # The kernel's out-of-memory kill is a SIGKILL no except sees: the watchdog reports first.
+    from wsss_keras.pipelines.smoke import _MemoryWatchdog
+
+    readings = iter([(8 << 30, 16 << 30), (4 << 30, 16 << 30), (100 << 20, 16 << 30)])
+    fake = lambda: next(readings, (100 << 20, 16 << 30))
+    messages = []
+    data = tiny_synthetic(tmp_path / "data", n_train=4, n_val=2, size=32, classes="3")
+    recipe = {"recipe": {"name": "t", "method": "toco"}, "train": {"batch_size": 8}}
+    meter = SmokeMeter(recipe, DatasetFolder(data), str(tmp_path / "run"), exit_now=messages.append,
+                       watchdog=lambda on_exhausted: _MemoryWatchdog(on_exhausted, interval=0.01, read=fake))
+    with meter("train"):
+        deadline = time.monotonic() + 10
+        while not messages and time.monotonic() < deadline:
+            time.sleep(0.01)
+        saved = json.loads((tmp_path / "run" / "smoke.json").read_text())
+    assert len(messages) == 1  # once, at the third reading (100 MiB of 16 GiB is under 2 %)
+    assert re.fullmatch(r"\[train\] ran out of memory at [0-9.]+ GiB; set \[train\] accumulate = 2 \(or more\) in .* "
+                        r"to keep the batch of 8 in smaller micro-batches, or lower batch_size\.", messages[0])
+    assert saved["stages"][0]["stage"] == "train"
+    assert saved["stages"][0]["output"] == "out of memory (host, about to be killed)"
+    assert saved["stages"][0]["host_peak"] > 0
+
+
+def test_the_memory_watchdog_stays_quiet_with_memory_to_spare():
+    from wsss_keras.pipelines.smoke import _MemoryWatchdog
+
+    fired = []
+    with _MemoryWatchdog(lambda: fired.append(1), interval=0.01, read=lambda: (3 << 30, 16 << 30)):
+        time.sleep(0.1)
+    assert fired == []
 
 
 def test_smoke_run_of_the_whole_amr_pipeline(tmp_path):

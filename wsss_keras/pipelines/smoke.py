@@ -15,6 +15,8 @@ import contextlib
 import glob
 import json
 import os
+import sys
+import threading
 import time
 
 import numpy as np
@@ -77,6 +79,55 @@ def _reset_host_peak():
             handle.write("5")
     except OSError:
         pass
+
+
+def _available_memory():
+    """(MemAvailable, MemTotal) in bytes from Linux's /proc/meminfo, or None elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024, int(fields["MemTotal"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class _MemoryWatchdog:
+    """Calls `on_exhausted()` once when the host's available memory falls under `margin` of its
+    total, checking every `interval` seconds in a daemon thread.
+
+    Why: when host memory runs out the kernel kills the process outright (SIGKILL), which no
+    `except` sees, and a smoke run would end with the shell's "Killed" and no figure. Reporting
+    just before that leaves the stage, its peak and the fix in smoke.json and on the terminal.
+    """
+
+    def __init__(self, on_exhausted, margin=0.02, interval=0.2, read=_available_memory):
+        self.on_exhausted, self.margin, self.interval, self.read = on_exhausted, margin, interval, read
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if self.read() is not None:  # nothing to watch without /proc/meminfo
+            self._thread = threading.Thread(target=self._watch, name="wsss-smoke-memory", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self):
+        while not self._stop.wait(self.interval):
+            reading = self.read()
+            if reading is not None and reading[0] < self.margin * reading[1]:
+                self.on_exhausted()
+                return
+
+
+def _exit_now(message):
+    """Print the one-line error and end the process at once (the kernel would kill it next)."""
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 class _Accelerator:
@@ -180,11 +231,12 @@ class SmokeMeter:
     """`run_recipe`'s `meter`: measures each stage and checks what it wrote; `rows` holds one
     dict per stage run."""
 
-    def __init__(self, recipe, data, out_dir, header=None):
+    def __init__(self, recipe, data, out_dir, header=None, watchdog=_MemoryWatchdog, exit_now=_exit_now):
         self.recipe, self.data, self.out_dir = recipe, data, out_dir
         self.accelerator = _Accelerator()
         self.header = dict(header or {})
         self.rows = []
+        self.watchdog, self.exit_now = watchdog, exit_now
 
     def save(self):
         """Write `smoke.json` (the header and the rows so far): after every stage, so a run that
@@ -210,8 +262,16 @@ class SmokeMeter:
         started = time.perf_counter()
         row = {"stage": stage}
         self.rows.append(row)
+
+        def host_memory_exhausted():
+            row.update(self._measure(started, compiles))
+            row["output"] = "out of memory (host, about to be killed)"
+            self.save()
+            self.exit_now(self._out_of_memory_message(stage, row))
+
         try:
-            yield
+            with self.watchdog(host_memory_exhausted):
+                yield
         except BaseException as error:  # an interrupt too: the row says how far the stage got
             row.update(self._measure(started, compiles))
             if is_out_of_memory(error):
