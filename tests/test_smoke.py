@@ -86,6 +86,10 @@ def test_out_of_memory_names_the_stage_and_the_batch_to_lower(tmp_path):
         with meter("train"):
             raise MemoryError
     assert meter.rows[0]["output"] == "out of memory"
+    meter.recipe["train"]["accumulate"] = 2  # already accumulating: the fix doubles it
+    with pytest.raises(WSSSError, match=r"set \[train\] accumulate = 4 \(or more\)"):
+        with meter("train"):
+            raise MemoryError
     with pytest.raises(ValueError):  # anything else is a bug and stays itself
         with meter("cams"):
             raise ValueError("boom")

@@ -319,9 +319,11 @@ class SmokeMeter:
     def _out_of_memory_message(self, stage, row):
         table = self._training_file(stage)[1]
         batch = section(self.recipe, table).get("batch_size") if table else None
+        accumulate = int(section(self.recipe, table).get("accumulate", 1)) if table else 1
         peak = row["accelerator_peak"] if row["accelerator_peak"] is not None else row["host_peak"]
-        fix = (f"set [{table}] accumulate = 2 (or more) in {recipe_source(self.recipe)} to keep the batch of {batch} in "
-               f"smaller micro-batches, or lower batch_size" if batch else "run it on a machine with more memory")
+        fix = (f"set [{table}] accumulate = {2 * accumulate} (or more) in {recipe_source(self.recipe)} to keep the batch "
+               f"of {batch} in smaller micro-batches, or lower batch_size" if batch else
+               "run it on a machine with more memory")
         return f"[{stage}] ran out of memory at {_gib(peak)} GiB; {fix}."
 
     def _outputs(self, stage, seconds):
