@@ -140,7 +140,7 @@ def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir
         status = (f"killed in {stage}, most likely out of memory (this machine has {memory:.0f} GiB): set the "
                   "stage's accumulate = 2 (or more) in a recipe that extends this one, to run its batch as smaller "
                   "micro-batches")
-    record = {"recipe": recipe_label(recipe), "backend": backend, "status": status, "seconds": round(time.perf_counter() - started, 1)}
+    record = {"recipe": recipe_label(recipe), "dataset": dataset_kind(recipe), "backend": backend, "status": status, "seconds": round(time.perf_counter() - started, 1)}
     smoke_path = os.path.join(out, "smoke.json")
     if os.path.isfile(smoke_path):
         with open(smoke_path, encoding="utf-8") as handle:
@@ -200,7 +200,8 @@ def markdown(records):
                          f"{record.get('last_line', '').replace('|', '/')} |")
     lines += ["", "| recipe | backend | accelerator | projected hours of the whole schedule |", "|---|---|---|---|"]
     for record in records:
-        hours = projected_hours(record.get("stages", []), dataset_kind(record["recipe"]))
+        # The label of a recipe file is not a recipe name: the run recorded its dataset.
+        hours = projected_hours(record.get("stages", []), record.get("dataset") or dataset_kind(record["recipe"]))
         complete = record["status"] == "ok"
         lines.append(f"| {record['recipe']} | {record['backend']} | {record.get('accelerator') or 'CPU'} | "
                      f"{hours:.1f}{'' if complete else ' (stages that ran)'} |")
