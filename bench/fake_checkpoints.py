@@ -132,8 +132,8 @@ def _openai_clip_b16():
     return entries
 
 
-def _batchnorm(prefix, channels, tracked):
-    entries = [(f"{prefix}.weight", (channels,), "gain"), (f"{prefix}.bias", (channels,), "bias"),
+def _batchnorm(prefix, channels, tracked, gain="gain"):
+    entries = [(f"{prefix}.weight", (channels,), gain), (f"{prefix}.bias", (channels,), "bias"),
                (f"{prefix}.running_mean", (channels,), "running_mean"),
                (f"{prefix}.running_var", (channels,), "running_var")]
     return entries + ([(f"{prefix}.num_batches_tracked", (), "count")] if tracked else [])
@@ -151,7 +151,11 @@ def _torchvision_resnet(blocks, tracked=False):
             entries += [(f"{block}.conv2.weight", (width, width, 3, 3), "conv")]
             entries += _batchnorm(f"{block}.bn2", width, tracked)
             entries += [(f"{block}.conv3.weight", (4 * width, width, 1, 1), "conv")]
-            entries += _batchnorm(f"{block}.bn3", 4 * width, tracked)
+            # The residual branch's last gain small, as in a trained ResNet (and torchvision's
+            # zero_init_residual): with gains near 1 and running statistics unrelated to the
+            # activations, the residual stream grew through the 16 blocks to features of mean
+            # |x| 478 (a trained ResNet-50's are near 0.5), and AMR's training diverged on them.
+            entries += _batchnorm(f"{block}.bn3", 4 * width, tracked, gain="residual_gain")
             if index == 0:
                 entries += [(f"{block}.downsample.0.weight", (4 * width, in_channels, 1, 1), "conv")]
                 entries += _batchnorm(f"{block}.downsample.1", 4 * width, tracked)
@@ -208,6 +212,8 @@ def fake_value(key, shape, kind, seed=0):
     noise = rng.standard_normal(size=shape, dtype=np.float32)
     if kind == "gain":
         return 1.0 + 0.1 * noise
+    if kind == "residual_gain":
+        return 0.1 + 0.01 * noise
     if kind == "conv":  # He-like, so a full-size forward keeps its scale
         fan_in = int(np.prod(shape[1:]))
         return noise * np.float32(math.sqrt(2.0 / fan_in))

@@ -113,6 +113,11 @@ def test_resnet50_loads_strictly(write):
                                   expected("resnet50", "layer1.0.downsample.0.weight").transpose(2, 3, 1, 0))
     with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): layer3\.10\."):
         registry.load_pretrained(path, "resnet101")
+    # A full-size forward keeps its scale (features of mean |x| 478 made AMR's training diverge):
+    # on a standard-normal image a trained ResNet-50's last features average about 0.5.
+    image = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
+    features = _np(model(image, training=False))
+    assert np.isfinite(features).all() and np.abs(features).mean() < 5.0
 
 
 def test_dino_vits16_loads_strictly(write):
