@@ -100,14 +100,3 @@ def test_cam_train_transform_crops_and_cuts_out():
     assert max(y1 - y0, x1 - x0) in range(16, 21)  # the whole resized image fits in the crop
     inside = image[y0:y1, x0:x1]
     assert (inside == 0).all(-1).any() and (inside != 0).any()
-
-
-def test_irn_trains_on_the_images_that_have_ir_labels():
-    from wsss_keras.pipelines.irn import irn_split
-
-    # amr_voc names no IRN or IR-label split: both follow the CAMs' (train_aug), not "train".
-    assert irn_split({"cams": {"split": "train_aug"}}) == "train_aug"
-    assert irn_split({"cams": {"split": "train2014"}, "ir_labels": {}}) == "train2014"
-    assert irn_split({"cams": {"split": "train_aug"}, "ir_labels": {"split": "train"}}) == "train"
-    assert irn_split({"cams": {"split": "train_aug"}, "irn": {"split": "val"}}) == "val"
-    assert irn_split({}) == "train"
