@@ -3,16 +3,14 @@
 
 import pytest
 
-from wsss_keras.pipelines.irn import irn_split
-from wsss_keras.pipelines.segmentation import segmentation_split
+from wsss_keras.recipes import labelled_split
 
 
-@pytest.mark.parametrize("split_of, labels, own", [(irn_split, "ir_labels", "irn"),
-                                                   (segmentation_split, "pseudo_labels", "segmentation")])
-def test_a_stage_trains_on_the_images_that_have_its_labels(split_of, labels, own):
+@pytest.mark.parametrize("labels, own", [("ir_labels", "irn"), ("pseudo_labels", "segmentation")])
+def test_a_stage_trains_on_the_images_that_have_its_labels(labels, own):
     # amr_voc names neither split: both follow the CAMs' (train_aug), not VOC's "train".
-    assert split_of({"cams": {"split": "train_aug"}}) == "train_aug"
-    assert split_of({"cams": {"split": "train2014"}, labels: {}}) == "train2014"
-    assert split_of({"cams": {"split": "train_aug"}, labels: {"split": "train"}}) == "train"
-    assert split_of({"cams": {"split": "train_aug"}, own: {"split": "val"}}) == "val"
-    assert split_of({}) == "train"
+    assert labelled_split({"cams": {"split": "train_aug"}}, own) == "train_aug"
+    assert labelled_split({"cams": {"split": "train2014"}, labels: {}}, own) == "train2014"
+    assert labelled_split({"cams": {"split": "train_aug"}, labels: {"split": "train"}}, own) == "train"
+    assert labelled_split({"cams": {"split": "train_aug"}, own: {"split": "val"}}, own) == "val"
+    assert labelled_split({}, own) == "train"

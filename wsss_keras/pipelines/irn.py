@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from wsss_keras.errors import DataError
-from wsss_keras.recipes import recipe_error, section
+from wsss_keras.recipes import labelled_split, recipe_error, section
 from wsss_keras.step_counts import IRN_STEPS
 
 IRN_FILE = "irn.keras"
@@ -57,16 +57,6 @@ def build_irn(recipe, dataset, weights=None):
         raise recipe_error(recipe, f"[irn] {error}") from None
 
 
-def irn_split(recipe):
-    """The split IRNet trains on: `[irn] split`, else the IR labels' (`[ir_labels] split`, which
-    defaults to the CAMs'), the images that have IR labels. IRN's train_irn reads its
-    train_list (train_aug on VOC) with the IR labels of those images. The fallback used to be
-    "train": on VOC that trained on 1,464 of train_aug's 10,582 images without a word, and on
-    COCO, which has no such split, the run stopped (found by amr_coco's smoke run)."""
-    cams = section(recipe, "cams").get("split", "train")
-    return section(recipe, "irn").get("split", section(recipe, "ir_labels").get("split", cams))
-
-
 def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=None, echo=print):
     """Train IRNet on the confident labels in `label_dir` (default `out_dir/ir_labels`); returns
     the path of `irn.keras`.
@@ -91,7 +81,7 @@ def train_irn(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=Non
     seed = int(settings.get("seed", section(recipe, "train").get("seed", 0)))
     keras.utils.set_random_seed(seed)
     label_dir = label_dir or os.path.join(out_dir, "ir_labels")
-    dataset = open_split(data_dir, irn_split(recipe))
+    dataset = open_split(data_dir, labelled_split(recipe, "irn"))
     dataset = dataset.with_label_maps_from(label_dir, "IR labels", made_by="the IR-label stage (wsss irn labels)")
     loader = label_map_loader(settings, dataset, seed, crop_size=512, batch_size=16)
     model = build_irn(recipe, dataset, weights)

@@ -13,7 +13,7 @@ ImageNet initialisation every paper uses; the backbone's shape must then match t
 import os
 
 from wsss_keras.errors import WSSSError
-from wsss_keras.recipes import recipe_error, section
+from wsss_keras.recipes import labelled_split, recipe_error, section
 from wsss_keras.step_counts import SEGMENTATION_STEPS
 
 SEGMENTER_FILE = "segmenter.keras"
@@ -102,16 +102,6 @@ def init_backbone_from(recipe, table, start_from, out_dir, backbone, echo=print,
     echo(f"[{stage}] backbone initialised from {source_file}")
 
 
-def segmentation_split(recipe):
-    """The split the segmentation network trains on: `[segmentation] split`, else the
-    pseudo-labels' (`[pseudo_labels] split`, which defaults to the CAMs'), the images that have
-    pseudo-labels. The fallback used to be "train": on VOC the IRN-pipeline recipes then trained
-    DeepLab on 1,464 of train_aug's 10,582 pseudo-labelled images without a word, and on COCO,
-    which has no such split, the run stopped (found by amr_coco's smoke run)."""
-    cams = section(recipe, "cams").get("split", "train")
-    return section(recipe, "segmentation").get("split", section(recipe, "pseudo_labels").get("split", cams))
-
-
 def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, steps=None, echo=print):
     """Train the `[segmentation]` network on the label maps in `label_dir`; returns the model path.
 
@@ -136,7 +126,7 @@ def train_segmenter(recipe, data_dir, out_dir, label_dir=None, weights=None, ste
     seed = int(settings.get("seed", section(recipe, "train").get("seed", 0)))
     keras.utils.set_random_seed(seed)
     label_dir = label_dir or os.path.join(out_dir, "pseudo_labels")
-    dataset = open_split(data_dir, segmentation_split(recipe))
+    dataset = open_split(data_dir, labelled_split(recipe, "segmentation"))
     dataset = dataset.with_label_maps_from(label_dir, "pseudo-labels", made_by="the pseudo-label stage (wsss irn walk)")
     loader = label_map_loader(settings, dataset, seed, crop_size=321, batch_size=10)
     model = build_segmenter(recipe, dataset, weights)

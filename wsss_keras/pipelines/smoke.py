@@ -23,7 +23,7 @@ import numpy as np
 
 from wsss_keras.errors import WSSSError
 from wsss_keras.pipelines.fitting import MODEL_FILE
-from wsss_keras.recipes import recipe_source, section
+from wsss_keras.recipes import labelled_split, recipe_source, section
 
 _FEW_IMAGES = 4
 IGNORE_LABEL = 255
@@ -311,9 +311,10 @@ class SmokeMeter:
         return int(section(self.recipe, table).get("steps") or default_steps(self.recipe["recipe"]["method"], table))
 
     def _split(self, stage):
-        """The split a per-image stage reads (ir_labels and pseudo_labels default to the CAMs')."""
+        """The split a per-image stage reads (ir_labels and pseudo_labels: the CAMs' by default)."""
         table, fallback = _PER_IMAGE_SPLITS[stage]
-        fallback = fallback or section(self.recipe, "cams").get("split", "train")
+        if fallback is None:
+            return labelled_split(self.recipe, table)
         return section(self.recipe, table).get("split", fallback)
 
     def _out_of_memory_message(self, stage, row):
