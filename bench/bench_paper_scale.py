@@ -4,8 +4,9 @@
         [--weights random] [--voc DIR] [--coco DIR] [--timeout 600] [--stages train] [--export] [--json FILE]
 
 --recipes takes shipped names or recipe files (one that extends a paper recipe with
-`accumulate = 2`, say, where the paper's batch does not fit: the batch stays, run as micro-batches). Each (recipe, backend) runs in its own process (a backend is chosen once per process), on the
-recipe's real networks, image and crop sizes, batch sizes and losses, for N steps per training
+`accumulate = 2`, say, where the paper's batch does not fit: the batch stays, run as
+micro-batches). Each (recipe, backend) runs in its own process (a backend is chosen once per
+process), on the recipe's real networks, image and crop sizes, batch sizes and losses, for N steps per training
 stage on the first images of each split (`wsss_keras.pipelines.smoke`). Without --voc / --coco
 it writes synthetic folders at VOC's and COCO's image sizes (`wsss data synth --size voc`,
 `--layout coco`). It prints, per recipe and stage, seconds per step or per image, peak memory,
@@ -109,7 +110,7 @@ def fake_weights(root):
     return folder
 
 
-def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir):
+def run_one(recipe, backend, kind, data, out, steps, weights, stages, timeout, log_dir):
     command = [sys.executable, "-m", "wsss_keras.cli", "--backend", backend, "run", recipe, "--data", data,
                "--out", out, "--smoke", str(steps)]
     cwd = ROOT
@@ -140,7 +141,8 @@ def run_one(recipe, backend, data, out, steps, weights, stages, timeout, log_dir
         status = (f"killed in {stage}, most likely out of memory (this machine has {memory:.0f} GiB): set the "
                   "stage's accumulate = 2 (or more) in a recipe that extends this one, to run its batch as smaller "
                   "micro-batches")
-    record = {"recipe": recipe_label(recipe), "dataset": dataset_kind(recipe), "backend": backend, "status": status, "seconds": round(time.perf_counter() - started, 1)}
+    record = {"recipe": recipe_label(recipe), "dataset": kind, "backend": backend, "status": status,
+              "seconds": round(time.perf_counter() - started, 1)}
     smoke_path = os.path.join(out, "smoke.json")
     if os.path.isfile(smoke_path):
         with open(smoke_path, encoding="utf-8") as handle:
@@ -201,7 +203,7 @@ def markdown(records):
     lines += ["", "| recipe | backend | accelerator | projected hours of the whole schedule |", "|---|---|---|---|"]
     for record in records:
         # The label of a recipe file is not a recipe name: the run recorded its dataset.
-        hours = projected_hours(record.get("stages", []), record.get("dataset") or dataset_kind(record["recipe"]))
+        hours = projected_hours(record.get("stages", []), record["dataset"])
         complete = record["status"] == "ok"
         lines.append(f"| {record['recipe']} | {record['backend']} | {record.get('accelerator') or 'CPU'} | "
                      f"{hours:.1f}{'' if complete else ' (stages that ran)'} |")
@@ -243,8 +245,9 @@ def main():
         root = os.path.abspath(args.keep or scratch)
         os.makedirs(root, exist_ok=True)
         weights = fake_weights(root) if args.weights == "fake" else args.weights
-        kinds = sorted({dataset_kind(recipe) for recipe in recipes} - {kind for kind in ("voc", "coco") if getattr(args, kind)})
-        folders = {**synthetic_folders(root, kinds), **{kind: os.path.abspath(getattr(args, kind)) for kind in ("voc", "coco") if getattr(args, kind)}}
+        kinds = {recipe: dataset_kind(recipe) for recipe in recipes}  # each recipe file read once
+        wanted = sorted(set(kinds.values()) - {kind for kind in ("voc", "coco") if getattr(args, kind)})
+        folders = {**synthetic_folders(root, wanted), **{kind: os.path.abspath(getattr(args, kind)) for kind in ("voc", "coco") if getattr(args, kind)}}
         records = []
         deadline = time.monotonic() + args.budget if args.budget else None
         for backend in backends:
@@ -256,10 +259,11 @@ def main():
                         print(f"{recipe} on {backend}: skipped, the budget is spent", flush=True)
                         continue
                 out = os.path.join(root, f"{recipe_label(recipe)}_{backend}")
-                record = run_one(recipe, backend, folders[dataset_kind(recipe)], out, args.steps, weights,
+                kind = kinds[recipe]
+                record = run_one(recipe, backend, kind, folders[kind], out, args.steps, weights,
                                  stages_of(recipe, args.stages), timeout, root)
                 if args.export and record["status"] == "ok":
-                    export_one(record, folders[dataset_kind(recipe)], out, args.timeout, root)
+                    export_one(record, folders[kind], out, args.timeout, root)
                 records.append(record)
                 print(f"{recipe} on {backend}: {record['status']} in {record['seconds']} s", flush=True)
     table = markdown(records)
