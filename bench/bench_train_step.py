@@ -32,6 +32,7 @@ from bench_vit_forward import (
     SGEMM_SIDE,
     contender,
     interleave,
+    keras_threads,
     pin,
     serve,
     start_workers,
@@ -62,15 +63,7 @@ def keras_step(kind, size, batch, threads):
     """One `train_on_batch` of the project's ViT-B/16 with a class-token head."""
     import keras
 
-    if kind == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    elif kind == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    keras_threads(kind, threads)
     if kind == "jax_rank3":
         from wsss_keras.backbones.token_dense import TokenDense
 

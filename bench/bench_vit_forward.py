@@ -260,15 +260,7 @@ def contender(kind, files, size, threads):
     from wsss_keras.data.transforms import normalize
     from wsss_keras.pipelines.model_io import load_model
 
-    if kind == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    elif kind == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    keras_threads(kind, threads)
     network = load_model(files["model"])
 
     class Logits(keras.Model):  # predict_on_batch compiles `call`: here the segmentation logits
@@ -278,6 +270,20 @@ def contender(kind, files, size, threads):
     logits = Logits()
     pixels = keras.ops.convert_to_numpy(normalize(image, network.image_mean, network.image_std))
     return lambda: keras.ops.convert_to_numpy(logits.predict_on_batch(pixels))
+
+
+def keras_threads(backend, threads):
+    """The intra-op threads of a Keras backend's library (JAX's come from XLA_FLAGS, set by
+    `thread_environment` before it starts)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def worker(kind, files, size, threads):
