@@ -11,7 +11,8 @@ there is not run again unless --rerun (the quality benches take about an hour pe
 RESULTS/RESULTS.md, has three parts: quality per method next to its baseline (mean ± std over
 seeds, per style, and the paired difference per seed with its 95 % interval and what it
 supports), the training step time per backend next to plain PyTorch, and inference per runtime
-(latency, size, mIoU; the HTTP server's throughput). --readme replaces the README's part
+(latency, size, mIoU; the HTTP server's throughput), and, when run by name (hours), the paper
+recipes at full size. --readme replaces the README's part
 between `<!-- bench_all:begin -->` and `<!-- bench_all:end -->` with it, so the README's results
 are generated, not typed. Benches not measured yet are listed as such.
 """
@@ -22,7 +23,14 @@ import os
 import subprocess
 import sys
 
-from quality_common import mean_std_cell, paired_interval, verdict
+from quality_common import (
+    FOUND_AT,
+    KEPT_AT,
+    lost_classes,
+    mean_std_cell,
+    paired_interval,
+    verdict,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -37,7 +45,10 @@ BENCHES = {
     "export": ("bench_export.py", "deploy", "inference per runtime"),
     "serve": ("bench_serve.py", "deploy", "the ONNX HTTP server"),
     "student": ("bench_student.py", "deploy", "compact students against their teacher"),
+    "paper_scale": ("bench_paper_scale.py", "scale", "every paper recipe at full size, 2 steps, with its exports"),
 }
+# Run only when named in --only: hours on a 2-core CPU, and the ToCo recipes need the machine alone.
+LONG = {"paper_scale"}
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
 
 
@@ -55,6 +66,9 @@ def run_bench(name, args, style=None):
         command += ["--data", args.data] if args.data else ["--style", style or "flat"]
     if name in ("export", "serve") and args.run:
         command += ["--run", args.run]
+    if part == "scale":
+        command += ["--weights", "fake", "--steps", "2", "--export"]
+        command += ["--keep", os.path.join(args.keep, name)] if args.keep else []
     print(f"[bench_all] {' '.join(command)}", flush=True)
     return subprocess.run(command, cwd=ROOT).returncode
 
@@ -108,6 +122,33 @@ def paired_verdicts(records):
     return "\n".join(lines)
 
 
+def lost_class_lines(records):
+    """Per quality bench, style and arm: each seed's classes that the CAMs found and the run's last
+    stage lost (`quality_common.lost_classes`), or that it kept them all; records from before the
+    per-class figures say so."""
+    lines = []
+    for record in records:
+        for arm, label in record["labels"].items():
+            rows = record["rows"].get(arm, [])
+            if not any(len(row.get("classes", {})) > 1 for row in rows):
+                continue  # a single-stage arm (the plain CNN) has nothing to lose
+            seeds = []
+            for seed, row in enumerate(rows):
+                if "classes" not in row:
+                    seeds.append(f"run {seed + 1}: not recorded")
+                    continue
+                lost = lost_classes(row["classes"])
+                if lost:
+                    seeds.append(f"run {seed + 1}: " + ", ".join(
+                        f"{name} (CAM {cam:.1f}, {STAGE_NAMES[last]} {value:.1f})" for name, cam, last, value in lost))
+            verdict_line = "; ".join(seeds) if seeds else f"kept every class its CAMs found, on all {len(rows)} runs"
+            lines.append(f"- {label} ({record_style(record)}): {verdict_line}.")
+    return "\n".join(lines) or "- no per-class figures recorded yet (benches run before they were kept)."
+
+
+STAGE_NAMES = {"pseudo": "pseudo-labels", "seg": "segmentation"}
+
+
 def record_style(record):
     """The data style of a quality record; records from before the styles were all "flat"."""
     return record.get("style", "flat")
@@ -140,9 +181,11 @@ def render(results_dir):
         parts.append("**Seed by seed** (method minus baseline, same seed, same run; a difference under 0.05 "
                      "counts as a tie; a gain is claimed only where the 95 % interval of the paired "
                      "differences excludes zero):\n\n" + paired_verdicts(quality))
+        parts.append(f"**Classes the CAMs found and the run lost** (CAM IoU at least {FOUND_AT:.0f}, the last "
+                     f"stage's under {KEPT_AT:.0f}; issue #22 item 5):\n\n" + lost_class_lines(quality))
         parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)}" + (f"; {r['note']}" if r.get("note") else "")
                                               + ")" for r in quality) + ".")
-    for name in ("train_step", "vit_forward", "export", "serve", "student"):
+    for name in ("train_step", "vit_forward", "export", "serve", "student", "paper_scale"):
         if name in records:
             record = records[name]
             parts.append(f"**{record['title']}** ({provenance(record)}):\n\n{record['markdown']}")
@@ -167,7 +210,9 @@ def update_readme(markdown, readme=os.path.join(ROOT, "README.md")):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated, of {','.join(BENCHES)}")
+    parser.add_argument("--only", default=",".join(name for name in BENCHES if name not in LONG),
+                        help=f"comma-separated, of {','.join(BENCHES)} (default: all but {','.join(sorted(LONG))}, "
+                        "which take hours)")
     parser.add_argument("--rerun", action="store_true", help="run benches whose JSON exists too")
     parser.add_argument("--render-only", action="store_true", help="run nothing; write the page from the JSON there is")
     parser.add_argument("--results", default=os.path.join(HERE, "results"))

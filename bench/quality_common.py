@@ -15,9 +15,35 @@ import tempfile
 SINGLE_STAGE_COLUMNS = (("cam", "CAM (train)"), ("pseudo", "pseudo-labels (train)"), ("seg", "segmentation (val)"))
 
 
+# Each scored stage of a run's metrics.json and the figure's key in the benches' rows.
+STAGE_FIGURES = (("cams", "cam"), ("pseudo_labels", "pseudo"), ("segmentation", "seg"))
+# Issue #22's bar for a host that keeps what its CAMs find: a class found at a CAM IoU of at least
+# FOUND_AT is lost when the run's last stage scores it under KEPT_AT.
+FOUND_AT, KEPT_AT = 30.0, 20.0
+
+
 def scores(metrics):
-    """CAM (best threshold of the sweep) and pseudo-label mIoU, in percent, of a run's metrics."""
-    return {"cam": 100 * metrics["cams"]["miou"], "pseudo": 100 * metrics["pseudo_labels"]["miou"]}
+    """CAM (best threshold of the sweep) and pseudo-label mIoU, in percent, of a run's metrics,
+    and every class's IoU per stage (`class_ious`)."""
+    return {"cam": 100 * metrics["cams"]["miou"], "pseudo": 100 * metrics["pseudo_labels"]["miou"],
+            "classes": class_ious(metrics)}
+
+
+def class_ious(metrics):
+    """{figure: {class: IoU in percent}} of each scored stage of a run's metrics (classes with no
+    IoU, absent from both the labels and the truth, left out)."""
+    return {key: {name: round(100 * value, 1) for name, value in metrics[stage]["iou"].items() if value is not None}
+            for stage, key in STAGE_FIGURES if stage in metrics}
+
+
+def lost_classes(classes, found_at=FOUND_AT, kept_at=KEPT_AT):
+    """[(class, CAM IoU, last stage's key, its IoU)] for the classes the CAMs found (IoU >= found_at)
+    that the run's last scored stage scores under kept_at (a class it never predicts counts as 0)."""
+    last = next((key for _, key in reversed(STAGE_FIGURES) if key in classes and key != "cam"), None)
+    if last is None or "cam" not in classes:
+        return []
+    return [(name, cam, last, classes[last].get(name, 0.0)) for name, cam in classes["cam"].items()
+            if cam >= found_at and classes[last].get(name, 0.0) < kept_at]
 
 
 def argument_parser(description):
@@ -109,8 +135,8 @@ def report(json_path, bench, title, columns, labels, rows, first="method", style
 
     print_table(title, columns, labels, rows, first)
     write_results(json_path, bench, title, style=style, first=first, columns=[list(c) for c in columns], labels=labels,
-                  rows={arm: [{key: float(value) for key, value in row.items()} for row in values]
-                        for arm, values in rows.items()})
+                  rows={arm: [{key: value if isinstance(value, dict) else float(value) for key, value in row.items()}
+                              for row in values] for arm, values in rows.items()})
 
 
 def mean_std_cell(values):

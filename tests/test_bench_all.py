@@ -62,3 +62,29 @@ def test_render_reads_one_result_file_per_style(tmp_path):
     rows = [line for line in page.splitlines() if line.startswith("| AMR")]
     assert [row.split(" | ")[1] for row in rows] == ["flat", "flat", "photo", "photo"]
     assert page.count("- B vs A (") == 2
+
+
+def test_lost_classes_are_those_the_cams_found_and_the_last_stage_dropped():
+    import quality_common
+
+    classes = {
+        "cam": {"background": 80.0, "car": 61.2, "bus": 31.0, "boat": 12.0, "train": 45.0},
+        "pseudo": {"background": 85.0, "car": 4.5, "bus": 30.0, "boat": 2.0, "train": 40.0},
+        # car never predicted: no IoU at all, counted as 0; bus right at the bar is kept; boat
+        # was never found, so it is not "lost".
+        "seg": {"background": 88.0, "bus": 20.0, "boat": 1.0, "train": 19.9},
+    }
+    assert quality_common.lost_classes(classes) == [("car", 61.2, "seg", 0.0), ("train", 45.0, "seg", 19.9)]
+    # Without a segmentation stage (the IRN benches), pseudo-labels are the last stage.
+    assert quality_common.lost_classes({key: classes[key] for key in ("cam", "pseudo")}) == [("car", 61.2, "pseudo", 4.5)]
+
+
+def test_lost_class_lines_name_each_run_and_skip_single_stage_arms():
+    found = {"cam": {"car": 60.0}, "seg": {"car": 50.0}}
+    lost = {"cam": {"car": 60.0}, "seg": {"car": 5.0}}
+    record = {"name": "toco_doei", "style": "photo", "labels": {"host": "Host", "cnn": "CNN"},
+              "rows": {"host": [{"classes": found}, {"classes": lost}], "cnn": [{"cam": 40.0, "classes": {"cam": {"car": 70.0}}}]}}
+    text = bench_all.lost_class_lines([record])
+    assert text == "- Host (photo): run 2: car (CAM 60.0, segmentation 5.0)."
+    record["rows"]["host"] = [{"classes": found}] * 3
+    assert bench_all.lost_class_lines([record]) == "- Host (photo): kept every class its CAMs found, on all 3 runs."
