@@ -53,6 +53,17 @@ colour_clusters = 3
 projection_hidden = 8
 projection_dim = 4
 prototype_bank = "epoch"
+
+[dino]
+source = "train"
+vit = { hidden_dim = 8, num_layers = 1, num_heads = 2, mlp_dim = 16, pos_embed_grid = 4, stem = { widths = [8, 16], convs_per_stage = 1, norm = "group" } }
+batch_size = 2
+global_size = 32
+local_size = 16
+local_crops = 2
+prototypes = 8
+head_hidden = 8
+bottleneck = 4
 """  # SSR's own tables: a WeCLIP recipe with them is refused (WeCLIP would ignore them)
 
 
@@ -65,7 +76,7 @@ def test_cpu_recipe_runs_every_stage_and_resumes(tmp_path, method):
     lines = []
     metrics = run_recipe(recipe, data, str(run), steps=1, echo=lines.append)
 
-    for stage in ("train-clip", "train"):
+    for stage in ("train-clip", "train") + (("train-dino",) if method == "ssr" else ()):
         assert any(line.startswith(f"[{stage}] step 1/1") for line in lines), stage
     assert os.path.isfile(run / "clip.keras") and json.loads((run / "clip_words.json").read_text())["words"]
     model = load_model(str(run / "model.keras"))
@@ -79,6 +90,9 @@ def test_cpu_recipe_runs_every_stage_and_resumes(tmp_path, method):
         assert pseudo.shape == (32, 32) and set(np.unique(pseudo).tolist()) <= present
     if method == "ssr":
         assert any("prototypes refreshed at step 0" in line for line in lines)
+        # SGC's DINO is the teacher of the ViT trained here, whose token stride is the CLIP's.
+        assert type(model.dino).__name__ == "StemViT" and model.dino.stride == model.image_encoder.stride == 2
+        assert any("DINO attention from the ViT trained here" in line for line in lines)
         regions = sorted(name for name in os.listdir(run / "regions") if name.endswith(".png"))
         assert regions == sorted(f"{name}.png" for name in train.names)
     assert {"cams", "pseudo_labels", "segmentation"} <= set(metrics)

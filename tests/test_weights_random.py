@@ -189,7 +189,7 @@ def test_build_encoder_random_and_the_old_error(vit_file):
 
 
 def test_load_dino_random(vit_file, tmp_path):
-    from wsss_keras.pipelines.ssr import load_dino
+    from wsss_keras.pipelines.dino import load_dino
 
     arch = {**registry.family("dino_vits16").ARCHS["dino_vits16"], **TINY_VIT}
     lines = []
@@ -258,7 +258,7 @@ def test_load_clip_without_weights_keeps_its_errors(clip_file, tmp_path):
 
 
 def test_paper_recipes_build_their_backbones_untrained_at_full_size(tmp_path, monkeypatch):
-    from wsss_keras.pipelines.ssr import load_dino
+    from wsss_keras.pipelines.dino import load_dino
     from wsss_keras.pipelines.toco import build_encoder
     from wsss_keras.pipelines.weclip import load_clip
     from wsss_keras.recipes import load_recipe, section

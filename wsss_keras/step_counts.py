@@ -56,6 +56,8 @@ STEP_COUNTS = {
     "weclip": _CLIP_SCHEDULES,
     "ssr": {
         **_CLIP_SCHEDULES,
+        # The DINO-style ViT of the CPU recipe ([dino] source = "train"); DINO's warm-up was 10 epochs.
+        "dino": {"dino": {"steps": 1000, "warmup_steps": 50}},
         "train": {**_CLIP_SCHEDULES["train"], "ssr": dict(SSR_STEP_KNOBS)},
     },
 }

@@ -59,7 +59,8 @@ def register(cli):
 
         The multi-stage methods add their stages: superpixels (SSC), the CAM network (AMR), IR
         labels, IRNet, the random walk and the segmentation network. WeCLIP and SSR's CPU recipes
-        first train a tiny CLIP (train_clip), SSR computes superpixels and their colour regions,
+        first train a tiny CLIP (train_clip), SSR computes superpixels and their colour regions
+        (and, with `[dino] source = "train"`, trains a small ViT DINO-style as its DINO: train_dino),
         and their pseudo-labels are the methods' online ones. Each stage writes files into OUT and
         is skipped when they are there already.
         """

@@ -281,6 +281,44 @@ class ToCoTrainTransform:
         return normalize(main, self.mean, self.std), label_map, box, extras
 
 
+@dataclasses.dataclass
+class MultiCropTransform:
+    """DINO's multi-crop views (Caron et al., ICCV 2021, `DataAugmentationDINO` in its code), at
+    the sizes a recipe gives: two global views, RandomResizedCrops of scale `global_scale` at
+    `global_size` (the first always blurred, the second blurred with p 0.1 and solarised with p
+    0.2), and `local_crops` views of scale `local_scale` at `local_size` (blurred with p 0.5);
+    each flipped, colour-jittered (p 0.8) and greyed (p 0.2) on its own.
+
+    Returns (first global view, None, its box (0, size, 0, size), {"global_view": the second,
+    "local_views": (local_crops, local_size, local_size, 3)}), all normalised.
+    """
+
+    global_size: int = 96
+    local_size: int = 48
+    local_crops: int = 4
+    global_scale: tuple = (0.4, 1.0)
+    local_scale: tuple = (0.05, 0.4)
+    jitter: tuple = (0.4, 0.4, 0.2, 0.1)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def _view(self, rng, image, size, scale, blur, solarize=0.0):
+        view = random_resized_crop(rng, image, size, scale)
+        if rng.random() < 0.5:
+            view = np.ascontiguousarray(view[:, ::-1])
+        if rng.random() < 0.8:
+            view = colour_jitter(rng, view, *self.jitter)
+        view = gaussian_blur(rng, random_grayscale(rng, view, 0.2), blur)
+        return normalize(random_solarize(rng, view, solarize), self.mean, self.std)
+
+    def __call__(self, rng, image, label_map=None):
+        first = self._view(rng, image, self.global_size, self.global_scale, blur=1.0)
+        second = self._view(rng, image, self.global_size, self.global_scale, blur=0.1, solarize=0.2)
+        local = [self._view(rng, image, self.local_size, self.local_scale, blur=0.5) for _ in range(self.local_crops)]
+        local = np.stack(local) if local else np.zeros((0, self.local_size, self.local_size, 3), np.float32)
+        return first, None, (0, self.global_size, 0, self.global_size), {"global_view": second, "local_views": local}
+
+
 def random_resize_long(rng, image, label_map, long_range):
     """Resize so that the longer side is an integer drawn uniformly from `long_range` (inclusive)."""
     target = int(rng.integers(long_range[0], long_range[1] + 1))

@@ -231,8 +231,10 @@ class SSR(WeCLIP):
         if dino is not None:
             dino.build((None, None, None, 3))
             freeze(dino)
-            if dino.patch_size != self.image_encoder.stride:
-                raise ValueError(f"DINO's patch {dino.patch_size} must equal the CLIP's token stride {self.image_encoder.stride}.")
+            # A ViT's stride is its patch; a ViT behind a conv stem (the CPU recipe's) has its own.
+            stride = getattr(dino, "stride", None) or dino.patch_size
+            if stride != self.image_encoder.stride:
+                raise ValueError(f"DINO's token stride {stride} must equal the CLIP's {self.image_encoder.stride}.")
             if int(self.options["dino_layers"]) > dino.num_layers:
                 raise ValueError(f"[ssr] dino_layers = {self.options['dino_layers']}; DINO has {dino.num_layers} blocks.")
         self.dino = dino

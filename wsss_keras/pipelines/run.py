@@ -12,6 +12,7 @@ pseudo-labels are written by the pseudo-labels stage.
 |---|---|
 | superpixels | `superpixels/<id>.png`: SLIC superpixels of the training split (SSC, SSR; `[superpixels]`); for SSR also `regions/<id>.png`, their colour clusters |
 | train_clip | `clip.keras`: the tiny CLIP the CPU recipes of WeCLIP and SSR train first (`[clip] source = "train"`) |
+| train_dino | `dino.keras`: the small ViT SSR's CPU recipe trains DINO-style as its DINO (`[dino] source = "train"`) |
 | train_cam | `cam_network.keras`: the plain CAM network (AMR's stage A, its spotlight branch) |
 | train | `model.keras`, `train_log.csv`: the method's model |
 | cams | `cams/<id>.npz` for the `[cams]` split (train by default, as the papers score seeds) |
@@ -32,7 +33,7 @@ from wsss_keras.pipelines.student import STUDENT_PREDICTIONS, student_arch
 from wsss_keras.recipes import recipe_error, section, with_steps
 
 STAGES = (
-    "superpixels", "train_clip", "train_cam", "train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg",
+    "superpixels", "train_clip", "train_dino", "train_cam", "train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg",
     "predict", "train_student", "evaluate",
 )
 _IRN_PIPELINE = ("train", "cams", "ir_labels", "train_irn", "pseudo_labels", "train_seg", "predict", "evaluate")
@@ -42,7 +43,7 @@ METHOD_STAGES = {
     "amr": ("train_cam",) + _IRN_PIPELINE,
     "ssc": ("superpixels",) + _IRN_PIPELINE,
     "weclip": ("train_clip",) + _SINGLE_STAGE,
-    "ssr": ("superpixels", "train_clip") + _SINGLE_STAGE,
+    "ssr": ("superpixels", "train_clip", "train_dino") + _SINGLE_STAGE,
 }
 
 
@@ -153,6 +154,13 @@ def _train_clip(run):
 
     if not run.skip_existing(CLIP_FILE, "train-clip"):
         train_clip(run.recipe, run.data, run.out_dir, steps=run.steps, echo=run.echo)
+
+
+def _train_dino(run):
+    from wsss_keras.pipelines.dino import DINO_FILE, train_dino
+
+    if not run.skip_existing(DINO_FILE, "train-dino"):
+        train_dino(run.recipe, run.data, run.out_dir, steps=run.steps, echo=run.echo)
 
 
 def _train_cam(run):
@@ -312,7 +320,7 @@ def _check_predict_settings(recipe):
 
 # One function per stage, run in `STAGES` order whatever order they were asked in.
 _STAGE_FUNCTIONS = {
-    "superpixels": _superpixels, "train_clip": _train_clip, "train_cam": _train_cam, "train": _train, "cams": _cams,
+    "superpixels": _superpixels, "train_clip": _train_clip, "train_dino": _train_dino, "train_cam": _train_cam, "train": _train, "cams": _cams,
     "ir_labels": _ir_labels, "train_irn": _train_irn, "pseudo_labels": _pseudo_labels, "train_seg": _train_seg,
     "predict": _predict, "train_student": _train_student, "evaluate": _evaluate,
 }

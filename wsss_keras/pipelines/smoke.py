@@ -31,6 +31,7 @@ IGNORE_LABEL = 255
 # the recipe table of their batch size.
 _TRAINING_FILES = {
     "train_clip": ("clip.keras", "clip"),
+    "train_dino": ("dino.keras", "dino"),
     "train_cam": ("cam_network.keras", "cam_network"),
     "train": (MODEL_FILE, "train"),
     "train_irn": ("irn.keras", "irn"),

@@ -5,17 +5,14 @@
   prototype refresh runs as a callback. The host never imports this module.
 - `region_cache` / `region_maps`: the colour regions (made in the shared `superpixels` stage,
   `wsss_keras.pipelines.superpixels.make_regions`) as SSR reads them.
-- `load_dino`: the frozen DINO ViT-S/16 of `[dino] weights` (a local
-  `dino_deitsmall16_pretrain.pth`); without one, SGC's affinity is CLIP's alone. With
-  `--weights random` it is built untrained instead (when the recipe has `[dino] weights`).
+- SSR's DINO comes from `wsss_keras.pipelines.dino` (`load_dino`): DINO ViT-S/16's released
+  file, or the small ViT the CPU recipe trains; without one, SGC's affinity is CLIP's alone.
 - `prototype_refresh`: CMPA's image prototypes, rebuilt every `prototype_refresh` steps
   (`[ssr] prototype_bank`): "epoch", at the start too, from a no-grad pass over every training
   batch of the current epoch (the paper's whole training set); "recent", from the loss
   features the model remembered over the last `prototype_refresh` steps (the spec's cheaper
   memory, at most `prototype_bank_size` per class).
 """
-
-import os
 
 from wsss_keras.pipelines.superpixels import region_folder
 from wsss_keras.pipelines.weclip import WeCLIPPlugin, train_weclip
@@ -45,33 +42,6 @@ def region_maps(recipe, out_dir, dataset, model):
     if cache is None:
         return None
     return lambda index: {"regions": cache.load(dataset.names[index])}
-
-
-def load_dino(recipe, echo=print, weights=None):
-    """The frozen DINO of `[dino] weights` (arch `dino_vits16` by default), or None.
-
-    `weights` is the run's `--weights`: only `registry.RANDOM_WEIGHTS` matters here (a path is
-    CLIP's), and builds the recipe's DINO untrained instead of reading its file; a recipe
-    without `[dino] weights` still runs without DINO.
-    """
-    from wsss_keras.backbones import registry
-
-    settings = section(recipe, "dino")
-    path = settings.get("weights")
-    if not path:
-        echo("[train] no [dino] weights: the affinity is CLIP's attention alone")
-        return None
-    arch = settings.get("arch", "dino_vits16")
-    if registry.is_random(weights):
-        echo(f"[train] DINO attention from {registry.weights_origin(weights)}")
-        return registry.build_untrained(arch, family_name="vit")
-    if not os.path.isfile(path):
-        raise recipe_error(recipe, f"[dino] weights = {path!r}: no such file (DINO's dino_deitsmall16_pretrain.pth).")
-    from wsss_keras.backbones.vit.vit_weights import load_pretrained
-
-    echo(f"[train] DINO attention from {path}")
-    # A ViT arch name (dino_vits16) or a table of ViTEncoder arguments.
-    return load_pretrained(path, arch)
 
 
 def prototype_refresh(recipe, model, loader, echo=print):
@@ -149,8 +119,9 @@ class SSRPlugin(WeCLIPPlugin):
 
     def build(self, recipe, out_dir, encoder, num_classes, common, echo=print):
         from wsss_keras.methods.ssr import SSR
+        from wsss_keras.pipelines.dino import load_dino
 
-        dino = load_dino(recipe, echo, weights=self.weights)
+        dino = load_dino(recipe, echo, weights=self.weights, out_dir=out_dir)
         return SSR(encoder, num_classes, dino=dino, num_regions=region_bound(recipe, out_dir), **common)
 
     def item_maps(self, recipe, out_dir, dataset, model):

@@ -22,7 +22,8 @@ the file that set it, the table and key, and the fix. `with_steps` is `--steps`.
   `[ssc]` (DRS, reconstruction and self-modulation knobs; `[train]` holds the schedule).
 - WeCLIP and SSR (`wsss_keras.pipelines.weclip`, `wsss_keras.pipelines.ssr`): `[clip]` (the
   frozen CLIP: local pretrained weights and tokenizer, or a tiny one trained here; prompts),
-  `[weclip]` / `[ssr]` (the method's knobs), `[dino]` (SSR's DINO ViT-S/16), `[model]`'s
+  `[weclip]` / `[ssr]` (the method's knobs), `[dino]` (SSR's DINO ViT-S/16, or with `source = "train"` a
+  small ViT trained here DINO-style, `wsss_keras.pipelines.dino`), `[model]`'s
   decoder size, `[superpixels]` (SSR's SLIC and colour clusters).
 - `[student]`: a compact keras-hub segmenter trained last on the run's pseudo-labels
   (`wsss_keras.pipelines.student`; `arch`, `weights`: a local keras-hub preset folder, `steps`,
@@ -85,6 +86,10 @@ _CLIP_TRAINING = {  # the tiny CLIP trained here ([clip] source = "train")
     "image", "text", "context_length", "caption_template", "caption_weight", "prompt_weight", "token_weight",
     "residual_drop", "crop_size", "scale_range",
 } | _LOOP - {"split"} | _OPTIMIZER
+_DINO_TRAINING = {  # the DINO-style ViT trained here ([dino] source = "train", SSR's CPU recipe)
+    "vit", "prototypes", "head_hidden", "bottleneck", "freeze_last_layer_steps", "teacher_momentum", "student_temperature", "teacher_temperature",
+    "center_momentum", "global_size", "local_size", "local_crops", "global_scale", "local_scale",
+} | _LOOP - {"split"} | _OPTIMIZER
 _FROZEN_CLIP = {  # WeCLIP and SSR
     "recipe": _RECIPE,
     "clip": {"source", "arch", "weights", "tokenizer", "templates", "class_prompts", "background"} | _CLIP_TRAINING,
@@ -133,7 +138,7 @@ METHOD_TABLES = {
     "ssr": {
         **_FROZEN_CLIP,
         "ssr": ANY_KEY,  # WeCLIP's knobs and SSR's own; SSR does not read [weclip]
-        "dino": {"arch", "weights"},
+        "dino": {"source", "arch", "weights"} | _DINO_TRAINING,
         "superpixels": _SLIC | {"colour_clusters", "position_weight", "regions_folder"},
     },
 }
@@ -152,9 +157,13 @@ ONLY_WHEN = {
     "clip": ("source", "openai", {
         **dict.fromkeys(("arch", "weights", "tokenizer"), ("openai",)), **dict.fromkeys(_CLIP_TRAINING, ("train",)),
     }),
+    "dino": ("source", "released", {
+        **dict.fromkeys(("arch", "weights"), ("released",)), **dict.fromkeys(_DINO_TRAINING, ("train",)),
+    }),
 }
 # `momentum` is SGD's; the tables whose optimizer is AdamW unless they say otherwise.
-ADAMW_BY_DEFAULT = {("toco", "train"), ("weclip", "train"), ("ssr", "train"), ("weclip", "clip"), ("ssr", "clip")}
+ADAMW_BY_DEFAULT = {("toco", "train"), ("weclip", "train"), ("ssr", "train"), ("weclip", "clip"), ("ssr", "clip"),
+                    ("ssr", "dino")}
 
 
 def _recipe_dir():
@@ -304,6 +313,10 @@ def check_recipe(recipe, path="<recipe>", origins=None):
     return recipe
 
 
+# The tables of networks trained here only with `source = "train"` (else read from a file).
+TRAINED_ONLY_FROM_SOURCE = ("clip", "dino")
+
+
 def with_steps(recipe, steps):
     """The recipe with every training stage set to `steps` steps (`--steps`), and everything it
     counts in steps (`STEP_COUNTS`: warm-up, ToCo's loss start steps and so DOEI's schedule,
@@ -316,8 +329,8 @@ def with_steps(recipe, steps):
     method = recipe["recipe"]["method"]
     scaled = {name: dict(table) if isinstance(table, dict) else table for name, table in recipe.items()}
     for stage, counted in STEP_COUNTS[method].items():
-        if stage == "clip" and scaled.get("clip", {}).get("source", "openai") != "train":
-            continue
+        if stage in TRAINED_ONLY_FROM_SOURCE and scaled.get(stage, {}).get("source") != "train":
+            continue  # a pretrained network read from a file: nothing to scale
         length = int(section(recipe, stage).get("steps") or counted[stage]["steps"])
         for name, keys in counted.items():
             table = scaled.setdefault(name, {})
