@@ -102,11 +102,12 @@ def verdict(interval):
     return "gain" if low > 0 else "worse" if high < 0 else "no measurable difference"
 
 
-def compare(description, recipe_name, labels, run_arms):
+def compare(description, recipe_name, labels, run_arms, args=None):
     """Run `run_arms(data, root, seed)` for every seed and print per-seed lines and a Markdown
-    table of mean ± std per arm (`labels`: {arm: row label}, in table order)."""
+    table of mean ± std per arm (`labels`: {arm: row label}, in table order). `args`: parsed
+    options of a bench that adds its own to `argument_parser`'s."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = argument_parser(description).parse_args()
+    args = args or argument_parser(description).parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     rows = {arm: [] for arm in labels}
     with tempfile.TemporaryDirectory() as scratch:
