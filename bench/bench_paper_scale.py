@@ -2,6 +2,7 @@
 
     python bench/bench_paper_scale.py [--recipes toco_doei_voc,amr_voc] [--backends torch,jax] [--steps 20]
         [--weights random] [--voc DIR] [--coco DIR] [--timeout 600] [--stages train] [--export] [--no-fit] [--json FILE]
+    python bench/bench_paper_scale.py --merge A.json B.json --json FILE [--note TEXT]
 
 --recipes takes shipped names or recipe files (one that extends a paper recipe with
 `accumulate = 2`, say, where the paper's batch does not fit: the batch stays, run as
@@ -263,6 +264,25 @@ def markdown(records):
     return "\n".join(lines)
 
 
+def merge(paths, json_path, note=None):
+    """One result file from several runs' (a pass split over invocations): the records in
+    order, the commits they started from, and the table made again."""
+    parts = []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            parts.append(json.load(handle))
+    records = [record for part in parts for record in part["records"]]
+    commits = list(dict.fromkeys(part["commit"] for part in parts))
+    table = markdown(records)
+    print(table)
+    write_results(json_path, "bench_paper_scale", parts[0]["title"], markdown=table, records=records,
+                  steps=parts[0]["steps"], weights=parts[0]["weights"], commit=", ".join(commits),
+                  parts=[{"commit": part["commit"], "date": part["date"], "load_at_end": part.get("load_at_end"),
+                          "recipes": [record["recipe"] for record in part["records"]]} for part in parts],
+                  **({"note": note} if note else {}))
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(PAPER_RECIPES))
@@ -287,7 +307,12 @@ def main():
                         "error names (the same global batch in micro-batches), doubling until it fits")
     parser.add_argument("--keep", default=None, help="keep the data, runs and logs in this folder")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--note", default=None, help="a line on how the figures were taken, kept in the JSON")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="run nothing: write --json from these earlier runs' files, their records in order")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.json, args.note)
     from results_io import provenance
 
     started = provenance()  # the commit the runs start from (each run imports the code anew)
@@ -333,7 +358,8 @@ def main():
     table = markdown(records)
     print(table)
     write_results(args.json, "bench_paper_scale", f"paper recipes at full size, {args.steps} steps per training stage",
-                  markdown=table, records=records, steps=args.steps, weights=args.weights, commit=started["commit"])
+                  markdown=table, records=records, steps=args.steps, weights=args.weights, commit=started["commit"],
+                  **({"note": args.note} if args.note else {}))
     # A recipe that fitted once accumulating passes; the table keeps its out-of-memory rows.
     def base(record):
         return record["recipe"].split("_accumulate")[0]

@@ -57,3 +57,22 @@ def test_a_kernel_kill_names_the_stage_and_the_first_retry(tmp_path, monkeypatch
                                        None, None, 60, str(tmp_path))
     assert record["status"].startswith("killed in [train], most likely out of memory")
     assert record["fits_with"] == {"table": "train", "accumulate": 2}
+
+
+def test_merge_keeps_every_records_order_and_commit(tmp_path):
+    import json
+
+    parts = []
+    for commit, recipes in (("aaa", ["toco_voc", "amr_voc"]), ("bbb", ["toco_coco"])):
+        path = tmp_path / f"{commit}.json"
+        path.write_text(json.dumps({"commit": commit, "date": "2026-12-06", "title": "t", "steps": 2, "weights": "fake",
+                                    "records": [{"recipe": r, "backend": "tensorflow", "status": "ok", "dataset": "voc",
+                                                 "stages": []} for r in recipes]}))
+        parts.append(str(path))
+    out = tmp_path / "merged.json"
+    assert bench_paper_scale.merge(parts, str(out), note="two invocations") == 0
+    merged = json.loads(out.read_text())
+    assert [r["recipe"] for r in merged["records"]] == ["toco_voc", "amr_voc", "toco_coco"]
+    assert merged["commit"] == "aaa, bbb" and merged["note"] == "two invocations"
+    assert [p["recipes"] for p in merged["parts"]] == [["toco_voc", "amr_voc"], ["toco_coco"]]
+    assert "| toco_coco | tensorflow | CPU |" in merged["markdown"]
