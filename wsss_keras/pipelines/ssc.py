@@ -19,8 +19,6 @@ random` builds the recipe's VGG-19 (at its own width) untrained the same way, fi
 
 import os
 
-import numpy as np
-
 from wsss_keras.pipelines.superpixels import superpixel_folder
 from wsss_keras.recipes import recipe_error, section
 from wsss_keras.step_counts import default_steps
@@ -34,22 +32,6 @@ SSC_KNOBS = (
     "perceptual_weights", "loss_network_width", "self_modulation_weight", "self_modulation_threshold", "erosion_size",
     "self_modulation_stride",
 )
-
-
-def decoder_classes(recipe, dataset, echo=print):
-    """`[ssc] decoder_classes`: "all" (SSC's code: the decoder reads every class's map) or
-    "seen" (only the classes some training image has; `SSC`'s `decoder_classes` says why).
-    Returns SSC's argument: None or the seen classes' indices."""
-    choice = section(recipe, "ssc").get("decoder_classes", "all")
-    if choice not in ("all", "seen"):
-        raise recipe_error(recipe, f"[ssc] decoder_classes = {choice!r}; choose 'all' (SSC's code) or 'seen'.")
-    if choice == "all":
-        return None
-    seen = [int(c) for c in np.flatnonzero(np.asarray(dataset.labels).any(axis=0))]
-    unseen = [name for index, name in enumerate(dataset.class_names[1:]) if index not in seen]
-    echo(f"[train] the decoder reads {len(seen)} class maps; no training image has "
-         f"{', '.join(unseen) if unseen else 'none missing'}")
-    return seen
 
 
 def self_modulation_start(recipe, steps):
@@ -167,8 +149,7 @@ def train_ssc(recipe, data_dir, out_dir, weights=None, steps=None, echo=print):
         model = SSC(
             backbone, dataset.num_classes - 1, self_modulation_start=self_modulation_start(recipe, steps),
             num_superpixels=cache.num_segments if cache else None, class_names=dataset.class_names,
-            recipe=saved_recipe(recipe), decoder_classes=decoder_classes(recipe, dataset, echo),
-            **{key: knobs[key] for key in SSC_KNOBS if key in knobs},
+            recipe=saved_recipe(recipe), **{key: knobs[key] for key in SSC_KNOBS if key in knobs},
         )
     except (TypeError, ValueError) as error:
         raise recipe_error(recipe, f"[ssc] {error}") from None

@@ -129,7 +129,7 @@ METHOD_TABLES = {
             "decoder_widths", "perceptual_weights", "loss_network_width", "loss_network_weights", "random_loss_network",
             "self_modulation_weight", "self_modulation_start", "self_modulation_start_fraction",
             "self_modulation_threshold", "erosion_size", "self_modulation_stride", "decoder_learning_rate",
-            "decoder_beta_1", "decoder_beta_2", "decoder_classes",
+            "decoder_beta_1", "decoder_beta_2",
         },
         "train": _LOOP | _OPTIMIZER | _LONG_SIDE_LOADER,
         **_LATER_STAGES,

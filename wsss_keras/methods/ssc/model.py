@@ -2,7 +2,6 @@
 (see the package)."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from wsss_keras.backbones.resnet.backbone import BottleneckHooks
@@ -44,11 +43,6 @@ class SSC(WSSSModel):
         self_modulation_threshold, erosion_size: the reliable part (0.3, 8x8).
         self_modulation_stride: ASM runs at (crop / stride) (2: 256 for 512 crops).
         num_superpixels: static bound on the superpixel ids of a batch (`SuperpixelCache.num_segments`).
-        decoder_classes: the class indices whose maps the decoder reads; the others' are zeroed
-            before it. None (the code's): every class. A class no training image has is never
-            pushed toward any region by the classification loss, so its map is free to carry
-            whatever rebuilds the image, and the decoder then leans on it instead of on the
-            constrained maps SSC means to shape (the pipeline's `[ssc] decoder_classes = "seen"`).
         **kwargs: `WSSSModel`'s `class_names`, `image_mean`, `image_std`, `recipe` (saved
             with the model) and `keras.Model`'s arguments.
 
@@ -87,7 +81,6 @@ class SSC(WSSSModel):
         erosion_size=8,
         self_modulation_stride=2,
         num_superpixels=None,
-        decoder_classes=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -112,9 +105,6 @@ class SSC(WSSSModel):
         self.erosion_size = int(erosion_size)
         self.self_modulation_stride = int(self_modulation_stride)
         self.num_superpixels = None if num_superpixels is None else int(num_superpixels)
-        self.decoder_classes = None if decoder_classes is None else sorted(int(c) for c in decoder_classes)
-        if self.decoder_classes is not None and not set(self.decoder_classes) <= set(range(self.num_classes)):
-            raise ValueError(f"decoder_classes={decoder_classes!r}: give class indices in 0..{self.num_classes - 1}.")
         if self.self_modulation_weight and not self.num_superpixels:
             raise ValueError(
                 "self-modulation pools over superpixels: give num_superpixels (the cache's bound, "
@@ -191,11 +181,7 @@ class SSC(WSSSModel):
 
     # Losses -----------------------------------------------------------------------------------
     def reconstruction_loss(self, maps, images):
-        """L_p between the decoder's image from `maps` and `images` (only `decoder_classes`' maps)."""
-        if self.decoder_classes is not None:
-            keep = np.zeros((self.num_classes,), "float32")
-            keep[self.decoder_classes] = 1.0
-            maps = maps * ops.cast(keep, maps.dtype)
+        """L_p between the decoder's image from `maps` and `images`."""
         decoded = self.decoder(maps)
         if decoded.shape[1] is not None and images.shape[1] is not None and tuple(decoded.shape[1:3]) != tuple(images.shape[1:3]):
             raise ValueError(
@@ -262,6 +248,5 @@ class SSC(WSSSModel):
             erosion_size=self.erosion_size,
             self_modulation_stride=self.self_modulation_stride,
             num_superpixels=self.num_superpixels,
-            decoder_classes=self.decoder_classes,
         )
         return config
