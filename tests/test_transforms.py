@@ -149,3 +149,23 @@ def test_cam_transform_pads_with_the_colour_asked_for(pad_fill, rgb):
 def test_cam_transform_refuses_an_unknown_pad_fill():
     with pytest.raises(ValueError, match="pad_fill"):
         CamTrainTransform(pad_fill="grey")
+
+
+def test_multicrop_views_have_dinos_shapes_and_repeat_with_the_seed():
+    from wsss_keras.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MultiCropTransform
+
+    image = np.random.default_rng(0).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
+    transform = MultiCropTransform(global_size=32, local_size=16, local_crops=3)
+    first, label_map, box, extras = transform(np.random.default_rng(5), image)
+    assert first.shape == extras["global_view"].shape == (32, 32, 3) and label_map is None and box == (0, 32, 0, 32)
+    assert extras["local_views"].shape == (3, 16, 16, 3)
+    assert not np.allclose(first, extras["global_view"])  # two draws of the crop, not one view twice
+    # Normalised with ImageNet's statistics: uint8 0..255 maps into this range.
+    low = (0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    high = (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    for view in (first, extras["global_view"], *extras["local_views"]):
+        assert (view >= low - 1e-5).all() and (view <= high + 1e-5).all()
+    again = transform(np.random.default_rng(5), image)
+    np.testing.assert_array_equal(again[0], first)
+    np.testing.assert_array_equal(again[3]["local_views"], extras["local_views"])
+    assert MultiCropTransform(local_crops=0)(np.random.default_rng(0), image)[3]["local_views"].shape == (0, 48, 48, 3)
