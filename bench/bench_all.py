@@ -188,7 +188,8 @@ def render(results_dir):
     for name in ("train_step", "vit_forward", "export", "serve", "student", "paper_scale"):
         if name in records:
             record = records[name]
-            parts.append(f"**{record['title']}** ({provenance(record)}):\n\n{record['markdown']}")
+            note = f"; {record['note']}" if name == "paper_scale" and record.get("note") else ""
+            parts.append(f"**{record['title']}** ({provenance(record)}{note}):\n\n{record['markdown']}")
     missing = [name for name in BENCHES if name not in records]
     if missing:
         parts.append("Not measured by `bench_all.py` yet: " + ", ".join(

@@ -277,6 +277,7 @@ def merge(paths, json_path, note=None):
     print(table)
     write_results(json_path, "bench_paper_scale", parts[0]["title"], markdown=table, records=records,
                   steps=parts[0]["steps"], weights=parts[0]["weights"], commit=", ".join(commits),
+                  load_at_end=None,  # each part's is in "parts"; the merge's own says nothing of them
                   parts=[{"commit": part["commit"], "date": part["date"], "load_at_end": part.get("load_at_end"),
                           "recipes": [record["recipe"] for record in part["records"]]} for part in parts],
                   **({"note": note} if note else {}))
