@@ -26,7 +26,7 @@ import os
 import sys
 import time
 
-from quality_common import argument_parser, compare, scores
+from quality_common import argument_parser, chosen_arms, compare, scores
 
 RECIPE = "ssc_synthetic_cpu"
 STAGES = ("train", "cams", "ir_labels", "train_irn", "pseudo_labels", "evaluate")
@@ -75,10 +75,7 @@ def main():
     parser = argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--arms", default="drs,ssc", help=f"comma-separated, of {','.join(ARMS)}; the first is the baseline")
     args = parser.parse_args()
-    arms = [arm for arm in args.arms.split(",") if arm]
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        parser.error(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
+    arms = chosen_arms(parser, args.arms, ARMS)
     labels = {arm: ARMS[arm][0] for arm in arms}
     return compare(__doc__.splitlines()[0], RECIPE, labels, lambda data, root, seed: run_arms(data, root, seed, arms), args)
 

@@ -23,7 +23,14 @@ import shutil
 import sys
 import tempfile
 
-from quality_common import SINGLE_STAGE_COLUMNS, argument_parser, data_style, report, synthetic_data
+from quality_common import (
+    SINGLE_STAGE_COLUMNS,
+    argument_parser,
+    chosen_arms,
+    data_style,
+    report,
+    synthetic_data,
+)
 
 # arm: (table label, recipe, recipe overrides); "cnn" is the plain CNN CAM network.
 ARMS = {
@@ -77,11 +84,8 @@ def main():
     parser.add_argument("--arms", default="weclip,ssr,cnn", help=f"comma-separated, of {','.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=None, help="override the recipes' steps")
     args = parser.parse_args()
-    arms = [arm for arm in args.arms.split(",") if arm]
+    arms = chosen_arms(parser, args.arms, ARMS)
     arms = [arm for arm in arms if arm != "cnn"] + ["cnn"] * ("cnn" in arms)  # cnn needs ssr's time
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        parser.error(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
     if "cnn" in arms and "ssr" not in arms:
         parser.error("--arms: the cnn arm trains for the ssr arm's time; add ssr")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

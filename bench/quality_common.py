@@ -61,6 +61,15 @@ def argument_parser(description):
     return parser
 
 
+def chosen_arms(parser, value, known):
+    """The arms of a comma-separated `--arms` value, in order; a parser error names unknown ones."""
+    arms = [arm for arm in value.split(",") if arm]
+    unknown = sorted(set(arms) - set(known))
+    if unknown:
+        parser.error(f"--arms: unknown {unknown}; choose from {list(known)}")
+    return arms
+
+
 def synthetic_data(root, data=None, style="flat"):
     """`data`, or the quickstart's synthetic dataset in `style` generated under `root`."""
     if data is not None:
