@@ -146,7 +146,9 @@ def run_one(recipe, backend, kind, data, out, steps, weights, stages, timeout, l
     if status == "exit -9":  # SIGKILL: on this machine, the kernel's out-of-memory killer
         stage = next((line[1:].split("]")[0] for line in reversed(lines)
                       if line.startswith("[") and not line.startswith("[smoke]")), None)
-        table = TRAINING_TABLES.get(stage)
+        from wsss_keras.pipelines.smoke import training_table
+
+        table = training_table(stage)
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
         record["status"] = status = (
             f"killed in [{stage or 'a stage'}], most likely out of memory (this machine has {memory:.0f} GiB): set "
@@ -166,11 +168,6 @@ def run_one(recipe, backend, kind, data, out, steps, weights, stages, timeout, l
         if suggested:
             record["fits_with"] = {"table": suggested[1], "accumulate": int(suggested[2])}
     return record
-
-
-# The recipe table of each training stage (the one whose batch_size and accumulate it reads).
-TRAINING_TABLES = {"train_clip": "clip", "train_dino": "dino", "train_cam": "cam_network", "train": "train", "train_irn": "irn",
-                   "train_seg": "segmentation", "train_student": "student"}
 
 
 def load_table(recipe, table):
@@ -341,9 +338,9 @@ def main():
                 record = run_one(recipe, backend, kind, folders[kind], out, args.steps, weights,
                                  stages_of(recipe, args.stages), timeout, root)
                 print(f"{recipe} on {backend}: {record['status']} in {record['seconds']} s", flush=True)
+                records.append(record)
                 while args.fit and record.get("fits_with"):
-                    # Out of memory: say so in the table, then run the same global batch in micro-batches.
-                    records.append(record)
+                    # Out of memory: the row stays in the table; run the same global batch in micro-batches.
                     fix = record["fits_with"]
                     fitted = accumulating_recipe(recipe, fix["table"], fix["accumulate"], root)
                     if fitted is None:
@@ -352,10 +349,9 @@ def main():
                     record = run_one(fitted, backend, kind, folders[kind], out, args.steps, weights,
                                      stages_of(recipe, args.stages), timeout, root)
                     print(f"{recipe_label(fitted)} on {backend}: {record['status']} in {record['seconds']} s", flush=True)
-                if args.export and record["status"] == "ok":
-                    export_one(record, folders[kind], out, args.timeout, root, args.int8_scope)
-                if not records or records[-1] is not record:
                     records.append(record)
+                if args.export and record["status"] == "ok":
+                    export_one(record, folders[kind], out, args.timeout, root, args.int8_scope)  # adds to the record
     table = markdown(records)
     print(table)
     write_results(args.json, "bench_paper_scale", f"paper recipes at full size, {args.steps} steps per training stage",

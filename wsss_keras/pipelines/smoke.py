@@ -37,6 +37,14 @@ _TRAINING_FILES = {
     "train_irn": ("irn.keras", "irn"),
     "train_seg": ("segmenter.keras", "segmentation"),
 }
+
+
+def training_table(stage):
+    """The recipe table a training stage reads its batch_size and accumulate from (None: not a
+    training stage)."""
+    return "student" if stage == "train_student" else _TRAINING_FILES.get(stage, (None, None))[1]
+
+
 # Per-image stages: the folder and file pattern they write, and the recipe table whose split they
 # read (with its default).
 _PER_IMAGE_SPLITS = {
