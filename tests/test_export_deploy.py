@@ -368,3 +368,21 @@ def test_calibration_folder_may_be_an_image_folder_a_voc_root_or_a_coco_root(tmp
     os.makedirs(tmp_path / "empty" / "JPEGImages")
     with pytest.raises(DataError, match=r"calibration images; give a folder of \.jpg/\.png images or a VOC or COCO root"):
         image_folder(str(tmp_path / "empty"), "calibration")
+
+
+def test_int8_full_scope_says_why_before_each_fallback(exported, tmp_path):
+    root, data = exported
+    # A bar no int8 level reaches: every level is tried, and each failed check is followed by a
+    # line saying another level is coming before its (long, at full size) calibration starts.
+    result = CliRunner().invoke(cli, ["export", str(root / "model.keras"), "--format", "tflite", "--precision", "int8",
+                                      "--int8-scope", "full", "--min-agreement", "1", "--input-size", "48", "48",
+                                      "--calibration", data, "--out", str(tmp_path / "full")])
+    lines = [line for line in result.output.splitlines() if line.startswith(("[check] tflite int8", "[export] int8"))]
+    checks = [i for i, line in enumerate(lines) if line.startswith("[check]")]
+    retries = [i for i, line in enumerate(lines) if "trying again with" in line]
+    assert len(checks) >= 2 and retries, result.output
+    for index in checks:
+        if "100.000 %" not in lines[index]:
+            assert "quantising again with more ops in float" in lines[index + 1], lines
+    # Each retry is announced by the line after the previous level's check, not only afterwards.
+    assert all("quantising again" in lines[index - 1] for index in retries), lines

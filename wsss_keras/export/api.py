@@ -171,6 +171,11 @@ def write_checked(graph, fmt, precision, folder, calibration_images, opset, mode
         if precision == "int8" and (best is None or (check["label_agreement"] or 0) > best[0]):
             with open(path, "rb") as handle:
                 best = (check["label_agreement"] or 0, handle.read(), check)
+        if precision == "int8":
+            # Said before the next level starts: each calibrates the whole model again, which at
+            # full size (ViT-B/16 at 448) took 18-19 minutes a level on a 2-core CPU.
+            echo(f"[export] int8: {check.get('message', 'the check failed')}; quantising again with more ops in "
+                 "float where a level is left (each calibrates the whole model again)")
     attempts.close()
     if not check["passed"] and best is not None and best[2] is not check:
         with open(path, "wb") as handle:
