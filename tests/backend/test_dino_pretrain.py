@@ -104,3 +104,63 @@ def test_the_last_layer_stays_fixed_for_its_first_steps():
     assert np.abs(keras.ops.convert_to_numpy(model.student_head.mlp[0].kernel) - first_layer).max() > 0
     model.fit(views(seed=1), np.zeros((2,), "float32"), batch_size=2, epochs=1, verbose=0)  # step 2: free
     assert np.abs(keras.ops.convert_to_numpy(model.student_head.last) - last).max() > 0
+
+
+def numpy_gelu(x):
+    from math import erf
+
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / np.sqrt(2.0)))
+
+
+def test_batch_normalised_head_is_linear_bn_gelu_and_ignores_what_all_images_share():
+    from wsss_keras.methods.dino_pretrain import DINOHead
+
+    keras.utils.set_random_seed(0)
+    head = DINOHead(prototypes=5, hidden=6, bottleneck=3, batch_norm=True)
+    head.build((None, 4))
+    rng = np.random.default_rng(0)
+    for scale, shift in head.norms:  # not the initial ones and zeros, so they show in the result
+        scale.assign(rng.uniform(0.5, 1.5, size=scale.shape).astype("float32"))
+        shift.assign(rng.normal(size=shift.shape).astype("float32"))
+    features = rng.normal(size=(8, 4)).astype("float32")
+
+    # NumPy, from the head's weights: Linear, batch norm with the batch's statistics, GELU, twice;
+    # then the normalised bottleneck against unit-norm prototypes.
+    x = features
+    for layer, (scale, shift) in zip(head.mlp[:2], head.norms):
+        x = x @ keras.ops.convert_to_numpy(layer.kernel) + keras.ops.convert_to_numpy(layer.bias)
+        x = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5) * keras.ops.convert_to_numpy(scale) + keras.ops.convert_to_numpy(shift)
+        x = numpy_gelu(x)
+    x = x @ keras.ops.convert_to_numpy(head.mlp[2].kernel) + keras.ops.convert_to_numpy(head.mlp[2].bias)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    last = keras.ops.convert_to_numpy(head.last)
+    expected = x @ (last / np.linalg.norm(last, axis=0, keepdims=True))
+    got = keras.ops.convert_to_numpy(head(features))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # What every image shares is what makes an untrained teacher's outputs alike; with batch norm
+    # it is gone after the first layer, without it the outputs move.
+    shared = 5.0 * rng.normal(size=(1, 4)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(head(features + shared)), got, rtol=1e-3, atol=1e-4)
+    plain = DINOHead(prototypes=5, hidden=6, bottleneck=3)
+    plain.build((None, 4))
+    moved = keras.ops.convert_to_numpy(plain(features + shared)) - keras.ops.convert_to_numpy(plain(features))
+    assert np.abs(moved).max() > 1e-2
+
+
+def test_a_trainer_with_batch_normalised_heads_trains_and_saves(tmp_path):
+    keras.utils.set_random_seed(0)
+    vit = StemViT(stem=dict(widths=(4, 8), convs_per_stage=1, norm="group"), hidden_dim=8, num_layers=1, num_heads=2,
+                  mlp_dim=16, pos_embed_grid=4)
+    model = DINOPretrainer(vit, total_steps=10, prototypes=6, head_hidden=8, bottleneck=4, head_batch_norm=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    shift_before = keras.ops.convert_to_numpy(model.student_head.norms[0][1]).copy()
+    model.fit(views(batch=4), np.zeros((4,), "float32"), batch_size=4, epochs=1, verbose=0)
+    # The norms' scale and shift are trained like the rest of the head.
+    assert np.abs(keras.ops.convert_to_numpy(model.student_head.norms[0][1]) - shift_before).max() > 0
+    path = str(tmp_path / "dino.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert loaded.teacher_head.batch_norm and loaded.get_config()["head_batch_norm"] is True
+    features = np.random.default_rng(2).normal(size=(3, 8)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.student_head(features)),
+                               keras.ops.convert_to_numpy(model.student_head(features)), atol=1e-6)

@@ -73,7 +73,8 @@ def train_dino(recipe, data_dir, out_dir, steps=None, echo=print):
             bottleneck=settings.get("bottleneck", 64), student_temperature=settings.get("student_temperature", 0.1),
             teacher_temperature=settings.get("teacher_temperature", 0.04),
             center_momentum=settings.get("center_momentum", 0.9),
-            freeze_last_layer_steps=settings.get("freeze_last_layer_steps", 0))
+            freeze_last_layer_steps=settings.get("freeze_last_layer_steps", 0),
+            head_batch_norm=settings.get("head_batch_norm", False))
         transform = MultiCropTransform(
             global_size=int(settings.get("global_size", 96)), local_size=int(settings.get("local_size", 48)),
             local_crops=int(settings.get("local_crops", 4)), global_scale=tuple(settings.get("global_scale", (0.4, 1.0))),
