@@ -8,10 +8,13 @@ from wsss_keras.backbones.vit.stem_vit import StemViT
 from wsss_keras.methods.dino_pretrain import DINOPretrainer
 
 
+def tiny_vit():
+    return StemViT(stem={"widths": (4, 8), "convs_per_stage": 1, "norm": "group"}, hidden_dim=8, num_layers=1,
+                   num_heads=2, mlp_dim=16, pos_embed_grid=4)
+
+
 def tiny_model(total_steps=10, momentum=0.9):
-    vit = StemViT(stem=dict(widths=(4, 8), convs_per_stage=1, norm="group"), hidden_dim=8, num_layers=1, num_heads=2,
-                  mlp_dim=16, pos_embed_grid=4)
-    return DINOPretrainer(vit, total_steps=total_steps, momentum=momentum, prototypes=6, head_hidden=8, bottleneck=4)
+    return DINOPretrainer(tiny_vit(), total_steps=total_steps, momentum=momentum, prototypes=6, head_hidden=8, bottleneck=4)
 
 
 def views(batch=2, local=2, seed=0):
@@ -93,9 +96,7 @@ def test_saved_trainer_keeps_its_teacher(tmp_path):
 
 def test_the_last_layer_stays_fixed_for_its_first_steps():
     keras.utils.set_random_seed(0)
-    vit = StemViT(stem=dict(widths=(4, 8), convs_per_stage=1, norm="group"), hidden_dim=8, num_layers=1, num_heads=2,
-                  mlp_dim=16, pos_embed_grid=4)
-    model = DINOPretrainer(vit, total_steps=10, prototypes=6, head_hidden=8, bottleneck=4, freeze_last_layer_steps=1)
+    model = DINOPretrainer(tiny_vit(), total_steps=10, prototypes=6, head_hidden=8, bottleneck=4, freeze_last_layer_steps=1)
     model.compile(optimizer=keras.optimizers.SGD(0.5))
     last = keras.ops.convert_to_numpy(model.student_head.last).copy()
     first_layer = keras.ops.convert_to_numpy(model.student_head.mlp[0].kernel).copy()
@@ -149,9 +150,7 @@ def test_batch_normalised_head_is_linear_bn_gelu_and_ignores_what_all_images_sha
 
 def test_a_trainer_with_batch_normalised_heads_trains_and_saves(tmp_path):
     keras.utils.set_random_seed(0)
-    vit = StemViT(stem=dict(widths=(4, 8), convs_per_stage=1, norm="group"), hidden_dim=8, num_layers=1, num_heads=2,
-                  mlp_dim=16, pos_embed_grid=4)
-    model = DINOPretrainer(vit, total_steps=10, prototypes=6, head_hidden=8, bottleneck=4, head_batch_norm=True)
+    model = DINOPretrainer(tiny_vit(), total_steps=10, prototypes=6, head_hidden=8, bottleneck=4, head_batch_norm=True)
     model.compile(optimizer=keras.optimizers.SGD(0.5))
     shift_before = keras.ops.convert_to_numpy(model.student_head.norms[0][1]).copy()
     model.fit(views(batch=4), np.zeros((4,), "float32"), batch_size=4, epochs=1, verbose=0)
