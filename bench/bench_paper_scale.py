@@ -81,7 +81,7 @@ def synthetic_folders(root, kinds):
 
 
 def projected_hours(rows, kind):
-    """Hours of the recipe's whole schedule at the measured rates, or None when a stage has no rate."""
+    """Hours of the recipe's whole schedule at the measured rates of the stages that have one."""
     seconds = 0.0
     for row in rows:
         rate = row.get("per_unit")
@@ -246,8 +246,9 @@ def markdown(records):
         # The label of a recipe file is not a recipe name: the run recorded its dataset.
         hours = projected_hours(record.get("stages", []), record["dataset"])
         complete = record["status"] == "ok"
-        lines.append(f"| {record['recipe']} | {record['backend']} | {record.get('accelerator') or 'CPU'} | "
-                     f"{hours:.1f}{'' if complete else ' (stages that ran)'} |")
+        # A run stopped in its first stage has no rate to project from.
+        projected = "-" if not complete and not hours else f"{hours:.1f}{'' if complete else ' (stages that ran)'}"
+        lines.append(f"| {record['recipe']} | {record['backend']} | {record.get('accelerator') or 'CPU'} | {projected} |")
     exports = [(record, entry) for record in records for entry in record.get("exports", [])]
     if exports:
         lines += ["", "| recipe | artifact | network input | MB | label agreement | status |", "|---|---|---|---|---|---|"]

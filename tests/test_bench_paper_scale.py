@@ -76,3 +76,14 @@ def test_merge_keeps_every_records_order_and_commit(tmp_path):
     assert merged["commit"] == "aaa, bbb" and merged["note"] == "two invocations"
     assert [p["recipes"] for p in merged["parts"]] == [["toco_voc", "amr_voc"], ["toco_coco"]]
     assert "| toco_coco | tensorflow | CPU |" in merged["markdown"]
+
+
+def test_projected_hours_only_from_stages_that_have_a_rate():
+    stopped = {"recipe": "toco_coco", "backend": "tensorflow", "status": "exit 1", "dataset": "coco", "last_line": "oom",
+               "stages": [{"stage": "train", "host_peak": 2 ** 30}]}
+    partial = {"recipe": "amr_voc", "backend": "tensorflow", "status": "exit 1", "dataset": "voc", "last_line": "oom",
+               "stages": [{"stage": "train_cam", "per_unit": 36.0, "unit": "s/step", "full_steps": 100}]}
+    table = bench_paper_scale.markdown([stopped, partial])
+    # Stopped in its first stage: nothing to project; stopped later: the stages that ran (3600 s = 1 h).
+    assert "| toco_coco | tensorflow | CPU | - |" in table
+    assert "| amr_voc | tensorflow | CPU | 1.0 (stages that ran) |" in table
