@@ -155,8 +155,10 @@ def record_style(record):
 
 
 def provenance(record):
+    """Where a record's figures come from: commit, date, cores, the load, and its note if it has one."""
     load = f", load average {record['load_at_end']:.1f} at the end" if record.get("load_at_end") is not None else ""
-    return f"commit {record.get('commit') or '?'}, {record.get('date', '?')}, {record.get('cores', '?')} cores{load}"
+    note = f"; {record['note']}" if record.get("note") else ""
+    return f"commit {record.get('commit') or '?'}, {record.get('date', '?')}, {record.get('cores', '?')} cores{load}{note}"
 
 
 def render(results_dir):
@@ -183,13 +185,11 @@ def render(results_dir):
                      "differences excludes zero):\n\n" + paired_verdicts(quality))
         parts.append(f"**Classes the CAMs found and the run lost** (CAM IoU at least {FOUND_AT:.0f}, the last "
                      f"stage's under {KEPT_AT:.0f}; issue #22 item 5):\n\n" + lost_class_lines(quality))
-        parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)}" + (f"; {r['note']}" if r.get("note") else "")
-                                              + ")" for r in quality) + ".")
+        parts.append("Measured: " + "; ".join(f"{r['name']} ({provenance(r)})" for r in quality) + ".")
     for name in ("train_step", "vit_forward", "export", "serve", "student", "paper_scale"):
         if name in records:
             record = records[name]
-            note = f"; {record['note']}" if name == "paper_scale" and record.get("note") else ""
-            parts.append(f"**{record['title']}** ({provenance(record)}{note}):\n\n{record['markdown']}")
+            parts.append(f"**{record['title']}** ({provenance(record)}):\n\n{record['markdown']}")
     missing = [name for name in BENCHES if name not in records]
     if missing:
         parts.append("Not measured by `bench_all.py` yet: " + ", ".join(
