@@ -78,7 +78,7 @@ class DINOHead(keras.layers.Layer):
         x = features
         for index, layer in enumerate(self.mlp):
             x = layer(x)
-            if self.batch_norm and index < len(self.norms):
+            if index < len(self.norms):  # empty without batch_norm
                 mean, variance = ops.moments(x, axes=[0], keepdims=True)
                 scale, shift = self.norms[index]
                 x = ops.gelu((x - mean) * ops.rsqrt(variance + 1e-5) * scale + shift, approximate=False)
