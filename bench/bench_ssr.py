@@ -11,7 +11,9 @@ PAR); segmentation is the decoder on val. The CNN baseline (`bench_cam_baseline`
 same way on train. SSR's reconstructed parts run at the spec's defaults (methods/ssr.md), not
 the paper's unpublished values, except where `ssr_synthetic_cpu` says otherwise; the arms
 `ssr_aligned` and `ssr_aligned_warmup` are that recipe with Grad-CAM in CMPA's aligned space,
-the spec's default, from the first step (the paper) or after a warm-up in CLIP's space.
+the spec's default, from the first step (the paper) or after a warm-up in CLIP's space; the arm
+`ssr_dino` is that recipe with SGC reading the DINO-style ViT trained here per seed (item 6 of
+issue #22: does the stand-in's attention structure help SGC?).
 
 With --keep DIR, a run resumes: each arm's finished stages (`run_recipe` skips them) and each
 CNN arm's score (`cnn_seed<seed>.json`) are reused.
@@ -42,6 +44,15 @@ ARMS = {
                     {"ssr": {"cam_space": "aligned", "cmpa_warmup_steps": 0}}),
     "ssr_aligned_warmup": ("SSR, Grad-CAM in CMPA's aligned space after 200 steps in CLIP's", "ssr_synthetic_cpu",
                            {"ssr": {"cam_space": "aligned", "cmpa_warmup_steps": 200}}),
+    # SGC's attention from the DINO-style stand-in (`[dino] source = "train"`, README "SSR"): a
+    # 4-block ViT behind the CLIP's stride-8 stem, with DINO's use_bn head, which stops it
+    # collapsing (lift 1.15x at 300 steps on flat; 1.07-1.11x collapsed). Not yet in the recipe.
+    "ssr_dino": ("SSR, SGC reading a DINO-style ViT trained here", "ssr_synthetic_cpu",
+                 {"dino": {"source": "train", "steps": 300, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 30,
+                           "head_batch_norm": True, "global_size": 96, "local_size": 48, "local_crops": 4,
+                           "vit": {"hidden_dim": 128, "num_layers": 4, "num_heads": 4, "mlp_dim": 256,
+                                   "pos_embed_grid": 12, "stem": {"widths": [16, 32, 64, 128], "convs_per_stage": 1,
+                                                                  "norm": "group"}}}}),
     "cnn": ("plain CNN CAM, CLIP + SSR training time", None, None),
 }
 
@@ -58,6 +69,8 @@ def run_arm(arm, data, root, seed, steps, clip_dir):
     from wsss_keras.pipelines.weclip import CLIP_FILE, CLIP_WORDS_FILE
 
     _, recipe_name, overrides = ARMS[arm]
+    if overrides and "dino" in overrides:  # the stand-in is trained per seed too
+        overrides = {**overrides, "dino": {**overrides["dino"], "seed": seed}}
     out = os.path.join(root, f"{arm}_seed{seed}")
     os.makedirs(out, exist_ok=True)
     for name in (CLIP_FILE, CLIP_WORDS_FILE):
