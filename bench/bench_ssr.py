@@ -49,7 +49,7 @@ ARMS = {
     # collapsing (lift 1.15x at 300 steps on flat; 1.07-1.11x collapsed). Not yet in the recipe.
     "ssr_dino": ("SSR, SGC reading a DINO-style ViT trained here", "ssr_synthetic_cpu",
                  {"dino": {"source": "train", "steps": 300, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 30,
-                           "head_batch_norm": True, "global_size": 96, "local_size": 48, "local_crops": 4,
+                           "head_batch_norm": True,  # views: train_dino's defaults (96, 48, 4 local crops)
                            "vit": {"hidden_dim": 128, "num_layers": 4, "num_heads": 4, "mlp_dim": 256,
                                    "pos_embed_grid": 12, "stem": {"widths": [16, 32, 64, 128], "convs_per_stage": 1,
                                                                   "norm": "group"}}}}),
